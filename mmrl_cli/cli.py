@@ -1,0 +1,260 @@
+"""The `mmrl` entrypoint: pick a subcommand, check the config, hand over to its Hydra app.
+
+Each subcommand is a Hydra app composed from `conf/<command>.yaml`, so Hydra's own flags work
+(`--cfg job`, `-m` multirun, `--shell-completion`). Before Hydra runs anything, the overrides
+are composed and validated here, so a bad one costs one clear line and exit code 2, never a
+traceback or a half-made run directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+GROUPS = ("algo", "model", "data", "hardware", "compression")
+# Flags that ask Hydra for information rather than a run: no validation needed before them.
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve", "-p", "--package"}
+MULTIRUN_FLAGS = {"-m", "--multirun"}
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def fail(command: str, message: str) -> None:
+    """Print one error line and exit with status 2."""
+    print(f"mmrl {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+# ------------------------------------------------------------------------ validation
+def check_compatible(cfg: TrainConfig) -> None:
+    """Checks that need more than the schema: devices, gymnasium ids, model vs observations."""
+    import torch
+
+    if cfg.hardware.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"hardware.device: {cfg.hardware.device} requested but no CUDA device is available (use hardware=cpu)")
+    if cfg.run_name is not None and not RUN_NAME.match(cfg.run_name):
+        raise ConfigError(f"run_name: expected letters, digits, '-', '_' or '.', got {cfg.run_name!r}")
+    if cfg.data.type == "gym":
+        spec = gym_observation_keys(cfg.data)
+    else:
+        spec = {"image", "mission"}
+    needs = {"vit-gpt2": "image", "cnn": "image", "mlp": None}[cfg.model.type]
+    if needs and needs not in spec:
+        raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
+
+
+def gym_observation_keys(data_cfg) -> set[str]:
+    """Observation keys mmrl would feed from a gymnasium env id (checks id and spaces)."""
+    import gymnasium as gym
+
+    from .envs.gym_adapter import _import_env_packages
+
+    _import_env_packages()
+    if data_cfg.env_id not in gym.registry:
+        raise ConfigError(f"data.env_id: {data_cfg.env_id!r} is not a registered gymnasium env id")
+    try:
+        env = gym.make(data_cfg.env_id, **dict(data_cfg.env_kwargs))
+    except Exception as e:  # a bad kwarg, a missing dependency, ...
+        raise ConfigError(f"data.env_kwargs: gymnasium could not make {data_cfg.env_id}: {str(e).splitlines()[0]}") from None
+    space, actions = env.observation_space, env.action_space
+    env.close()
+    if not isinstance(actions, gym.spaces.Discrete):
+        raise ConfigError(f"data.env_id: {data_cfg.env_id} has {type(actions).__name__} actions; mmrl needs Discrete")
+    if isinstance(space, gym.spaces.Dict) and "image" in space.spaces:
+        return {"image"} | ({"mission"} if "mission" in space.spaces else set())
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 3:
+        return {"image"}
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return {"vector"}
+    raise ConfigError(f"data.env_id: {data_cfg.env_id} has an unsupported observation space {space}")
+
+
+def compose_error(e: Exception) -> str:
+    """One line out of a Hydra composition error."""
+    text = str(e)
+    missing = re.search(r"Could not find '([\w-]+)/([^']*)'", text)
+    if missing and missing.group(1) in GROUPS:
+        group, option = missing.groups()
+        return f"{group}={option}: unknown option (expected one of: {', '.join(group_options(group))})"
+    not_struct = re.search(r"Could not override '([\w.]+)'", text)
+    if not_struct:
+        key = not_struct.group(1)
+        group = key.split(".")[0]
+        hint = f" (see `mmrl train --cfg job` for the keys of this {group})" if group in GROUP_SCHEMAS else ""
+        return f"{key}: unknown key{hint}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else type(e).__name__
+
+
+def check_overrides(command: str, overrides: list[str]) -> None:
+    """Compose and validate the config for every value of any sweep; raise ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        raise ConfigError(f"malformed override: {str(e).splitlines()[0]}") from None
+    variants: list[list[str]] = [[]]
+    fixed = []
+    for override, text in zip(parsed, overrides):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            values = list(override.sweep_string_iterator())
+            variants = [v + [f"{key}={value}"] for v in variants[:1] for value in values] + variants[1:]
+        else:
+            fixed.append(text)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
+        for extra in variants:
+            try:
+                cfg = compose(config_name=command, overrides=fixed + extra)
+            except Exception as e:
+                raise ConfigError(compose_error(e)) from None
+            check_compatible(validate(cfg))
+
+
+# ---------------------------------------------------------------------------- train
+def make_run_dir(cfg: TrainConfig) -> Path:
+    """A new, unique run directory: <runs_root>/<date>/<time>[-<run_name>] (or Hydra's job dir)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    now = dt.datetime.now()
+    base = Path(cfg.runs_root) / now.strftime("%Y-%m-%d") / (now.strftime("%H-%M-%S") + (f"-{cfg.run_name}" if cfg.run_name else ""))
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        candidate = base if n == 0 else base.with_name(f"{base.name}.{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run directory next to {base}")
+
+
+def print_summary(summary: dict) -> None:
+    """The end-of-run table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="mmrl train: summary", show_header=False)
+    ci = summary["heldout_success_ci95"]
+    table.add_row("held-out success rate", f"{summary['heldout_success_rate']:.3f} ± {ci:.3f} (95% CI)")
+    table.add_row("held-out return", f"{summary['heldout_return']:.3f}")
+    table.add_row("env steps", f"{summary['steps']:,}")
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s ({summary['steps_per_second']:,.0f} steps/s)")
+    table.add_row("device", summary["device"])
+    table.add_row("saved to", summary["run_dir"])
+    Console().print(table)
+
+
+def train_task(cfg: DictConfig) -> float:
+    """Hydra task of `mmrl train`: validate, make the run directory, train, summarise."""
+    from .trainer import train
+
+    try:
+        typed = validate(cfg)
+        check_compatible(typed)
+    except ConfigError as e:
+        fail("train", str(e))
+    run_dir = make_run_dir(typed)
+    config_yaml = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
+    (run_dir / "config.yaml").write_text(config_yaml)
+    try:
+        summary = train(typed, run_dir)
+    except KeyboardInterrupt:
+        print(f"\nmmrl train: interrupted; partial run in {run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
+    print_summary(summary)
+    return summary["heldout_success_rate"]
+
+
+COMMANDS = {
+    "train": (train_task, "train a policy with RL (PPO by default) and evaluate it on held-out levels"),
+}
+
+
+# ------------------------------------------------------------------------------ main
+def print_help() -> None:
+    """`mmrl --help`: the subcommands and every config group with its options."""
+    lines = ["usage: mmrl <command> [hydra overrides] [hydra flags]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "config groups (pick one with group=option, e.g. model=cnn):"]
+    lines += [f"  {group:<12} {', '.join(group_options(group))}" for group in GROUPS]
+    lines += [
+        "", "examples:",
+        "  mmrl train                                   # ViT-GPT2 + PPO on the built-in goto task",
+        "  mmrl train data=cartpole model=mlp seed=2    # CartPole with rl-zoo3's PPO settings",
+        "  mmrl train -m seed=1,2,3                     # Hydra multirun: one run per seed",
+        "  mmrl train --cfg job                         # print the composed config",
+        "  eval \"$(mmrl -sc install=bash)\"              # tab completion in bash",
+        "", "`mmrl <command> --help` shows that command's config and Hydra's flags.",
+    ]
+    print("\n".join(lines))
+
+
+def shell_completion(argv: list[str]) -> None:
+    """Answer Hydra's bash completion for `mmrl <command> ...` (and complete command names)."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if any(a.startswith("query=") for a in argv) and (len(words) < 2 or (len(words) == 2 and not line.endswith(" "))):
+        partial = words[1] if len(words) == 2 else ""
+        print(" ".join(name for name in COMMANDS if name.startswith(partial)))
+        return
+    command = words[1] if len(words) >= 2 and words[1] in COMMANDS else "train"
+    if line:
+        os.environ["COMP_LINE"] = " ".join(["mmrl"] + words[2:]) + (" " if line.endswith(" ") else "")
+    run_hydra(command, argv)
+
+
+def run_hydra(command: str, args: list[str]) -> None:
+    """Run the Hydra app of `command` with `args` as its command line."""
+    task = COMMANDS[command][0]
+    sys.argv = ["mmrl", *args]
+    hydra.main(config_path=str(CONF_DIR), config_name=command, version_base="1.3")(task)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entrypoint."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print_help()
+        return
+    if argv[0] in ("-sc", "--shell-completion"):
+        shell_completion(argv[1:])
+        return
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        fail(command, f"unknown command (expected one of: {', '.join(COMMANDS)}); see `mmrl --help`")
+    if not INFO_FLAGS.intersection(args):
+        overrides = [a for a in args if a not in MULTIRUN_FLAGS]
+        bad_flag = next((a for a in overrides if a.startswith("-")), None)
+        if bad_flag:
+            fail(command, f"unknown flag {bad_flag!r} (see `mmrl {command} --help`)")
+        try:
+            check_overrides(command, overrides)
+        except ConfigError as e:
+            fail(command, str(e))
+    run_hydra(command, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Structured schemas for every config group, and validation with one-line errors.
+
+Hydra composes plain YAML from `conf/`; `validate` then checks it against these dataclasses
+(unknown keys, wrong types, out-of-range values) and returns typed objects, so the hot loops
+read plain Python values, never the DictConfig. Each group option picks its schema with its
+`type` key through the plain dict `GROUP_SCHEMAS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is one line naming the key."""
+
+
+# --------------------------------------------------------------------------------- algo
+@dataclass
+class PPOConfig:
+    type: str = "ppo"
+    total_steps: int = 1_000_000
+    n_envs: int = 64
+    n_steps: int = 64
+    n_epochs: int = 2
+    batch_size: int = 1024
+    lr: float = 1e-3
+    lr_schedule: str = "linear"
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    clip_schedule: str = "constant"
+    clip_value: Optional[float] = None
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: Optional[float] = None
+    normalize_advantages: bool = True
+    bootstrap_truncated: bool = True
+    adam_eps: float = 1e-5
+
+    def check(self) -> None:
+        positive("algo", self, "total_steps", "n_envs", "n_steps", "n_epochs", "batch_size", "lr", "adam_eps")
+        between("algo", self, "gamma", 0.0, 1.0)
+        between("algo", self, "gae_lambda", 0.0, 1.0)
+        positive("algo", self, "clip_range", "max_grad_norm")
+        non_negative("algo", self, "ent_coef", "vf_coef")
+        one_of("algo", self, "lr_schedule", ("constant", "linear"))
+        one_of("algo", self, "clip_schedule", ("constant", "linear"))
+        if self.clip_value is not None:
+            positive("algo", self, "clip_value")
+        if self.target_kl is not None:
+            positive("algo", self, "target_kl")
+        if self.batch_size > self.n_envs * self.n_steps:
+            raise ConfigError(
+                f"algo.batch_size: expected at most n_envs * n_steps = {self.n_envs * self.n_steps}, got {self.batch_size}"
+            )
+
+
+# -------------------------------------------------------------------------------- model
+@dataclass
+class VitGpt2Config:
+    type: str = "vit-gpt2"
+    hidden_size: int = 64
+    vit_layers: int = 1
+    gpt_layers: int = 1
+    heads: int = 2
+    ff_size: int = 128
+    head_hidden: int = 256
+    pos_init_std: float = 1.0
+    activation: str = "relu"
+
+    def check(self) -> None:
+        positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden", "pos_init_std")
+        one_of("model", self, "activation", ("relu", "gelu", "gelu_new"))
+        if self.hidden_size % self.heads:
+            raise ConfigError(f"model.heads: expected a divisor of hidden_size={self.hidden_size}, got {self.heads}")
+
+
+@dataclass
+class CnnConfig:
+    type: str = "cnn"
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    hidden: int = 256
+    mission_embed: int = 32
+
+    def check(self) -> None:
+        positive("model", self, "hidden", "mission_embed")
+        if not self.channels or min(self.channels) <= 0:
+            raise ConfigError(f"model.channels: expected a non-empty list of positive ints, got {self.channels}")
+
+
+@dataclass
+class MlpConfig:
+    type: str = "mlp"
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    mission_embed: int = 32
+
+    def check(self) -> None:
+        positive("model", self, "mission_embed")
+        one_of("model", self, "activation", ("tanh", "relu"))
+        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
+            raise ConfigError(f"model.hidden_sizes: expected a non-empty list of positive ints, got {self.hidden_sizes}")
+
+
+# --------------------------------------------------------------------------------- data
+@dataclass
+class GotoDataConfig:
+    type: str = "goto"
+    grid_size: int = 5
+    num_distractors: int = 1
+    max_steps: int = 32
+    tile_size: int = 8
+    num_walls: int = 0
+    num_train_levels: int = 0
+
+    def check(self) -> None:
+        positive("data", self, "grid_size", "max_steps", "tile_size")
+        non_negative("data", self, "num_distractors", "num_walls", "num_train_levels")
+        if 2 + self.num_distractors + self.num_walls > self.grid_size**2:
+            raise ConfigError(
+                f"data.grid_size: {self.grid_size}x{self.grid_size} has no room for the agent, target, "
+                f"{self.num_distractors} distractors and {self.num_walls} walls"
+            )
+
+
+@dataclass
+class GymDataConfig:
+    type: str = "gym"
+    env_id: str = "CartPole-v1"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    mission_tokens: int = 16
+    vectorization: str = "sync"
+
+    def check(self) -> None:
+        positive("data", self, "mission_tokens")
+        one_of("data", self, "vectorization", ("sync", "async"))
+
+
+# ------------------------------------------------------------------- other groups
+@dataclass
+class NoCompression:
+    type: str = "none"
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"
+    threads: int = 0
+    precision: str = "fp32"
+    compile: bool = False
+
+    def check(self) -> None:
+        non_negative("hardware", self, "threads")
+        one_of("hardware", self, "precision", ("fp32", "bf16"))
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"hardware.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 100_000
+    episodes: int = 256
+    deterministic: bool = False
+
+    def check(self) -> None:
+        positive("eval", self, "every_steps", "episodes")
+
+
+@dataclass
+class MonitorConfig:
+    progress: bool = True
+    tensorboard: bool = True
+    grad_vanish_below: float = 1e-7
+    grad_explode_above: float = 1e3
+
+    def check(self) -> None:
+        positive("monitor", self, "grad_vanish_below", "grad_explode_above")
+
+
+@dataclass
+class TrainConfig:
+    algo: Any = None
+    model: Any = None
+    data: Any = None
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    compression: Any = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    seed: int = 1
+    runs_root: str = "runs"
+    run_name: Optional[str] = None
+
+
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "algo": {"ppo": PPOConfig},
+    "model": {"vit-gpt2": VitGpt2Config, "cnn": CnnConfig, "mlp": MlpConfig},
+    "data": {"goto": GotoDataConfig, "gym": GymDataConfig},
+    "compression": {"none": NoCompression},
+}
+
+
+# ------------------------------------------------------------------------ range checks
+def positive(section: str, obj: Any, *names: str) -> None:
+    """Raise a ConfigError unless every named field is > 0."""
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{section}.{name}: expected a value > 0, got {getattr(obj, name)}")
+
+
+def non_negative(section: str, obj: Any, *names: str) -> None:
+    """Raise a ConfigError unless every named field is >= 0."""
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{section}.{name}: expected a value >= 0, got {getattr(obj, name)}")
+
+
+def between(section: str, obj: Any, name: str, low: float, high: float) -> None:
+    """Raise a ConfigError unless low <= field <= high."""
+    value = getattr(obj, name)
+    if not low <= value <= high:
+        raise ConfigError(f"{section}.{name}: expected a value in [{low}, {high}], got {value}")
+
+
+def one_of(section: str, obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    """Raise a ConfigError unless the field is one of `choices`."""
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ConfigError(f"{section}.{name}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- validation
+def _merge(schema: type, values: Any, prefix: str) -> Any:
+    """Merge `values` onto a schema's defaults; turn OmegaConf errors into one line."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping, got {values!r}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as e:
+        known = ", ".join(f.name for f in fields(schema))
+        raise ConfigError(f"{prefix}{e.full_key}: unknown key (expected one of: {known})") from None
+    except OmegaConfBaseException as e:
+        reason = str(e.msg).splitlines()[0] if e.msg else type(e).__name__
+        raise ConfigError(f"{prefix}{e.full_key}: {reason}") from None
+
+
+def validate(cfg: DictConfig | dict) -> TrainConfig:
+    """Check a composed config against the schemas; return typed dataclass objects.
+
+    Raises ConfigError with a one-line message naming the offending key.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    raw.pop("hydra", None)
+    groups = {name: raw.pop(name, None) for name in GROUP_SCHEMAS}
+    top: TrainConfig = _merge(TrainConfig, raw, "")
+    for group, options in GROUP_SCHEMAS.items():
+        section = groups[group] or {}
+        kind = section.get("type") if isinstance(section, dict) else None
+        if kind not in options:
+            raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
+        setattr(top, group, _merge(options[kind], section, f"{group}."))
+    for section in (top.algo, top.model, top.data, top.compression, top.hardware, top.eval, top.monitor):
+        section.check()
+    return top

@@ -1,0 +1,32 @@
+"""Batched environments: the built-in multimodal `goto` task and any gymnasium env.
+
+`make_env` builds the env a `data` config names. Every env here is batched and speaks torch:
+``reset() -> obs dict``, ``step(actions) -> (obs, reward, terminated, truncated, info)`` with
+same-step auto-reset, plus ``observation_spec``, ``num_actions`` and ``num_envs``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .goto import GotoEnv
+from .gym_adapter import GymVectorEnv, UnsupportedEnvError
+
+
+def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: str = "train"):
+    """Build the batched env of `data_cfg` (`split` picks training or held-out levels)."""
+    if data_cfg.type == "goto":
+        return GotoEnv(
+            num_envs, grid_size=data_cfg.grid_size, num_distractors=data_cfg.num_distractors,
+            max_steps=data_cfg.max_steps, tile_size=data_cfg.tile_size, num_walls=data_cfg.num_walls,
+            num_train_levels=data_cfg.num_train_levels, split=split, device=device, seed=seed,
+        )
+    # Gymnasium envs have no level split: held-out evaluation uses seeds training never uses.
+    eval_offset = 1_000_000 if split == "heldout" else 0
+    return GymVectorEnv(
+        data_cfg.env_id, num_envs, device, seed=seed + eval_offset, env_kwargs=dict(data_cfg.env_kwargs),
+        mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization,
+    )
+
+
+__all__ = ["GotoEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]

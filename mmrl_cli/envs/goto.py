@@ -1,0 +1,352 @@
+"""The built-in multimodal task: `goto`, a batched grid world simulated in torch.
+
+Every sub-environment lives in a row of a few tensors, so one `step` advances all of them with
+a handful of tensor ops, on CPU or GPU. Each observation speaks two modalities:
+
+- ``image``: uint8 RGB rendering of the grid, one ``tile_size`` x ``tile_size`` tile per cell,
+  so a ViT patch of the same size sees exactly one cell;
+- ``mission``: token ids of an instruction such as "go to the red ball".
+
+The agent moves up/down/left/right. Stepping into the named object is a success (reward
+``1 - 0.9 * steps / max_steps``, BabyAI style); stepping into any other object ends the episode
+with reward 0; so does running out of steps (reported as truncation). Walls and the grid edge
+block movement. Finished sub-environments reset themselves in the same step (the observation
+returned for them is the first one of the next episode; the last one is in ``info``).
+
+Levels are generated from an integer level id by a stateless hash, so the same id always gives
+the same level on any device. Training levels use ids below ``HELDOUT_BASE``; held-out levels,
+used only for evaluation, use ids from ``HELDOUT_BASE`` upwards, so the two never overlap.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tokenizer import COLORS, OBJECT_TYPES, WordTokenizer
+
+EMPTY, WALL, OBJECT_BASE = 0, 1, 2
+NUM_OBJECT_KINDS = len(COLORS) * len(OBJECT_TYPES)
+AGENT = OBJECT_BASE + NUM_OBJECT_KINDS  # tile index used only for drawing the agent
+HELDOUT_BASE = 1 << 30
+MISSION_TOKENS = 8
+ACTION_NAMES = ("up", "down", "left", "right")
+_MOVES = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=torch.int64)
+_MASK32 = 0xFFFFFFFF
+_COLOR_RGB = {
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+    "purple": (112, 39, 195), "yellow": (255, 255, 0), "grey": (100, 100, 100),
+}
+
+
+def object_code(color: str, object_type: str) -> int:
+    """Cell code of an object of the given colour and type."""
+    return OBJECT_BASE + OBJECT_TYPES.index(object_type) * len(COLORS) + COLORS.index(color)
+
+
+def describe(code: int) -> tuple[str, str]:
+    """(colour, type) of an object cell code."""
+    kind = code - OBJECT_BASE
+    return COLORS[kind % len(COLORS)], OBJECT_TYPES[kind // len(COLORS)]
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """Stateless integer hash of non-negative int64 values, result in [0, 2^32)."""
+    x = x & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def level_random(level_ids: torch.Tensor, draws: int) -> torch.Tensor:
+    """(n, draws) pseudo-random 32-bit integers determined by each level id alone."""
+    base = _hash32(level_ids * 0x9E3779B1 + 0x7F4A7C15)
+    k = torch.arange(draws, device=level_ids.device, dtype=torch.int64)
+    return _hash32(base[:, None] ^ _hash32(k * 0x85EBCA6B + 1)[None, :])
+
+
+def as_words(x: torch.Tensor) -> torch.Tensor:
+    """View a contiguous tensor as (rows, words) of the widest integer type its rows allow.
+
+    torch's indexed copies cost per element, so moving uint8 images as int64 words is ~8x
+    cheaper than moving them as bytes.
+    """
+    row_bytes = x[0].numel() * x.element_size() if len(x) else 0
+    word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8) if row_bytes % d.itemsize == 0)
+    return x.reshape(len(x), -1).view(torch.uint8).view(word) if x.dtype != word else x.reshape(len(x), -1)
+
+
+def build_tile_atlas(tile_size: int) -> torch.Tensor:
+    """(AGENT + 1, tile_size, tile_size, 3) uint8 drawing of every cell code and the agent."""
+    t = tile_size
+    ys, xs = torch.meshgrid(torch.arange(t), torch.arange(t), indexing="ij")
+    centre = (t - 1) / 2
+    disc = (ys - centre) ** 2 + (xs - centre) ** 2 <= (t / 2 - 0.4) ** 2
+    inner = (ys >= 1) & (ys < t - 1) & (xs >= 1) & (xs < t - 1) if t >= 4 else torch.ones(t, t, dtype=torch.bool)
+    outline = inner & ~((ys >= 2) & (ys < t - 2) & (xs >= 2) & (xs < t - 2)) if t >= 5 else inner
+    bar = (xs - centre).abs() <= max(t / 8, 0.5)
+    key = inner & (bar | ((ys - centre).abs() <= max(t / 8, 0.5)) & (xs >= centre))
+    triangle = (ys >= 1) & ((xs - centre).abs() <= (ys - 0.5) / 2 + 0.3) & (ys < t - 1)
+    shapes = {"ball": disc, "key": key, "box": outline}
+    atlas = torch.zeros(AGENT + 1, t, t, 3, dtype=torch.uint8)
+    atlas[WALL] = 128
+    for color in COLORS:
+        rgb = torch.tensor(_COLOR_RGB[color], dtype=torch.uint8)
+        for object_type in OBJECT_TYPES:
+            atlas[object_code(color, object_type)][shapes[object_type]] = rgb
+    atlas[AGENT][triangle] = 255
+    return atlas
+
+
+class GotoEnv:
+    """A batch of `goto` levels stepped together as tensors.
+
+    Tensors returned by `reset` and `step` are views of the env's own buffers, valid until the
+    next call: copy them (the rollout storage does) if you keep them.
+    """
+
+    num_actions = len(ACTION_NAMES)
+    # Per-env tensors that, with the level pool and the generator, make up the whole state.
+    LEVEL_FIELDS = ("cells", "agent", "target", "mission", "level_id", "image")
+
+    def __init__(
+        self,
+        num_envs: int,
+        grid_size: int = 5,
+        num_distractors: int = 1,
+        max_steps: int = 32,
+        tile_size: int = 8,
+        num_walls: int = 0,
+        num_train_levels: int = 0,
+        split: str = "train",
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        pool_size: int = 0,
+    ):
+        if 2 + num_distractors + num_walls > grid_size * grid_size:
+            raise ValueError("grid too small for the agent, target, distractors and walls")
+        if split not in ("train", "heldout"):
+            raise ValueError("split must be 'train' or 'heldout'")
+        self.num_envs, self.grid_size, self.tile_size = num_envs, grid_size, tile_size
+        self.num_distractors, self.num_walls, self.max_steps = num_distractors, num_walls, max_steps
+        self.num_train_levels, self.split = num_train_levels, split
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.next_heldout = 0
+        self.tokenizer = WordTokenizer(MISSION_TOKENS)
+        self.atlas = build_tile_atlas(tile_size).to(self.device)
+        self.moves = _MOVES.to(self.device)
+        # Instruction token ids of every object kind, looked up when a level is generated.
+        self.mission_table = self.tokenizer.encode_batch(
+            [" ".join(("go to the",) + describe(OBJECT_BASE + k)) for k in range(NUM_OBJECT_KINDS)]
+        ).to(self.device)
+        n, g = num_envs, grid_size
+        self.env_index = torch.arange(n, device=self.device)
+        self.cell_offset = self.env_index * g * g
+        self.steps = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self.episode_return = torch.zeros(n, dtype=torch.float32, device=self.device)
+        for name, value in self.generate_levels(torch.zeros(n, dtype=torch.int64, device=self.device)).items():
+            setattr(self, name, value)
+        # Drawing works on machine words: one tile row (3 * tile_size bytes) is a few of them.
+        word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8) if (3 * tile_size) % d.itemsize == 0)
+        self.words_per_row = 3 * tile_size // word.itemsize
+        self.atlas_words = self.atlas.view(AGENT + 1, tile_size, 3 * tile_size).view(word)
+        self.image_words = self.image.view(-1, 3 * tile_size).view(word)
+        self.tile_word_offsets = (
+            torch.arange(tile_size, device=self.device)[:, None] * g * self.words_per_row
+            + torch.arange(self.words_per_row, device=self.device)
+        ).view(-1)
+        self.empty_words = self.atlas_words[EMPTY].reshape(-1).repeat(n)
+        self.agent_words = self.atlas_words[AGENT].reshape(-1).repeat(n)
+        # Resets draw from a pool of levels generated (and drawn) in bulk: generating a few
+        # levels per step would cost dozens of tiny tensor ops every step.
+        self.pool_size = pool_size or max(256, n)
+        self.pool: dict[str, torch.Tensor] = {}
+        self.pool_cursor = self.pool_size
+
+    @property
+    def observation_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape (without the batch dimension) and dtype of each observation entry."""
+        side = self.grid_size * self.tile_size
+        return {"image": ((side, side, 3), torch.uint8), "mission": ((MISSION_TOKENS,), torch.int64)}
+
+    def observation(self) -> dict[str, torch.Tensor]:
+        """The current observation of every sub-environment."""
+        return {"image": self.image, "mission": self.mission}
+
+    # ----------------------------------------------------------------------------- levels
+    def sample_level_ids(self, count: int) -> torch.Tensor:
+        """Level ids for `count` new episodes of this env's split."""
+        if self.split == "heldout":
+            ids = HELDOUT_BASE + self.next_heldout + torch.arange(count, device=self.device)
+            self.next_heldout += count
+            return ids
+        high = self.num_train_levels if self.num_train_levels > 0 else HELDOUT_BASE
+        return torch.randint(0, high, (count,), generator=self.generator, device=self.device)
+
+    def generate_levels(self, level_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Lay out and draw the levels `level_ids`: a dict of `LEVEL_FIELDS` tensors."""
+        g, n_obj, k = self.grid_size, 1 + self.num_distractors, len(level_ids)
+        rand = level_random(level_ids, 1 + n_obj + g * g)
+        # A random permutation of the cells: agent first, then the objects, then the walls.
+        order = torch.argsort(rand[:, 1 + n_obj :], dim=1)
+        target_kind = rand[:, 0] % NUM_OBJECT_KINDS
+        other = rand[:, 1:n_obj] % (NUM_OBJECT_KINDS - 1)
+        distractor_kind = other + (other >= target_kind[:, None]).long()
+        kinds = torch.cat([target_kind[:, None], distractor_kind], dim=1)
+        cells = torch.zeros(k, g * g, dtype=torch.int64, device=self.device)
+        cells.scatter_(1, order[:, 1 : 1 + n_obj], OBJECT_BASE + kinds)
+        if self.num_walls:
+            cells.scatter_(1, order[:, 1 + n_obj : 1 + n_obj + self.num_walls], WALL)
+        cells = cells.view(k, g, g)
+        agent = torch.stack([order[:, 0] // g, order[:, 0] % g], dim=1)
+        return {
+            "cells": cells, "agent": agent, "target": OBJECT_BASE + target_kind,
+            "mission": self.mission_table.index_select(0, target_kind), "level_id": level_ids.clone(),
+            "image": self.render(cells, agent),
+        }
+
+    def render(self, cells: torch.Tensor, agent: torch.Tensor) -> torch.Tensor:
+        """(k, side, side, 3) uint8 images of grids `cells` (k, g, g) with the agent at `agent`."""
+        g, t, k = self.grid_size, self.tile_size, len(cells)
+        codes = cells.reshape(k, g * g).clone()
+        codes.scatter_(1, (agent[:, 0] * g + agent[:, 1])[:, None], AGENT)
+        tiles = self.atlas.index_select(0, codes.view(-1)).view(k, g, g, t, t, 3)
+        return tiles.permute(0, 1, 3, 2, 4, 5).reshape(k, g * t, g * t, 3)
+
+    def load_levels(self, index: torch.Tensor, levels: dict[str, torch.Tensor]) -> None:
+        """Start new episodes on `levels` in sub-environments `index`."""
+        for name in self.LEVEL_FIELDS:
+            as_words(getattr(self, name)).index_copy_(0, index, as_words(levels[name]))
+        self.steps.index_fill_(0, index, 0)
+        self.episode_return.index_fill_(0, index, 0.0)
+
+    def reset_from_pool(self, index: torch.Tensor) -> None:
+        """Start new episodes in sub-environments `index` on the next levels of the pool."""
+        count = len(index)
+        if self.pool_cursor + count > self.pool_size:
+            self.pool = self.generate_levels(self.sample_level_ids(self.pool_size))
+            self.pool_cursor = 0
+        window = slice(self.pool_cursor, self.pool_cursor + count)
+        self.load_levels(index, {name: value[window] for name, value in self.pool.items()})
+        self.pool_cursor += count
+
+    def draw_tiles(self, positions: torch.Tensor, tile_words: torch.Tensor) -> None:
+        """Draw one tile (its machine words `tile_words`, repeated per env) at `positions` (n, 2).
+
+        Indexed copies in torch cost per element, so the image is handled as machine words
+        rather than bytes, and the whole batch's drawing is one flat `scatter_`.
+        """
+        g, t = self.grid_size, self.tile_size
+        first_word = ((self.env_index * g + positions[:, 0]) * t * g + positions[:, 1]) * self.words_per_row
+        self.image_words.view(-1).scatter_(0, (first_word[:, None] + self.tile_word_offsets).view(-1), tile_words)
+
+    def set_level(self, env: int, rows: list[str], target: tuple[str, str]) -> None:
+        """Load a hand-written level into sub-environment `env` (for tests and demos).
+
+        `rows` is a square map, one character a cell: ``.`` empty, ``#`` wall, ``A`` the agent;
+        balls are colour initials in lowercase (``r g b p y e`` = red, green, blue, purple,
+        yellow, grey), keys the same in uppercase, boxes the digits ``0``-``5`` by colour.
+        """
+        g = self.grid_size
+        if len(rows) != g or any(len(r) != g for r in rows):
+            raise ValueError(f"level must be {g} rows of {g} characters")
+        initials = "rgbpye"
+        cells = torch.zeros(g, g, dtype=torch.int64)
+        agent = None
+        for r, line in enumerate(rows):
+            for c, ch in enumerate(line):
+                if ch == "#":
+                    cells[r, c] = WALL
+                elif ch == "A":
+                    agent = (r, c)
+                elif ch in initials:
+                    cells[r, c] = object_code(COLORS[initials.index(ch)], "ball")
+                elif ch in initials.upper():
+                    cells[r, c] = object_code(COLORS[initials.upper().index(ch)], "key")
+                elif ch.isdigit() and int(ch) < len(COLORS):
+                    cells[r, c] = object_code(COLORS[int(ch)], "box")
+                elif ch != ".":
+                    raise ValueError(f"unknown level character {ch!r}")
+        if agent is None:
+            raise ValueError("level has no agent 'A'")
+        code = object_code(*target)
+        cells, agent = cells[None].to(self.device), torch.tensor([agent], device=self.device)
+        level = {
+            "cells": cells, "agent": agent, "target": torch.tensor([code], device=self.device),
+            "mission": self.mission_table[code - OBJECT_BASE][None], "level_id": torch.tensor([-1], device=self.device),
+            "image": self.render(cells, agent),
+        }
+        self.load_levels(torch.tensor([env], device=self.device), level)
+
+    # ----------------------------------------------------------------------- gym-style API
+    def reset(self, seed: int | None = None, level_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Start a new episode in every sub-environment; returns the observation.
+
+        `seed` reseeds level sampling; `level_ids` plays exactly those levels instead.
+        """
+        if seed is not None:
+            self.generator.manual_seed(seed)
+            self.next_heldout = 0
+            self.pool_cursor = self.pool_size
+        if level_ids is None:
+            self.reset_from_pool(self.env_index)
+        else:
+            self.load_levels(self.env_index, self.generate_levels(level_ids.to(self.device)))
+        return self.observation()
+
+    def step(self, actions: torch.Tensor):
+        """Advance every sub-environment by one action.
+
+        Returns ``(obs, reward, terminated, truncated, info)``. ``info`` describes the episodes
+        that ended in this step: ``done_index`` (which sub-environments), ``episode_return``,
+        ``episode_length``, ``success``, ``level_id`` and ``final_obs`` (their last observation,
+        before the automatic reset).
+        """
+        old = self.agent
+        new = (old + self.moves.index_select(0, actions)).clamp_(0, self.grid_size - 1)
+        code = self.cells.view(-1).index_select(0, self.cell_offset + new[:, 0] * self.grid_size + new[:, 1])
+        hit_object = code >= OBJECT_BASE
+        success = hit_object & (code == self.target)
+        moved = code == EMPTY
+        self.agent = torch.where(moved[:, None], new, old)
+        self.steps += 1
+        terminated = hit_object
+        truncated = (self.steps >= self.max_steps) & ~terminated
+        reward = success.float() * (1.0 - 0.9 * self.steps.float() / self.max_steps)
+        self.episode_return += reward
+        # Redraw only the two cells that can change: the one left and the one entered.
+        self.draw_tiles(old, self.empty_words)
+        self.draw_tiles(self.agent, self.agent_words)
+        done_index = torch.nonzero(terminated | truncated).squeeze(1)
+        info = {
+            "done_index": done_index,
+            "episode_return": self.episode_return.index_select(0, done_index),
+            "episode_length": self.steps.index_select(0, done_index),
+            "success": success.index_select(0, done_index),
+            "level_id": self.level_id.index_select(0, done_index),
+        }
+        if len(done_index):
+            info["final_obs"] = {
+                k: as_words(v).index_select(0, done_index).view(torch.uint8).view(v.dtype).view(-1, *v.shape[1:])
+                for k, v in self.observation().items()
+            }
+            self.reset_from_pool(done_index)
+        return self.observation(), reward, terminated, truncated, info
+
+    # ------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor needed to continue exactly where the env is now."""
+        state = {name: getattr(self, name) for name in self.LEVEL_FIELDS + ("steps", "episode_return")}
+        state.update({f"pool.{name}": value for name, value in self.pool.items()})
+        state["generator"] = self.generator.get_state()
+        state["counters"] = torch.tensor([self.next_heldout, self.pool_cursor])
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state produced by `state_dict`."""
+        for name in self.LEVEL_FIELDS + ("steps", "episode_return"):
+            getattr(self, name).copy_(state[name])
+        self.pool = {name[5:]: value.to(self.device).clone() for name, value in state.items() if name.startswith("pool.")}
+        self.generator.set_state(state["generator"])
+        self.next_heldout, self.pool_cursor = (int(x) for x in state["counters"])

@@ -1,0 +1,75 @@
+"""ViT-GPT2 policy: transformers' ViT over image patches, GPT-2 over the instruction.
+
+Data flow for one observation (P patches, L instruction tokens, width d):
+
+1. ViT patch embedding (+ CLS and position embeddings) turns the image into P + 1 tokens.
+2. GPT-2 reads the instruction with causal self-attention and *cross-attends to the patch
+   tokens*, so its last instruction token summarises "what is asked, and where it is".
+3. That summary is added to every patch token (instruction fused into every patch), then the
+   ViT encoder layers mix the patches.
+4. The heads read all patch states, flattened, which keeps each cell's position.
+
+Why this shape (measured in the design prototype): pooling a single token (CLS or GPT-2's last
+token) learned "go to an object" but not "which object"; small position-embedding init (0.02)
+stalled too. Position embeddings therefore start at `pos_init_std` (1.0 by default).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2Model, ViTConfig, ViTModel
+
+from ..envs.tokenizer import PAD_ID, VOCAB_SIZE
+from .heads import ActorCriticHeads, image_to_float, orthogonal
+
+
+class VitGpt2Policy(nn.Module):
+    """Actor-critic over (image, instruction) built from config, randomly initialised."""
+
+    def __init__(self, cfg, observation_spec: dict, num_actions: int, patch_size: int = 8):
+        super().__init__()
+        if "image" not in observation_spec:
+            raise ValueError("model=vit-gpt2 needs an 'image' observation")
+        height, width, channels = observation_spec["image"][0]
+        if height % patch_size or width % patch_size:
+            raise ValueError(f"image {height}x{width} is not a whole number of {patch_size}-pixel patches")
+        d = cfg.hidden_size
+        self.vit = ViTModel(
+            ViTConfig(
+                hidden_size=d, num_hidden_layers=cfg.vit_layers, num_attention_heads=cfg.heads,
+                intermediate_size=cfg.ff_size, image_size=(height, width), patch_size=patch_size,
+                num_channels=channels, hidden_act=cfg.activation, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                attn_implementation="eager",
+            ),
+            add_pooling_layer=False,
+        )
+        nn.init.normal_(self.vit.embeddings.position_embeddings, std=cfg.pos_init_std)
+        self.gpt = None
+        if "mission" in observation_spec:
+            self.gpt = GPT2Model(
+                GPT2Config(
+                    vocab_size=VOCAB_SIZE, n_positions=observation_spec["mission"][0][0], n_embd=d,
+                    n_layer=cfg.gpt_layers, n_head=cfg.heads, n_inner=cfg.ff_size, add_cross_attention=True, activation_function=cfg.activation,
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+                    pad_token_id=PAD_ID, attn_implementation="eager",
+                )
+            )
+            self.fuse = nn.Linear(d, d)
+        num_patches = (height // patch_size) * (width // patch_size)
+        self.trunk = nn.Sequential(orthogonal(nn.Linear(num_patches * d, cfg.head_hidden)), nn.ReLU())
+        self.heads = ActorCriticHeads(cfg.head_hidden, num_actions)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.vit.embeddings(image_to_float(obs["image"]))  # (B, 1 + P, d)
+        if self.gpt is not None:
+            ids = obs["mission"]
+            valid = ids != PAD_ID
+            text = self.gpt(input_ids=ids, attention_mask=valid.long(), encoder_hidden_states=tokens).last_hidden_state
+            last = (valid.sum(1) - 1).clamp(min=0)
+            summary = text[torch.arange(len(ids), device=ids.device), last]
+            tokens = tokens + self.fuse(summary).unsqueeze(1)
+        for layer in self.vit.layers:
+            tokens = layer(tokens)
+        patches = self.vit.layernorm(tokens)[:, 1:]
+        return self.heads(self.trunk(patches.flatten(1)))

@@ -1,0 +1,158 @@
+"""TensorBoard logging and the rich terminal view, with live problem warnings.
+
+The monitor watches what usually goes wrong in RL runs and says so while the run is alive:
+vanishing or exploding gradients (per module), KL blow-ups between updates, and a growing gap
+between training-level and held-out success (overfitting to the training levels).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+# Thresholds for the live warnings (KL blow-up, generalisation gap).
+KL_WARN_ABOVE = 0.1
+GAP_WARN_ABOVE = 0.15
+
+
+def module_grad_norms(policy: torch.nn.Module) -> dict[str, float]:
+    """L2 norm of the gradients of each top-level submodule of the policy."""
+    norms = {}
+    for name, module in policy.named_children():
+        grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+        if grads:
+            norms[name] = float(torch.stack(grads).norm())
+    return norms
+
+
+class Monitor:
+    """Everything a run reports: TensorBoard scalars, the live console view, warnings."""
+
+    def __init__(self, cfg, run_dir: Path, total_steps: int, console: Console | None = None):
+        self.cfg = cfg.monitor
+        self.console = console or Console()
+        self.total_steps = total_steps
+        self.writer = None
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+        self.latest: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self.episodes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.live = None
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+        )
+        self.task = self.progress.add_task("train", total=total_steps)
+        self.interactive = self.cfg.progress and self.console.is_terminal
+        self.last_print = 0.0
+        self.step = 0
+
+    # ----------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "Monitor":
+        if self.interactive:
+            self.live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+            self.live.__exit__(*exc)
+        if self.writer is not None:
+            self.writer.close()
+
+    def render(self) -> Group:
+        """The live view: progress bar, latest metrics, most recent warnings."""
+        metrics = "  ".join(f"{key} [bold]{self._fmt(value)}[/]" for key, value in self.latest.items())
+        return Group(self.progress, metrics, *[f"[yellow]warning:[/] {w}" for w in self.warnings[-3:]])
+
+    @staticmethod
+    def _fmt(value: float) -> str:
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
+
+    def warn(self, message: str) -> None:
+        """Show a problem now (and keep it on screen) without stopping the run."""
+        if message not in self.warnings[-3:]:
+            self.warnings.append(message)
+            if self.live is None:
+                self.console.print(f"[yellow]warning:[/] {message}")
+
+    # ------------------------------------------------------------------------ recording
+    def record_episodes(self, info: dict) -> None:
+        """Keep the finished episodes of one env step (tensors; no device sync here)."""
+        if "final_obs" in info:
+            self.episodes.append((info["episode_return"], info["episode_length"], info["success"]))
+
+    def check_gradients(self, policy: torch.nn.Module) -> None:
+        """Log per-module gradient norms and warn when any vanishes or explodes."""
+        for name, norm in module_grad_norms(policy).items():
+            self.scalar(f"grad/{name}_norm", norm)
+            if norm < self.cfg.grad_vanish_below:
+                self.warn(f"vanishing gradients in '{name}' (norm {norm:.2e})")
+            elif norm > self.cfg.grad_explode_above or not math.isfinite(norm):
+                self.warn(f"exploding gradients in '{name}' (norm {norm:.2e})")
+
+    def scalar(self, tag: str, value: float) -> None:
+        if self.writer is not None and value == value:  # skip NaN
+            self.writer.add_scalar(tag, value, self.step)
+
+    def log_update(self, step: int, metrics: dict[str, float], sps: float, update_seconds: float) -> None:
+        """Write one update's losses, episode statistics and speed."""
+        self.step = step
+        for name in ("loss_policy", "loss_value", "loss_entropy", "approx_kl", "clipfrac"):
+            if name in metrics:
+                self.scalar(f"losses/{name.removeprefix('loss_')}", metrics[name])
+        self.scalar("losses/explained_variance", metrics["explained_variance"])
+        self.scalar("charts/learning_rate", metrics["learning_rate"])
+        self.scalar("charts/clip_range", metrics["clip_range"])
+        self.scalar("grad/global_norm", metrics["grad_norm"])
+        self.scalar("perf/sps", sps)
+        self.scalar("perf/update_seconds", update_seconds)
+        self.latest.update({"steps/s": sps, "kl": metrics.get("approx_kl", 0.0), "loss": metrics.get("loss_value", 0.0)})
+        if metrics.get("approx_kl", 0.0) > KL_WARN_ABOVE:
+            self.warn(f"KL blow-up: approx_kl {metrics['approx_kl']:.3f} > {KL_WARN_ABOVE} (lower lr or set algo.target_kl)")
+        if self.episodes:
+            returns, lengths, success = (torch.cat(x).float() for x in zip(*self.episodes))
+            self.episodes.clear()
+            self.latest.update(**{"return": float(returns.mean()), "ep_len": float(lengths.mean())})
+            self.scalar("charts/episodic_return", self.latest["return"])
+            self.scalar("charts/episode_length", self.latest["ep_len"])
+            self.scalar("charts/episodes", len(returns))
+            if success.numel():
+                self.latest["success"] = float(success.mean())
+                self.scalar("charts/success_rate", self.latest["success"])
+        self.progress.update(self.task, completed=step)
+        self._refresh()
+
+    def log_eval(self, step: int, train: dict | None, heldout: dict) -> None:
+        """Write evaluation results; warn when training levels pull away from held-out ones."""
+        self.step = step
+        self.scalar("eval/heldout_success_rate", heldout["success_rate"])
+        self.scalar("eval/heldout_return", heldout["return_mean"])
+        self.latest["heldout"] = heldout["success_rate"]
+        if train is not None:
+            self.scalar("eval/success_rate", train["success_rate"])
+            self.scalar("eval/return", train["return_mean"])
+            gap = train["success_rate"] - heldout["success_rate"]
+            self.scalar("eval/generalization_gap", gap)
+            if gap > GAP_WARN_ABOVE:
+                self.warn(f"overfitting to training levels: success {train['success_rate']:.2f} on training "
+                          f"vs {heldout['success_rate']:.2f} held-out")
+        self._refresh(force=True)
+
+    def _refresh(self, force: bool = False) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+        elif self.cfg.progress and (force or time.monotonic() - self.last_print > 10):
+            self.last_print = time.monotonic()
+            fields = "  ".join(f"{k} {self._fmt(v)}" for k, v in self.latest.items())
+            self.console.print(f"step {self.step:,}/{self.total_steps:,}  {fields}", highlight=False)
