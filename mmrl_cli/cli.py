@@ -222,7 +222,7 @@ def shell_completion(argv: list[str]) -> None:
     command = words[1] if len(words) >= 2 and words[1] in COMMANDS else "train"
     if line:
         os.environ["COMP_LINE"] = " ".join(["mmrl"] + words[2:]) + (" " if line.endswith(" ") else "")
-    run_hydra(command, argv)
+    run_hydra(command, ["--shell-completion", *argv])
 
 
 def run_hydra(command: str, args: list[str]) -> None:

@@ -11,6 +11,9 @@ import torch
 
 from .goto import GotoEnv
 from .gym_adapter import GymVectorEnv, UnsupportedEnvError
+from .gym_api import GotoGymEnv, GotoVectorEnv, register
+
+register()
 
 
 def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: str = "train"):
@@ -29,4 +32,4 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
     )
 
 
-__all__ = ["GotoEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]
+__all__ = ["GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]

@@ -1,0 +1,108 @@
+"""The `mmrl` command line: help, config printing, real short runs, and bad input."""
+
+import json
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+TINY = ["algo.total_steps=1024", "algo.n_envs=8", "algo.n_steps=16", "algo.batch_size=64", "algo.n_epochs=1",
+        "eval.episodes=8", "eval.every_steps=512", "hardware.threads=1"]
+
+
+def test_help_lists_commands_and_every_group_option(run_mmrl):
+    out = run_mmrl("--help")
+    assert out.returncode == 0
+    for word in ("train", "algo", "ppo", "model", "vit-gpt2", "cnn", "mlp", "data", "goto", "cartpole", "gym",
+                 "hardware", "auto", "cpu", "gpu", "compression", "none"):
+        assert word in out.stdout
+
+
+def test_cfg_job_prints_the_composed_config(run_mmrl):
+    out = run_mmrl("train", "--cfg", "job", "model=cnn", "algo.lr=0.01")
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["model"]["type"] == "cnn" and cfg["algo"]["lr"] == 0.01
+    assert not list(run_mmrl.cwd.iterdir())  # printing the config creates nothing
+
+
+def test_short_train_run_writes_a_complete_run_directory(run_mmrl):
+    out = run_mmrl("train", *TINY, "runs_root=out", "run_name=smoke")
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = list((run_mmrl.cwd / "out").glob("*/*-smoke"))
+    assert "held-out success rate" in out.stdout and str(run_dir.name) in out.stdout
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["algo"]["total_steps"] == 1024
+    weights = load_file(str(run_dir / "model.safetensors"))
+    assert any(name.startswith("vit.") for name in weights) and any(name.startswith("gpt.") for name in weights)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 1024 and 0.0 <= summary["heldout_success_rate"] <= 1.0
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_has_the_documented_tags(run_mmrl):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = run_mmrl("train", *TINY, "model=cnn", "runs_root=out")
+    assert out.returncode == 0, out.stderr
+    (tb,) = list(run_mmrl.cwd.glob("out/*/*/tb"))
+    tags = set(EventAccumulator(str(tb)).Reload().Tags()["scalars"])
+    expected = {"charts/episodic_return", "charts/success_rate", "charts/episode_length", "losses/policy",
+                "losses/value", "losses/entropy", "losses/approx_kl", "losses/clipfrac",
+                "losses/explained_variance", "perf/sps", "perf/update_seconds", "grad/global_norm",
+                "grad/conv_norm", "grad/heads_norm", "eval/success_rate", "eval/heldout_success_rate",
+                "eval/generalization_gap"}
+    assert expected <= tags, expected - tags
+
+
+def test_cartpole_mlp_runs_through_gymnasium(run_mmrl):
+    out = run_mmrl("train", "data=cartpole", "model=mlp", "algo.total_steps=512", "eval.episodes=2",
+                   "runs_root=out", "hardware.threads=1")
+    assert out.returncode == 0, out.stderr
+    (summary,) = list(run_mmrl.cwd.glob("out/*/*/summary.json"))
+    assert json.loads(summary.read_text())["heldout_return"] > 0
+
+
+def test_multirun_makes_one_run_per_seed(run_mmrl):
+    out = run_mmrl("train", "-m", "seed=1,2", *TINY, "model=mlp", "runs_root=out")
+    assert out.returncode == 0, out.stderr
+    summaries = list(run_mmrl.cwd.glob("out/multirun/*/*/*/summary.json"))
+    assert len(summaries) == 2
+    seeds = sorted(yaml.safe_load((s.parent / "config.yaml").read_text())["seed"] for s in summaries)
+    assert seeds == [1, 2]
+
+
+def test_shell_completion(run_mmrl):
+    out = run_mmrl("-sc", "install=bash")
+    assert out.returncode == 0 and "complete" in out.stdout
+    out = run_mmrl("-sc", "query=bash", env={"COMP_LINE": "mmrl tr"})
+    assert out.stdout.split() == ["train"]
+    out = run_mmrl("-sc", "query=bash", env={"COMP_LINE": "mmrl train mod"})
+    assert "model=" in out.stdout.split() or "model." in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "algo.lrr=1"], "algo.lrr"),
+        (["train", "model=transformerxl"], "model=transformerxl"),
+        (["train", "algo.lr=abc"], "algo.lr"),
+        (["train", "algo.lr=-0.1"], "algo.lr"),
+        (["train", "algo.n_envs=0"], "algo.n_envs"),
+        (["train", "algo.gamma=2"], "algo.gamma"),
+        (["train", "algo.lr=[1"], "malformed"),
+        (["train", "+nonsense=1"], "nonsense"),
+        (["train", "data=cartpole"], "model"),
+        (["train", "data=gym", "data.env_id=NoSuchEnv-v9", "model=mlp"], "data.env_id"),
+        (["train", "run_name=../escape"], "run_name"),
+        (["train", "--frobnicate"], "--frobnicate"),
+        (["trian"], "unknown command"),
+        (["train", "-m", "seed=1,x"], "seed"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(run_mmrl, args, needle):
+    out = run_mmrl(*args, "runs_root=out") if args[0] == "train" and len(args) > 1 and not args[1].startswith("--") else run_mmrl(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0] and "Traceback" not in out.stderr
+    assert not list(run_mmrl.cwd.iterdir())

@@ -1,0 +1,138 @@
+"""The built-in goto env: dynamics on hand-built levels, rendering, levels, gymnasium API."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from mmrl_cli.envs import GotoEnv, GotoGymEnv, GotoVectorEnv
+from mmrl_cli.envs.goto import AGENT, HELDOUT_BASE, OBJECT_BASE, describe, object_code
+from mmrl_cli.envs.tokenizer import WordTokenizer
+
+UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
+
+
+def hand_built(rows, target=("red", "ball"), max_steps=32):
+    env = GotoEnv(1, grid_size=len(rows), max_steps=max_steps)
+    env.reset(seed=0)
+    env.set_level(0, rows, target)
+    return env
+
+
+def step(env, action):
+    return env.step(torch.tensor([action]))
+
+
+def test_walls_and_edges_block_movement():
+    env = hand_built(["A#...", ".....", ".....", ".....", "....r"])
+    for action in (RIGHT, UP, LEFT):  # wall to the right, grid edge above and to the left
+        _, reward, terminated, truncated, _ = step(env, action)
+        assert env.agent[0].tolist() == [0, 0]
+        assert reward.item() == 0 and not terminated.item() and not truncated.item()
+    step(env, DOWN)
+    assert env.agent[0].tolist() == [1, 0]
+
+
+def test_reaching_the_target_succeeds_with_time_scaled_reward():
+    env = hand_built(["A.r..", ".....", ".....", ".....", "....g"], max_steps=10)
+    step(env, RIGHT)
+    _, reward, terminated, truncated, info = step(env, RIGHT)
+    assert terminated.item() and not truncated.item()
+    assert reward.item() == pytest.approx(1 - 0.9 * 2 / 10)
+    assert info["success"].tolist() == [True]
+    assert info["episode_length"].tolist() == [2]
+    assert info["episode_return"].item() == pytest.approx(0.82)
+
+
+def test_wrong_object_ends_the_episode_without_reward():
+    env = hand_built(["Ag...", ".....", ".....", ".....", "....r"])
+    _, reward, terminated, _, info = step(env, RIGHT)
+    assert terminated.item() and reward.item() == 0
+    assert info["success"].tolist() == [False]
+
+
+def test_keys_and_boxes_are_distinct_objects():
+    env = hand_built(["AR0..", ".....", ".....", ".....", "....r"], target=("red", "box"))
+    _, _, terminated, _, info = step(env, RIGHT)  # red key is not the red box
+    assert terminated.item() and info["success"].tolist() == [False]
+
+
+def test_time_out_truncates_and_auto_resets():
+    env = hand_built(["A....", ".....", ".....", ".....", "....r"], max_steps=3)
+    for _ in range(2):
+        _, _, terminated, truncated, _ = step(env, UP)
+        assert not truncated.item()
+    obs, reward, terminated, truncated, info = step(env, UP)
+    assert truncated.item() and not terminated.item() and reward.item() == 0
+    # The final observation shows the old level; the returned one is a fresh level.
+    final = info["final_obs"]["image"][0]
+    assert torch.equal(final, env.render(torch.tensor([[[0] * 5] * 5]) * 0 + torch.tensor(
+        [[[0, 0, 0, 0, 0]] * 4 + [[0, 0, 0, 0, object_code("red", "ball")]]]), torch.tensor([[0, 0]]))[0])
+    assert env.steps[0].item() == 0 and env.level_id[0].item() >= 0
+    assert obs["image"].shape == (1, 40, 40, 3)
+
+
+def test_incremental_rendering_matches_a_full_redraw():
+    env = GotoEnv(64, grid_size=6, num_distractors=3, num_walls=3, seed=3)
+    env.reset(seed=3)
+    for _ in range(100):
+        env.step(torch.randint(0, 4, (64,)))
+    assert torch.equal(env.image, env.render(env.cells, env.agent))
+
+
+def test_levels_are_deterministic_and_consistent():
+    env = GotoEnv(8, num_distractors=2)
+    ids = torch.arange(8) + 123
+    first = {k: v.clone() for k, v in env.reset(level_ids=ids).items()}
+    again = GotoEnv(8, num_distractors=2).reset(level_ids=ids)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    tokenizer = WordTokenizer(8)
+    for i in range(8):
+        cells = env.cells[i]
+        objects = cells[cells >= OBJECT_BASE]
+        assert len(objects) == 3 and (objects == env.target[i]).sum() == 1  # one unique target
+        assert tokenizer.decode(env.mission[i]) == "go to the " + " ".join(describe(int(env.target[i])))
+        assert (env.render(env.cells[i : i + 1], env.agent[i : i + 1]) == env.atlas[AGENT][0, 0]).any()
+
+
+def test_training_and_heldout_levels_never_overlap():
+    train = GotoEnv(256, num_train_levels=50)
+    train.reset(seed=0)
+    heldout = GotoEnv(256, split="heldout")
+    heldout.reset(seed=0)
+    assert int(train.level_id.max()) < 50
+    assert int(heldout.level_id.min()) >= HELDOUT_BASE
+
+
+def test_state_dict_round_trip_continues_identically():
+    env = GotoEnv(16, seed=1)
+    env.reset(seed=1)
+    actions = torch.randint(0, 4, (40, 16))
+    for a in actions[:20]:
+        env.step(a)
+    state = {k: v.clone() for k, v in env.state_dict().items()}
+    copy = GotoEnv(16, seed=99)
+    copy.load_state_dict(state)
+    for a in actions[20:]:
+        out1, out2 = env.step(a), copy.step(a)
+        assert torch.equal(out1[0]["image"], out2[0]["image"]) and torch.equal(out1[1], out2[1])
+
+
+def test_gymnasium_check_env_passes():
+    check_env(GotoGymEnv(), skip_render_check=True)
+    env = gym.make("mmrl/GoTo-v0")
+    obs, _ = env.reset(seed=5)
+    assert obs["image"].dtype == np.uint8 and obs["mission"].shape == (8,)
+
+
+def test_gymnasium_vector_env_same_step_autoreset():
+    env = GotoVectorEnv(4, max_steps=2)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (4, 40, 40, 3)
+    env.step(np.zeros(4, dtype=np.int64))
+    obs, reward, terminated, truncated, info = env.step(np.zeros(4, dtype=np.int64))
+    assert (terminated | truncated).all()
+    assert info["_final_obs"].all() and info["final_obs"][0]["image"].shape == (40, 40, 3)
+    vec = gym.make_vec("mmrl/GoTo-v0", num_envs=3, vectorization_mode="vector_entry_point")
+    assert vec.reset(seed=1)[0]["mission"].shape == (3, 8)
