@@ -50,7 +50,7 @@ def check_compatible(cfg: TrainConfig) -> None:
     if cfg.data.type == "gym":
         spec = gym_observation_keys(cfg.data)
     else:
-        spec = {"image", "mission"}
+        spec = {"goto": {"image", "mission"}, "cartpole": {"vector"}}[cfg.data.type]
     needs = {"vit-gpt2": "image", "cnn": "image", "mlp": None}[cfg.model.type]
     if needs and needs not in spec:
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")

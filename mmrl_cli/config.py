@@ -73,10 +73,14 @@ class VitGpt2Config:
     head_hidden: int = 256
     pos_init_std: float = 1.0
     activation: str = "relu"
+    readout: str = "spatial"
+    keypoints: int = 16
 
     def check(self) -> None:
-        positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden", "pos_init_std")
+        positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden",
+                 "pos_init_std", "keypoints")
         one_of("model", self, "activation", ("relu", "gelu", "gelu_new"))
+        one_of("model", self, "readout", ("spatial", "flatten", "both"))
         if self.hidden_size % self.heads:
             raise ConfigError(f"model.heads: expected a divisor of hidden_size={self.hidden_size}, got {self.heads}")
 
@@ -127,6 +131,15 @@ class GotoDataConfig:
                 f"data.grid_size: {self.grid_size}x{self.grid_size} has no room for the agent, target, "
                 f"{self.num_distractors} distractors and {self.num_walls} walls"
             )
+
+
+@dataclass
+class CartPoleDataConfig:
+    type: str = "cartpole"
+    max_steps: int = 500
+
+    def check(self) -> None:
+        positive("data", self, "max_steps")
 
 
 @dataclass
@@ -203,7 +216,7 @@ class TrainConfig:
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "algo": {"ppo": PPOConfig},
     "model": {"vit-gpt2": VitGpt2Config, "cnn": CnnConfig, "mlp": MlpConfig},
-    "data": {"goto": GotoDataConfig, "gym": GymDataConfig},
+    "data": {"goto": GotoDataConfig, "cartpole": CartPoleDataConfig, "gym": GymDataConfig},
     "compression": {"none": NoCompression},
 }
 

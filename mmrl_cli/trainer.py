@@ -82,6 +82,8 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
             logits, _ = policy(obs)
         obs, _, _, _, info = env.step(sample_actions(logits, deterministic)[0])
         index = info["done_index"]
+        if not len(index):
+            continue
         keep = counts[index] < quota
         returns.append(info["episode_return"][keep])
         lengths.append(info["episode_length"][keep])
@@ -142,6 +144,7 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None) -> di
     start = time.perf_counter()
     steps = 0
 
+    bootstrap = algo_cfg.bootstrap_truncated and env.bootstrap_time_limit
     obs = env.reset(seed=cfg.seed)
     with monitor:
         for update in range(1, total_updates + 1):
@@ -154,7 +157,7 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None) -> di
                     action, logprob = sample_actions(logits)
                     buffer.store_obs(t, obs)  # before stepping: env buffers are updated in place
                     obs, reward, terminated, truncated, info = env.step(action)
-                    if algo_cfg.bootstrap_truncated and "final_obs" in info:
+                    if bootstrap and "final_obs" in info:
                         reward = bootstrap_truncated(policy, reward, truncated, info, algo_cfg.gamma, autocast)
                     buffer.store(t, action, logprob, value.float(), reward, terminated | truncated)
                     monitor.record_episodes(info)

@@ -1,4 +1,4 @@
-"""Batched environments: the built-in multimodal `goto` task and any gymnasium env.
+"""Batched environments: the built-in multimodal `goto` task, CartPole, any gymnasium env.
 
 `make_env` builds the env a `data` config names. Every env here is batched and speaks torch:
 ``reset() -> obs dict``, ``step(actions) -> (obs, reward, terminated, truncated, info)`` with
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .cartpole import CartPoleEnv
 from .goto import GotoEnv
 from .gym_adapter import GymVectorEnv, UnsupportedEnvError
 from .gym_api import GotoGymEnv, GotoVectorEnv, register
@@ -24,12 +25,14 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
             max_steps=data_cfg.max_steps, tile_size=data_cfg.tile_size, num_walls=data_cfg.num_walls,
             num_train_levels=data_cfg.num_train_levels, split=split, device=device, seed=seed,
         )
-    # Gymnasium envs have no level split: held-out evaluation uses seeds training never uses.
+    # Envs without levels: held-out evaluation uses seeds training never uses.
     eval_offset = 1_000_000 if split == "heldout" else 0
+    if data_cfg.type == "cartpole":
+        return CartPoleEnv(num_envs, max_steps=data_cfg.max_steps, device=device, seed=seed + eval_offset)
     return GymVectorEnv(
         data_cfg.env_id, num_envs, device, seed=seed + eval_offset, env_kwargs=dict(data_cfg.env_kwargs),
         mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization,
     )
 
 
-__all__ = ["GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]
+__all__ = ["CartPoleEnv", "GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]

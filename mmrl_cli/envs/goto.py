@@ -105,6 +105,9 @@ class GotoEnv:
     """
 
     num_actions = len(ACTION_NAMES)
+    # The time limit is part of this task (the reward shrinks with time taken, BabyAI style), so
+    # running out of time is an outcome, not a cut to bootstrap through.
+    bootstrap_time_limit = False
     # Per-env tensors that, with the level pool and the generator, make up the whole state.
     LEVEL_FIELDS = ("cells", "agent", "target", "mission", "level_id", "image")
 

@@ -34,6 +34,8 @@ def _import_env_packages() -> None:
 class GymVectorEnv:
     """A gymnasium vector env presented as batched torch tensors."""
 
+    bootstrap_time_limit = True  # gymnasium's truncation means "cut by a time limit"
+
     def __init__(self, env_id: str, num_envs: int, device: torch.device, seed: int = 0,
                  env_kwargs: dict | None = None, mission_tokens: int = 16, vectorization: str = "sync"):
         _import_env_packages()

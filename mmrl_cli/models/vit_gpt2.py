@@ -5,9 +5,14 @@ Data flow for one observation (P patches, L instruction tokens, width d):
 1. ViT patch embedding (+ CLS and position embeddings) turns the image into P + 1 tokens.
 2. GPT-2 reads the instruction with causal self-attention and *cross-attends to the patch
    tokens*, so its last instruction token summarises "what is asked, and where it is".
-3. That summary is added to every patch token (instruction fused into every patch), then the
-   ViT encoder layers mix the patches.
-4. The heads read all patch states, flattened, which keeps each cell's position.
+3. That summary modulates every patch token (FiLM, Perez et al. 2018: ``x * (1 + g) + b`` with
+   g, b from the summary), so "is this cell the named object" is a product, not something a
+   later layer must learn to compute; then the ViT encoder layers mix the patches.
+4. The readout keeps position. ``spatial`` (default): a spatial soft-argmax (Levine et al.
+   2016): each of `keypoints` learned maps is a softmax over the patches whose expected (row,
+   col) is a feature, so "where is the agent" and "where is the named object" become
+   coordinates and the direction between them is linear; plus the mean patch state.
+   ``flatten``: all patch states, flattened (the design prototype's readout). ``both``.
 
 Why this shape (measured in the design prototype): pooling a single token (CLS or GPT-2's last
 token) learned "go to an object" but not "which object"; small position-embedding init (0.02)
@@ -55,9 +60,18 @@ class VitGpt2Policy(nn.Module):
                     pad_token_id=PAD_ID, attn_implementation="eager",
                 )
             )
-            self.fuse = nn.Linear(d, d)
-        num_patches = (height // patch_size) * (width // patch_size)
-        self.trunk = nn.Sequential(orthogonal(nn.Linear(num_patches * d, cfg.head_hidden)), nn.ReLU())
+            self.film = nn.Linear(d, 2 * d)
+        rows, cols = height // patch_size, width // patch_size
+        self.readout = cfg.readout
+        features = 0
+        if self.readout in ("spatial", "both"):
+            self.keypoints = nn.Linear(d, cfg.keypoints)
+            grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, rows), torch.linspace(-1, 1, cols), indexing="ij"), -1)
+            self.register_buffer("patch_coords", grid.reshape(rows * cols, 2), persistent=False)
+            features += 2 * cfg.keypoints + d
+        if self.readout in ("flatten", "both"):
+            features += rows * cols * d
+        self.trunk = nn.Sequential(orthogonal(nn.Linear(features, cfg.head_hidden)), nn.ReLU())
         self.heads = ActorCriticHeads(cfg.head_hidden, num_actions)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +82,16 @@ class VitGpt2Policy(nn.Module):
             text = self.gpt(input_ids=ids, attention_mask=valid.long(), encoder_hidden_states=tokens).last_hidden_state
             last = (valid.sum(1) - 1).clamp(min=0)
             summary = text[torch.arange(len(ids), device=ids.device), last]
-            tokens = tokens + self.fuse(summary).unsqueeze(1)
+            scale, shift = self.film(summary).unsqueeze(1).chunk(2, dim=-1)
+            tokens = tokens * (1 + scale) + shift
         for layer in self.vit.layers:
             tokens = layer(tokens)
-        patches = self.vit.layernorm(tokens)[:, 1:]
-        return self.heads(self.trunk(patches.flatten(1)))
+        patches = self.vit.layernorm(tokens)[:, 1:]  # (B, P, d)
+        features = []
+        if self.readout in ("spatial", "both"):
+            attention = torch.softmax(self.keypoints(patches), dim=1)  # (B, P, K): a map per keypoint
+            coords = torch.einsum("bpk,pc->bkc", attention, self.patch_coords)  # expected (row, col)
+            features += [coords.flatten(1), patches.mean(1)]
+        if self.readout in ("flatten", "both"):
+            features.append(patches.flatten(1))
+        return self.heads(self.trunk(torch.cat(features, dim=1)))

@@ -1,0 +1,83 @@
+"""CartPole-v1 as a batched torch env: gymnasium's dynamics, all envs in one tensor op.
+
+The physics, thresholds, reward (1 per step), initial-state distribution and the 500-step
+time limit are those of `gymnasium.envs.classic_control.CartPoleEnv` (Euler integration), so
+results compare with any CartPole-v1 result; only the stepping is batched. A test checks it
+against gymnasium step for step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+GRAVITY, MASS_CART, MASS_POLE, LENGTH, FORCE, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
+TOTAL_MASS = MASS_CART + MASS_POLE
+POLE_MASS_LENGTH = MASS_POLE * LENGTH
+THETA_LIMIT = 12 * 2 * math.pi / 360
+X_LIMIT = 2.4
+
+
+class CartPoleEnv:
+    """`num_envs` CartPole-v1 systems with same-step auto-reset (see `GotoEnv` for the API)."""
+
+    num_actions = 2
+    bootstrap_time_limit = True  # the 500-step limit is a cut, not part of the task
+
+    def __init__(self, num_envs: int, max_steps: int = 500, device: str | torch.device = "cpu", seed: int = 0):
+        self.num_envs, self.max_steps, self.device = num_envs, max_steps, torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.state = torch.zeros(num_envs, 4, device=self.device)
+        self.steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.observation_spec = {"vector": ((4,), torch.float32)}
+
+    def initial_states(self, count: int) -> torch.Tensor:
+        """Fresh states, each coordinate uniform in [-0.05, 0.05] (as gymnasium)."""
+        return (torch.rand(count, 4, generator=self.generator, device=self.device) - 0.5) * 0.1
+
+    def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Start every env afresh; returns the observation."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.state = self.initial_states(self.num_envs)
+        self.steps.zero_()
+        return {"vector": self.state}
+
+    def step(self, actions: torch.Tensor):
+        """One Euler step of every cart; same return convention as `GotoEnv.step`."""
+        x, x_dot, theta, theta_dot = self.state.unbind(1)
+        force = (actions.float() * 2 - 1) * FORCE
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        temp = (force + POLE_MASS_LENGTH * theta_dot.square() * sin) / TOTAL_MASS
+        theta_acc = (GRAVITY * sin - cos * temp) / (LENGTH * (4.0 / 3.0 - MASS_POLE * cos.square() / TOTAL_MASS))
+        x_acc = temp - POLE_MASS_LENGTH * theta_acc * cos / TOTAL_MASS
+        state = torch.stack([x + TAU * x_dot, x_dot + TAU * x_acc, theta + TAU * theta_dot, theta_dot + TAU * theta_acc], 1)
+        self.steps += 1
+        terminated = (state[:, 0].abs() > X_LIMIT) | (state[:, 2].abs() > THETA_LIMIT)
+        truncated = (self.steps >= self.max_steps) & ~terminated
+        reward = torch.ones(self.num_envs, device=self.device)
+        done_index = torch.nonzero(terminated | truncated).squeeze(1)
+        info = {"done_index": done_index}
+        if len(done_index):
+            info.update(
+                episode_return=self.steps.index_select(0, done_index).float(),
+                episode_length=self.steps.index_select(0, done_index),
+                success=truncated.index_select(0, done_index),  # balanced until the time limit
+                final_obs={"vector": state.index_select(0, done_index)},
+            )
+            state = state.index_copy(0, done_index, self.initial_states(len(done_index)))
+            self.steps.index_fill_(0, done_index, 0)
+        self.state = state
+        return {"vector": state}, reward, terminated, truncated, info
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor needed to continue exactly where the env is now."""
+        return {"state": self.state, "steps": self.steps, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state produced by `state_dict`."""
+        self.state = state["state"].to(self.device).clone()
+        self.steps.copy_(state["steps"])
+        self.generator.set_state(state["generator"])
