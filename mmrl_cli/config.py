@@ -23,11 +23,11 @@ class ConfigError(ValueError):
 @dataclass
 class PPOConfig:
     type: str = "ppo"
-    total_steps: int = 1_000_000
-    n_envs: int = 64
-    n_steps: int = 64
-    n_epochs: int = 2
-    batch_size: int = 1024
+    total_steps: int = 600_000
+    n_envs: int = 128
+    n_steps: int = 16
+    n_epochs: int = 4
+    batch_size: int = 512
     lr: float = 1e-3
     lr_schedule: str = "linear"
     gamma: float = 0.99
@@ -65,19 +65,20 @@ class PPOConfig:
 @dataclass
 class VitGpt2Config:
     type: str = "vit-gpt2"
-    hidden_size: int = 64
+    hidden_size: int = 48
     vit_layers: int = 1
     gpt_layers: int = 1
     heads: int = 2
-    ff_size: int = 128
+    ff_size: int = 96
     head_hidden: int = 256
+    head_layers: int = 2
     pos_init_std: float = 1.0
     activation: str = "relu"
-    readout: str = "spatial"
+    readout: str = "both"
     keypoints: int = 16
 
     def check(self) -> None:
-        positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden",
+        positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden", "head_layers",
                  "pos_init_std", "keypoints")
         one_of("model", self, "activation", ("relu", "gelu", "gelu_new"))
         one_of("model", self, "readout", ("spatial", "flatten", "both"))
@@ -180,9 +181,9 @@ class HardwareConfig:
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 100_000
-    episodes: int = 256
-    deterministic: bool = False
+    every_steps: int = 200_000
+    episodes: int = 500
+    deterministic: bool = True
 
     def check(self) -> None:
         positive("eval", self, "every_steps", "episodes")

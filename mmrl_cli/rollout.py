@@ -64,6 +64,9 @@ class RolloutBuffer:
             "values": self.values.flatten(), "advantages": self.advantages.flatten(),
             "returns": self.returns.flatten(),
         }
+        if batch_size == total:  # one full batch: order does not change its gradient, skip the shuffle
+            yield flat
+            return
         order = torch.randperm(total, generator=generator, device="cpu").to(self.actions.device)
         for start in range(0, total - batch_size + 1, batch_size):
             idx = order[start : start + batch_size]

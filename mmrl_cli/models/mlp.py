@@ -52,7 +52,7 @@ class MlpPolicy(nn.Module):
         self.heads = ActorCriticHeads(width, num_actions)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [obs[k].flatten(1).float() / (255.0 if k == "image" else 1.0) for k in self.keys]
+        parts = [obs[k].flatten(1).float() / 255.0 if k == "image" else obs[k].flatten(1) for k in self.keys]
         if self.mission is not None:
             parts.append(self.mission(obs["mission"]))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

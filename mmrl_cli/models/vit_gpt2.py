@@ -71,7 +71,11 @@ class VitGpt2Policy(nn.Module):
             features += 2 * cfg.keypoints + d
         if self.readout in ("flatten", "both"):
             features += rows * cols * d
-        self.trunk = nn.Sequential(orthogonal(nn.Linear(features, cfg.head_hidden)), nn.ReLU())
+        layers = []
+        for _ in range(cfg.head_layers):
+            layers += [orthogonal(nn.Linear(features, cfg.head_hidden)), nn.ReLU()]
+            features = cfg.head_hidden
+        self.trunk = nn.Sequential(*layers)
         self.heads = ActorCriticHeads(cfg.head_hidden, num_actions)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
