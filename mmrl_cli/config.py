@@ -74,7 +74,7 @@ class VitGpt2Config:
     head_layers: int = 2
     pos_init_std: float = 1.0
     activation: str = "relu"
-    readout: str = "both"
+    readout: str = "spatial"
     keypoints: int = 16
 
     def check(self) -> None:

@@ -71,7 +71,7 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
 
     Every sub-env plays a fixed quota of episodes, so short episodes are not over-counted.
     """
-    num_envs = episodes if cfg.data.type == "goto" else min(episodes, 16)
+    num_envs = episodes if cfg.data.type == "goto" else min(episodes, 64)
     env = make_env(cfg.data, num_envs, device, cfg.seed + 10_000, split)
     quota = math.ceil(episodes / num_envs)
     counts = torch.zeros(num_envs, dtype=torch.int64, device=device)

@@ -106,3 +106,11 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(run_mmrl, args, needle
     assert len(lines) == 1, out.stderr
     assert needle in lines[0] and "Traceback" not in out.stderr
     assert not list(run_mmrl.cwd.iterdir())
+
+
+@pytest.mark.slow
+def test_cartpole_is_solved_with_rl_zoo_settings(run_mmrl):
+    out = run_mmrl("train", "data=cartpole", "model=mlp", "runs_root=out", "hardware.threads=1", timeout=600)
+    assert out.returncode == 0, out.stderr
+    (summary,) = list(run_mmrl.cwd.glob("out/*/*/summary.json"))
+    assert json.loads(summary.read_text())["heldout_return"] >= 475

@@ -20,6 +20,13 @@ def log_probs_and_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[
     return log_p.gather(1, actions.unsqueeze(1)).squeeze(1), entropy
 
 
+def normalized(advantages: torch.Tensor) -> torch.Tensor:
+    """Zero-mean, unit-std advantages (a minibatch of one would be zeroed, so it is left as is)."""
+    if advantages.numel() < 2:
+        return advantages
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
 def ppo_losses(
     logits: torch.Tensor, values: torch.Tensor, batch: dict, clip_range: float,
     clip_value: float | None, normalize_advantages: bool,
@@ -35,9 +42,8 @@ def ppo_losses(
     log_ratio = new_logprob - batch["logprobs"]
     ratio = log_ratio.exp()
     advantages = batch["advantages"]
-    if normalize_advantages and len(advantages) > 1:
-        # Normalising a minibatch of one would zero its advantage, so only for len > 1.
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    if normalize_advantages:
+        advantages = normalized(advantages)
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_range, 1 + clip_range) * advantages)
     values = values.float()
     if clip_value is None:
@@ -83,15 +89,22 @@ class PPO:
             group["lr"] = lr
         names, totals = None, None
         count, grad_norm, stopped_early = 0, 0.0, False
+        normalize_each = cfg.normalize_advantages
+        if normalize_each and cfg.batch_size == buffer.n_steps * buffer.n_envs:
+            # One minibatch is the whole rollout: normalise its advantages once, not every epoch.
+            buffer.advantages = normalized(buffer.advantages)
+            normalize_each = False
         for _epoch in range(cfg.n_epochs):
             for batch in buffer.minibatches(cfg.batch_size, self.generator):
                 with self.autocast():
                     logits, values = self.policy(batch["obs"])
-                terms = ppo_losses(logits, values, batch, clip_range, cfg.clip_value, cfg.normalize_advantages)
+                terms = ppo_losses(logits, values, batch, clip_range, cfg.clip_value, normalize_each)
                 if cfg.target_kl is not None and terms["approx_kl"].item() > 1.5 * cfg.target_kl:
                     stopped_early = True
                     break
-                loss = terms["loss_policy"] + cfg.vf_coef * terms["loss_value"] + cfg.ent_coef * terms["loss_entropy"]
+                loss = terms["loss_policy"] + cfg.vf_coef * terms["loss_value"]
+                if cfg.ent_coef:
+                    loss = loss + cfg.ent_coef * terms["loss_entropy"]
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)

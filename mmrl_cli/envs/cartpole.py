@@ -32,6 +32,8 @@ class CartPoleEnv:
         self.state = torch.zeros(num_envs, 4, device=self.device)
         self.steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.observation_spec = {"vector": ((4,), torch.float32)}
+        self.limits = torch.tensor([X_LIMIT, math.inf, THETA_LIMIT, math.inf], device=self.device)
+        self.reward = torch.ones(num_envs, device=self.device)  # CartPole pays 1 every step
 
     def initial_states(self, count: int) -> torch.Tensor:
         """Fresh states, each coordinate uniform in [-0.05, 0.05] (as gymnasium)."""
@@ -48,16 +50,16 @@ class CartPoleEnv:
     def step(self, actions: torch.Tensor):
         """One Euler step of every cart; same return convention as `GotoEnv.step`."""
         x, x_dot, theta, theta_dot = self.state.unbind(1)
-        force = (actions.float() * 2 - 1) * FORCE
+        force = actions * (2 * FORCE) - FORCE
         cos, sin = torch.cos(theta), torch.sin(theta)
         temp = (force + POLE_MASS_LENGTH * theta_dot.square() * sin) / TOTAL_MASS
         theta_acc = (GRAVITY * sin - cos * temp) / (LENGTH * (4.0 / 3.0 - MASS_POLE * cos.square() / TOTAL_MASS))
         x_acc = temp - POLE_MASS_LENGTH * theta_acc * cos / TOTAL_MASS
-        state = torch.stack([x + TAU * x_dot, x_dot + TAU * x_acc, theta + TAU * theta_dot, theta_dot + TAU * theta_acc], 1)
+        # Euler: every coordinate moves by TAU times its derivative, in one op.
+        state = torch.add(self.state, torch.stack([x_dot, x_acc, theta_dot, theta_acc], 1), alpha=TAU)
         self.steps += 1
-        terminated = (state[:, 0].abs() > X_LIMIT) | (state[:, 2].abs() > THETA_LIMIT)
+        terminated = (state.abs() > self.limits).any(1)
         truncated = (self.steps >= self.max_steps) & ~terminated
-        reward = torch.ones(self.num_envs, device=self.device)
         done_index = torch.nonzero(terminated | truncated).squeeze(1)
         info = {"done_index": done_index}
         if len(done_index):
@@ -70,7 +72,7 @@ class CartPoleEnv:
             state = state.index_copy(0, done_index, self.initial_states(len(done_index)))
             self.steps.index_fill_(0, done_index, 0)
         self.state = state
-        return {"vector": state}, reward, terminated, truncated, info
+        return {"vector": state}, self.reward, terminated, truncated, info
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor needed to continue exactly where the env is now."""

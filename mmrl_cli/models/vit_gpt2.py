@@ -11,7 +11,9 @@ Data flow for one observation (P patches, L instruction tokens, width d):
 4. The readout keeps position. ``spatial`` (default): a spatial soft-argmax (Levine et al.
    2016): each of `keypoints` learned maps is a softmax over the patches whose expected (row,
    col) is a feature, so "where is the agent" and "where is the named object" become
-   coordinates and the direction between them is linear; plus the mean patch state.
+   coordinates and the direction between them is linear; each keypoint also reads a 3x3
+   neighbourhood feature (a conv over the patch grid), so at the agent it sees which moves
+   would run into an object; plus the mean patch state.
    ``flatten``: all patch states, flattened (the design prototype's readout). ``both``.
 
 Why this shape (measured in the design prototype): pooling a single token (CLS or GPT-2's last
@@ -23,8 +25,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2Model, ViTConfig, ViTModel
-
 from ..envs.tokenizer import PAD_ID, VOCAB_SIZE
 from .heads import ActorCriticHeads, image_to_float, orthogonal
 
@@ -34,6 +34,8 @@ class VitGpt2Policy(nn.Module):
 
     def __init__(self, cfg, observation_spec: dict, num_actions: int, patch_size: int = 8):
         super().__init__()
+        from transformers import GPT2Config, GPT2Model, ViTConfig, ViTModel  # ~2 s import: only when used
+
         if "image" not in observation_spec:
             raise ValueError("model=vit-gpt2 needs an 'image' observation")
         height, width, channels = observation_spec["image"][0]
@@ -62,13 +64,17 @@ class VitGpt2Policy(nn.Module):
             )
             self.film = nn.Linear(d, 2 * d)
         rows, cols = height // patch_size, width // patch_size
+        self.grid_shape = (rows, cols)
         self.readout = cfg.readout
         features = 0
         if self.readout in ("spatial", "both"):
             self.keypoints = nn.Linear(d, cfg.keypoints)
             grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, rows), torch.linspace(-1, 1, cols), indexing="ij"), -1)
             self.register_buffer("patch_coords", grid.reshape(rows * cols, 2), persistent=False)
-            features += 2 * cfg.keypoints + d
+            # Each cell's 3x3 neighbourhood, read at each keypoint: at the agent's keypoint this
+            # says which neighbouring cells hold what, i.e. which moves would hit an object.
+            self.neighbourhood = nn.Conv2d(d, d, kernel_size=3, padding=1)
+            features += 2 * cfg.keypoints + cfg.keypoints * d + d
         if self.readout in ("flatten", "both"):
             features += rows * cols * d
         layers = []
@@ -95,7 +101,10 @@ class VitGpt2Policy(nn.Module):
         if self.readout in ("spatial", "both"):
             attention = torch.softmax(self.keypoints(patches), dim=1)  # (B, P, K): a map per keypoint
             coords = torch.einsum("bpk,pc->bkc", attention, self.patch_coords)  # expected (row, col)
-            features += [coords.flatten(1), patches.mean(1)]
+            grid = patches.transpose(1, 2).reshape(len(patches), -1, *self.grid_shape)
+            local = torch.relu(self.neighbourhood(grid)).flatten(2).transpose(1, 2)  # (B, P, d)
+            local_at_keypoints = torch.einsum("bpk,bpc->bkc", attention, local)
+            features += [coords.flatten(1), local_at_keypoints.flatten(1), patches.mean(1)]
         if self.readout in ("flatten", "both"):
             features.append(patches.flatten(1))
         return self.heads(self.trunk(torch.cat(features, dim=1)))
