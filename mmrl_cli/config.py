@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 @dataclass
 class PPOConfig:
     type: str = "ppo"
-    total_steps: int = 600_000
+    total_steps: int = 400_000
     n_envs: int = 128
     n_steps: int = 16
     n_epochs: int = 4
