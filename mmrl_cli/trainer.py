@@ -64,7 +64,7 @@ def build_env_and_policy(cfg: TrainConfig, num_envs: int, device: torch.device, 
     return env, policy.to(device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episodes: int,
              deterministic: bool, autocast=contextlib.nullcontext) -> dict[str, float]:
     """Success rate and return over `episodes` episodes on training or held-out levels.
@@ -149,8 +149,8 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None) -> di
     with monitor:
         for update in range(1, total_updates + 1):
             update_start = time.perf_counter()
-            # 1. Collect a rollout with the current policy (no gradients).
-            with torch.no_grad():
+            # 1. Collect a rollout with the current policy (inference mode: no autograd bookkeeping).
+            with torch.inference_mode():
                 for t in range(algo_cfg.n_steps):
                     with autocast():
                         logits, value = policy(obs)

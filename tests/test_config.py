@@ -64,7 +64,7 @@ def test_yaml_keys_all_carry_comments():
 @pytest.mark.parametrize(
     "override,key",
     [("algo.lr=-1", "algo.lr"), ("algo.gamma=1.5", "algo.gamma"), ("algo.n_envs=0", "algo.n_envs"),
-     ("algo.batch_size=100000", "algo.batch_size"), ("model.heads=3", "model.heads"),
+     ("algo.batch_size=100000", "algo.batch_size"), ("model.heads=5", "model.heads"),
      ("data.grid_size=1", "data.grid_size"), ("hardware.precision=fp8", "hardware.precision"),
      ("algo.lr_schedule=cosine", "algo.lr_schedule"), ("eval.episodes=0", "eval.episodes")],
 )
