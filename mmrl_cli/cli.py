@@ -54,6 +54,11 @@ def check_compatible(cfg: TrainConfig) -> None:
     needs = {"vit-gpt2": "image", "cnn": "image", "mlp": None}[cfg.model.type]
     if needs and needs not in spec:
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
+    if cfg.model.type == "vit-gpt2" and cfg.data.type == "gym":
+        height, width = gym_image_shape(cfg.data)
+        patch = 1 if height * width <= 256 else 8
+        if height % patch or width % patch:
+            raise ConfigError(f"model: a {height}x{width} image is not a whole number of {patch}-pixel ViT patches (try model=cnn)")
 
 
 def gym_observation_keys(data_cfg) -> set[str]:
@@ -80,6 +85,17 @@ def gym_observation_keys(data_cfg) -> set[str]:
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
         return {"vector"}
     raise ConfigError(f"data.env_id: {data_cfg.env_id} has an unsupported observation space {space}")
+
+
+def gym_image_shape(data_cfg) -> tuple[int, int]:
+    """(height, width) of a gymnasium env's image observation."""
+    import gymnasium as gym
+
+    env = gym.make(data_cfg.env_id, **dict(data_cfg.env_kwargs))
+    space = env.observation_space
+    env.close()
+    image = space["image"] if isinstance(space, gym.spaces.Dict) else space
+    return image.shape[0], image.shape[1]
 
 
 def compose_error(e: Exception) -> str:

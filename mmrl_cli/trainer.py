@@ -60,8 +60,17 @@ def sample_actions(logits: torch.Tensor, deterministic: bool = False) -> tuple[t
 def build_env_and_policy(cfg: TrainConfig, num_envs: int, device: torch.device, split: str = "train"):
     """The batched env and a matching freshly initialised policy on `device`."""
     env = make_env(cfg.data, num_envs, device, cfg.seed, split)
-    policy = build_policy(cfg.model, env.observation_spec, env.num_actions, getattr(env, "tile_size", 8))
+    policy = build_policy(cfg.model, env.observation_spec, env.num_actions, patch_size_for(env))
     return env, policy.to(device)
+
+
+def patch_size_for(env) -> int:
+    """ViT patch size: the built-in env's tile (a patch is a cell); for other images, 1 pixel
+    when small (MiniGrid's 7x7 symbolic view: a pixel is a cell), else 8."""
+    if hasattr(env, "tile_size"):
+        return env.tile_size
+    shape = env.observation_spec.get("image", ((0, 0, 0), None))[0]
+    return 1 if shape[0] * shape[1] <= 256 else 8
 
 
 @torch.inference_mode()
