@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate
+from .models.patches import default_patch_size
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("algo", "model", "data", "hardware", "compression")
@@ -47,22 +48,26 @@ def check_compatible(cfg: TrainConfig) -> None:
         raise ConfigError(f"hardware.device: {cfg.hardware.device} requested but no CUDA device is available (use hardware=cpu)")
     if cfg.run_name is not None and not RUN_NAME.match(cfg.run_name):
         raise ConfigError(f"run_name: expected letters, digits, '-', '_' or '.', got {cfg.run_name!r}")
+    image_shape = None
     if cfg.data.type == "gym":
-        spec = gym_observation_keys(cfg.data)
+        spec, image_shape = gym_observations(cfg.data)
     else:
         spec = {"goto": {"image", "mission"}, "cartpole": {"vector"}}[cfg.data.type]
     needs = {"vit-gpt2": "image", "cnn": "image", "mlp": None}[cfg.model.type]
     if needs and needs not in spec:
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
-    if cfg.model.type == "vit-gpt2" and cfg.data.type == "gym":
-        height, width = gym_image_shape(cfg.data)
-        patch = 1 if height * width <= 256 else 8
+    if cfg.model.type == "vit-gpt2" and image_shape is not None:
+        height, width = image_shape[:2]
+        patch = default_patch_size(height, width)
         if height % patch or width % patch:
             raise ConfigError(f"model: a {height}x{width} image is not a whole number of {patch}-pixel ViT patches (try model=cnn)")
 
 
-def gym_observation_keys(data_cfg) -> set[str]:
-    """Observation keys mmrl would feed from a gymnasium env id (checks id and spaces)."""
+def gym_observations(data_cfg) -> tuple[set[str], tuple[int, ...] | None]:
+    """Observation keys mmrl would feed from a gymnasium env id, and its image shape if any.
+
+    Makes the env once to check the id, its kwargs, and that its spaces are ones mmrl handles.
+    """
     import gymnasium as gym
 
     from .envs.gym_adapter import _import_env_packages
@@ -79,23 +84,12 @@ def gym_observation_keys(data_cfg) -> set[str]:
     if not isinstance(actions, gym.spaces.Discrete):
         raise ConfigError(f"data.env_id: {data_cfg.env_id} has {type(actions).__name__} actions; mmrl needs Discrete")
     if isinstance(space, gym.spaces.Dict) and "image" in space.spaces:
-        return {"image"} | ({"mission"} if "mission" in space.spaces else set())
+        return {"image"} | ({"mission"} if "mission" in space.spaces else set()), space["image"].shape
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 3:
-        return {"image"}
+        return {"image"}, space.shape
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-        return {"vector"}
+        return {"vector"}, None
     raise ConfigError(f"data.env_id: {data_cfg.env_id} has an unsupported observation space {space}")
-
-
-def gym_image_shape(data_cfg) -> tuple[int, int]:
-    """(height, width) of a gymnasium env's image observation."""
-    import gymnasium as gym
-
-    env = gym.make(data_cfg.env_id, **dict(data_cfg.env_kwargs))
-    space = env.observation_space
-    env.close()
-    image = space["image"] if isinstance(space, gym.spaces.Dict) else space
-    return image.shape[0], image.shape[1]
 
 
 def compose_error(e: Exception) -> str:

@@ -22,6 +22,7 @@ from .algos import ALGOS
 from .config import TrainConfig
 from .envs import make_env
 from .models import build_policy
+from .models.patches import default_patch_size
 from .monitor import Monitor
 from .rollout import RolloutBuffer
 
@@ -65,12 +66,13 @@ def build_env_and_policy(cfg: TrainConfig, num_envs: int, device: torch.device, 
 
 
 def patch_size_for(env) -> int:
-    """ViT patch size: the built-in env's tile (a patch is a cell); for other images, 1 pixel
-    when small (MiniGrid's 7x7 symbolic view: a pixel is a cell), else 8."""
+    """ViT patch size: the built-in env's tile (a patch is a cell), else the default for the image."""
     if hasattr(env, "tile_size"):
         return env.tile_size
-    shape = env.observation_spec.get("image", ((0, 0, 0), None))[0]
-    return 1 if shape[0] * shape[1] <= 256 else 8
+    if "image" not in env.observation_spec:
+        return 1  # no image: only non-ViT models get here
+    height, width, _ = env.observation_spec["image"][0]
+    return default_patch_size(height, width)
 
 
 @torch.inference_mode()
