@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from dataclasses import dataclass
 import re
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate
+from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate, validate_eval
 from .models.patches import default_patch_size
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -133,7 +134,36 @@ def check_overrides(command: str, overrides: list[str]) -> None:
                 cfg = compose(config_name=command, overrides=fixed + extra)
             except Exception as e:
                 raise ConfigError(compose_error(e)) from None
-            check_compatible(validate(cfg))
+            COMMANDS[command].check(cfg, fixed + extra)
+
+
+def check_train(cfg: DictConfig, overrides: list[str]) -> None:
+    """Everything `mmrl train` needs settled before it starts (resumed runs: the saved run too)."""
+    typed = validate(cfg)
+    if typed.resume is not None:
+        typed = resumed_run(typed, overrides).typed
+    check_compatible(typed)
+
+
+def resumed_run(typed: TrainConfig, overrides: list[str]):
+    """The run and checkpoint `resume=` names, with its saved config plus the other overrides."""
+    from .runs import load_run_checkpoint
+
+    return load_run_checkpoint(typed.resume, typed.runs_root, "latest", "resume", overrides, ignore=("resume", "runs_root"))
+
+
+def check_eval(cfg: DictConfig, overrides: list[str]) -> None:
+    """Everything `mmrl eval` needs settled: a valid eval config, a run, an intact checkpoint."""
+    evaluated_run(validate_eval(cfg))
+
+
+def evaluated_run(typed):
+    """The run and checkpoint `mmrl eval` evaluates."""
+    from .runs import load_run_checkpoint
+
+    run = load_run_checkpoint(typed.run, typed.runs_root, typed.checkpoint, "run")
+    check_compatible(run.typed)
+    return run
 
 
 # ---------------------------------------------------------------------------- train
@@ -166,39 +196,109 @@ def print_summary(summary: dict) -> None:
     from rich.table import Table
 
     table = Table(title="mmrl train: summary", show_header=False)
-    ci = summary["heldout_success_ci95"]
-    table.add_row("held-out success rate", f"{summary['heldout_success_rate']:.3f} ± {ci:.3f} (95% CI)")
+    low, high = summary["heldout_success_ci95"]
+    table.add_row("held-out success rate", f"{summary['heldout_success_rate']:.3f}  (95% CI {low:.3f} to {high:.3f})")
     table.add_row("held-out return", f"{summary['heldout_return']:.3f}")
     table.add_row("env steps", f"{summary['steps']:,}")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s ({summary['steps_per_second']:,.0f} steps/s)")
+    if summary["skipped_steps"]:
+        table.add_row("skipped gradient steps", f"{summary['skipped_steps']} (non-finite loss or gradient)")
     table.add_row("device", summary["device"])
     table.add_row("saved to", summary["run_dir"])
     Console().print(table)
 
 
 def train_task(cfg: DictConfig) -> float:
-    """Hydra task of `mmrl train`: validate, make the run directory, train, summarise."""
-    from .trainer import train
+    """Hydra task of `mmrl train`: validate, make (or reopen) the run directory, train, summarise."""
+    from hydra.core.hydra_config import HydraConfig
 
+    from .checkpoint import CheckpointError, write_text_atomic
+    from .trainer import NumericalFault, train
+
+    resume_from = None
     try:
         typed = validate(cfg)
+        if typed.resume is not None:
+            run = resumed_run(typed, list(HydraConfig.get().overrides.task))
+            typed, run_dir, resume_from = run.typed, run.run_dir, run.checkpoint_dir
+            for note in run.notes:
+                print(f"mmrl train: warning: {note}", file=sys.stderr)
         check_compatible(typed)
     except ConfigError as e:
         fail("train", str(e))
-    run_dir = make_run_dir(typed)
-    config_yaml = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
-    (run_dir / "config.yaml").write_text(config_yaml)
+    if resume_from is None:
+        run_dir = make_run_dir(typed)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
+    else:
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(run.config))
+        print(f"mmrl train: resuming {run_dir} from checkpoint {resume_from.name}", file=sys.stderr)
+    hint = f"resume with: mmrl train resume={run_dir}"
     try:
-        summary = train(typed, run_dir)
+        summary = train(typed, run_dir, resume_from=resume_from)
     except KeyboardInterrupt:
-        print(f"\nmmrl train: interrupted; partial run in {run_dir}", file=sys.stderr)
+        print(f"\nmmrl train: stopped at once; the last periodic checkpoint is in {run_dir}/checkpoints ({hint})", file=sys.stderr)
         raise SystemExit(130) from None
+    except NumericalFault as e:
+        kept = f"the last good checkpoint is kept in {run_dir}/checkpoints" if (run_dir / "checkpoints").is_dir() \
+            else "no checkpoint had been written yet"
+        print(f"mmrl train: error: {e}; {kept}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except CheckpointError as e:
+        fail("train", f"resume: {e}")
+    if summary["stopped_by"]:
+        print(f"mmrl train: stopped by {summary['stopped_by']} after {summary['steps']:,} steps; checkpoint saved; {hint}",
+              file=sys.stderr)
+        raise SystemExit(143 if summary["stopped_by"] == "SIGTERM" else 130)
     print_summary(summary)
     return summary["heldout_success_rate"]
 
 
+def eval_task(cfg: DictConfig) -> float:
+    """Hydra task of `mmrl eval`: evaluate a run's checkpoint, write eval/results.json and a GIF."""
+    from .evaluation import run_eval
+
+    try:
+        typed = validate_eval(cfg)
+        run = evaluated_run(typed)
+    except ConfigError as e:
+        fail("eval", str(e))
+    for note in run.notes:
+        print(f"mmrl eval: warning: {note}", file=sys.stderr)
+    results = run_eval(typed, run.run_dir, run.checkpoint_dir, run.typed)
+    print_eval(results)
+    return results["success_rate"]
+
+
+def print_eval(results: dict) -> None:
+    """The table `mmrl eval` prints."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"mmrl eval: {results['split']} levels, checkpoint {results['checkpoint']}", show_header=False)
+    low, high = results["success_ci95"]
+    table.add_row("success rate", f"{results['success_rate']:.3f}  (95% CI {low:.3f} to {high:.3f})")
+    low, high = results["return_ci95"]
+    table.add_row("return", f"{results['return_mean']:.3f}  (95% CI {low:.3f} to {high:.3f})")
+    table.add_row("episodes", f"{results['episodes']} ({'argmax' if results['deterministic'] else 'sampled'} actions)")
+    table.add_row("mean episode length", f"{results['length_mean']:.1f}")
+    table.add_row("results", str(Path(results["run"]) / "eval" / "results.json"))
+    if "gif" in results:
+        table.add_row("episodes GIF", results["gif"])
+    Console().print(table)
+
+
+@dataclass
+class Command:
+    """A subcommand: its Hydra task, the pre-flight check of its config, its help line."""
+
+    task: object
+    check: object
+    help: str
+
+
 COMMANDS = {
-    "train": (train_task, "train a policy with RL (PPO by default) and evaluate it on held-out levels"),
+    "train": Command(train_task, check_train, "train a policy with RL (PPO by default); resume=<run dir> continues one"),
+    "eval": Command(eval_task, check_eval, "evaluate a run's checkpoint: success rate, return (95% CIs), GIF of episodes"),
 }
 
 
@@ -206,7 +306,7 @@ COMMANDS = {
 def print_help() -> None:
     """`mmrl --help`: the subcommands and every config group with its options."""
     lines = ["usage: mmrl <command> [hydra overrides] [hydra flags]", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<10} {command.help}" for name, command in COMMANDS.items()]
     lines += ["", "config groups (pick one with group=option, e.g. model=cnn):"]
     lines += [f"  {group:<12} {', '.join(group_options(group))}" for group in GROUPS]
     lines += [
@@ -215,6 +315,8 @@ def print_help() -> None:
         "  mmrl train data=cartpole model=mlp seed=2    # CartPole with rl-zoo3's PPO settings",
         "  mmrl train -m seed=1,2,3                     # Hydra multirun: one run per seed",
         "  mmrl train --cfg job                         # print the composed config",
+        "  mmrl train resume=runs/2026-11-24/10-00-00   # continue a stopped run (resume=latest: the newest)",
+        "  mmrl eval run=runs/2026-11-24/10-00-00       # success rate with 95% CIs + a GIF of episodes",
         "  eval \"$(mmrl -sc install=bash)\"              # tab completion in bash",
         "", "`mmrl <command> --help` shows that command's config and Hydra's flags.",
     ]
@@ -237,7 +339,7 @@ def shell_completion(argv: list[str]) -> None:
 
 def run_hydra(command: str, args: list[str]) -> None:
     """Run the Hydra app of `command` with `args` as its command line."""
-    task = COMMANDS[command][0]
+    task = COMMANDS[command].task
     sys.argv = ["mmrl", *args]
     hydra.main(config_path=str(CONF_DIR), config_name=command, version_base="1.3")(task)()
 

@@ -8,11 +8,15 @@ read plain Python values, never the DictConfig. Each group option picks its sche
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+# A checkpoint's directory name: its update number, zero-padded (so names sort by age).
+CHECKPOINT_NAME = re.compile(r"^[0-9]{8}$")
 
 
 class ConfigError(ValueError):
@@ -201,6 +205,23 @@ class MonitorConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_updates: int = 50
+    keep_last: int = 3
+
+    def check(self) -> None:
+        positive("checkpoint", self, "every_updates", "keep_last")
+
+
+@dataclass
+class NumericsConfig:
+    max_skipped_in_a_row: int = 10
+
+    def check(self) -> None:
+        positive("numerics", self, "max_skipped_in_a_row")
+
+
+@dataclass
 class TrainConfig:
     algo: Any = None
     model: Any = None
@@ -209,9 +230,45 @@ class TrainConfig:
     compression: Any = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    numerics: NumericsConfig = field(default_factory=NumericsConfig)
     seed: int = 1
     runs_root: str = "runs"
     run_name: Optional[str] = None
+    resume: Optional[str] = None
+
+
+# ------------------------------------------------------------------------- mmrl eval
+@dataclass
+class GifConfig:
+    episodes: int = 3
+    fps: int = 6
+    max_steps: int = 100
+
+    def check(self) -> None:
+        non_negative("gif", self, "episodes")
+        positive("gif", self, "fps", "max_steps")
+
+
+@dataclass
+class EvalCommandConfig:
+    run: str = MISSING
+    runs_root: str = "runs"
+    checkpoint: str = "latest"
+    episodes: int = 500
+    split: str = "heldout"
+    deterministic: bool = True
+    seed: Optional[int] = None
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    gif: GifConfig = field(default_factory=GifConfig)
+
+    def check(self) -> None:
+        positive("", self, "episodes")
+        one_of("", self, "split", ("heldout", "train"))
+        if self.checkpoint != "latest" and not CHECKPOINT_NAME.match(self.checkpoint):
+            raise ConfigError(f"checkpoint: expected 'latest' or a checkpoint name such as 00000050, got {self.checkpoint!r}")
+        self.hardware.check()
+        self.gif.check()
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
@@ -223,32 +280,37 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
 
 
 # ------------------------------------------------------------------------ range checks
+def _key(section: str, name: str) -> str:
+    """The dotted key of a field (`section` is "" for top-level keys)."""
+    return f"{section}.{name}" if section else name
+
+
 def positive(section: str, obj: Any, *names: str) -> None:
     """Raise a ConfigError unless every named field is > 0."""
     for name in names:
         if getattr(obj, name) <= 0:
-            raise ConfigError(f"{section}.{name}: expected a value > 0, got {getattr(obj, name)}")
+            raise ConfigError(f"{_key(section, name)}: expected a value > 0, got {getattr(obj, name)}")
 
 
 def non_negative(section: str, obj: Any, *names: str) -> None:
     """Raise a ConfigError unless every named field is >= 0."""
     for name in names:
         if getattr(obj, name) < 0:
-            raise ConfigError(f"{section}.{name}: expected a value >= 0, got {getattr(obj, name)}")
+            raise ConfigError(f"{_key(section, name)}: expected a value >= 0, got {getattr(obj, name)}")
 
 
 def between(section: str, obj: Any, name: str, low: float, high: float) -> None:
     """Raise a ConfigError unless low <= field <= high."""
     value = getattr(obj, name)
     if not low <= value <= high:
-        raise ConfigError(f"{section}.{name}: expected a value in [{low}, {high}], got {value}")
+        raise ConfigError(f"{_key(section, name)}: expected a value in [{low}, {high}], got {value}")
 
 
 def one_of(section: str, obj: Any, name: str, choices: tuple[str, ...]) -> None:
     """Raise a ConfigError unless the field is one of `choices`."""
     value = getattr(obj, name)
     if value not in choices:
-        raise ConfigError(f"{section}.{name}: expected one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{_key(section, name)}: expected one of {', '.join(choices)}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- validation
@@ -259,6 +321,8 @@ def _merge(schema: type, values: Any, prefix: str) -> Any:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), values)
         return OmegaConf.to_object(merged)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{prefix}{e.full_key}: required (set it on the command line, e.g. {prefix}{e.full_key}=...)") from None
     except ConfigKeyError as e:
         known = ", ".join(f.name for f in fields(schema))
         raise ConfigError(f"{prefix}{e.full_key}: unknown key (expected one of: {known})") from None
@@ -282,6 +346,16 @@ def validate(cfg: DictConfig | dict) -> TrainConfig:
         if kind not in options:
             raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
         setattr(top, group, _merge(options[kind], section, f"{group}."))
-    for section in (top.algo, top.model, top.data, top.compression, top.hardware, top.eval, top.monitor):
+    for section in (top.algo, top.model, top.data, top.compression, top.hardware, top.eval, top.monitor,
+                    top.checkpoint, top.numerics):
         section.check()
     return top
+
+
+def validate_eval(cfg: DictConfig | dict) -> EvalCommandConfig:
+    """Check the composed config of `mmrl eval`; return it typed (ConfigError on a bad key)."""
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    raw.pop("hydra", None)
+    typed: EvalCommandConfig = _merge(EvalCommandConfig, raw, "")
+    typed.check()
+    return typed

@@ -7,6 +7,7 @@ between training-level and held-out success (overfitting to the training levels)
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -19,6 +20,21 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 # Thresholds for the live warnings (KL blow-up, generalisation gap).
 KL_WARN_ABOVE = 0.1
 GAP_WARN_ABOVE = 0.15
+
+
+def truncate_metrics(path: Path, last_update: int) -> None:
+    """Drop metrics.jsonl lines past `last_update` (logged by a session that died after its checkpoint)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        if row.get("update", 0) <= last_update:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def module_grad_norms(policy: torch.nn.Module) -> dict[str, float]:
@@ -34,15 +50,23 @@ def module_grad_norms(policy: torch.nn.Module) -> dict[str, float]:
 class Monitor:
     """Everything a run reports: TensorBoard scalars, the live console view, warnings."""
 
-    def __init__(self, cfg, run_dir: Path, total_steps: int, console: Console | None = None):
+    def __init__(self, cfg, run_dir: Path, total_steps: int, console: Console | None = None, start: tuple[int, int] = (0, 0)):
+        """`start` = (updates, env steps) already done: a resumed run continues its logs from there."""
         self.cfg = cfg.monitor
         self.console = console or Console()
         self.total_steps = total_steps
+        start_update, start_step = start
         self.writer = None
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"))
+            # purge_step hides events a crashed session logged after its last checkpoint.
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        # One JSON line per update: every metric, exactly as computed (resume tests compare these).
+        self.metrics_path = run_dir / "metrics.jsonl"
+        truncate_metrics(self.metrics_path, start_update)
+        self.metrics_file = open(self.metrics_path, "a")
+        self.skipped_reported = 0
         self.latest: dict[str, float] = {}
         self.warnings: list[str] = []
         self.episodes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -54,7 +78,8 @@ class Monitor:
         self.task = self.progress.add_task("train", total=total_steps)
         self.interactive = self.cfg.progress and self.console.is_terminal
         self.last_print = 0.0
-        self.step = 0
+        self.step = start_step
+        self.progress.update(self.task, completed=start_step)
 
     # ----------------------------------------------------------------------- lifecycle
     def __enter__(self) -> "Monitor":
@@ -69,6 +94,7 @@ class Monitor:
             self.live.__exit__(*exc)
         if self.writer is not None:
             self.writer.close()
+        self.metrics_file.close()
 
     def render(self) -> Group:
         """The live view: progress bar, latest metrics, most recent warnings."""
@@ -105,9 +131,17 @@ class Monitor:
         if self.writer is not None and value == value:  # skip NaN
             self.writer.add_scalar(tag, value, self.step)
 
-    def log_update(self, step: int, metrics: dict[str, float], sps: float, update_seconds: float) -> None:
-        """Write one update's losses, episode statistics and speed."""
+    def log_update(self, update: int, step: int, metrics: dict[str, float], skipped_total: int, sps: float,
+                   update_seconds: float) -> None:
+        """Write one update's losses, episode statistics, skipped steps and speed."""
         self.step = step
+        self.metrics_file.write(json.dumps({"update": update, "step": step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        self.scalar("numerics/skipped_steps", skipped_total)
+        if skipped_total > self.skipped_reported:
+            self.warn(f"skipped {skipped_total - self.skipped_reported} gradient step(s) with a non-finite loss or "
+                      f"gradient at update {update} ({skipped_total} in total)")
+            self.skipped_reported = skipped_total
         for name in ("loss_policy", "loss_value", "loss_entropy", "approx_kl", "clipfrac"):
             if name in metrics:
                 self.scalar(f"losses/{name.removeprefix('loss_')}", metrics[name])

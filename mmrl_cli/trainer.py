@@ -1,139 +1,65 @@
-"""The training loop: collect a rollout, compute advantages, update, log, evaluate, save.
+"""The training loop: collect a rollout, compute advantages, update, log, evaluate, checkpoint.
 
 `train` reads top to bottom; everything it calls has one job (env, policy, buffer, algorithm,
-monitor, evaluation). Hot loops read plain Python values from the typed config.
+monitor, evaluation, checkpoint). Hot loops read plain Python values from the typed config.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import os
-import random
+import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from .actions import sample_actions
 from .algos import ALGOS
+from .builders import autocast_for, build_env_and_policy, pick_device
+from .checkpoint import load_model, load_state, save_checkpoint
 from .config import TrainConfig
-from .envs import make_env
-from .models import build_policy
-from .models.patches import default_patch_size
+from .evaluation import evaluate, write_json
 from .monitor import Monitor
+from .rng import global_rng_state, seed_everything, set_global_rng_state
 from .rollout import RolloutBuffer
+from .signals import StopRequests
 
 
-def pick_device(hardware) -> torch.device:
-    """The torch device `hardware.device` names (`auto`: CUDA if available, else CPU)."""
-    if hardware.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(hardware.device)
+class NumericalFault(RuntimeError):
+    """Too many gradient steps in a row had a non-finite loss or gradient."""
 
 
-def autocast_for(device: torch.device, precision: str):
-    """A factory of autocast contexts for the chosen precision (fp32: no autocast)."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: saved in every checkpoint as plain data."""
 
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def sample_actions(logits: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample (or take the argmax of) categorical actions; return them with their log-probs."""
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    if deterministic:
-        actions = log_p.argmax(-1)
-    else:
-        actions = torch.multinomial(log_p.exp(), 1).squeeze(1)
-    return actions, log_p.gather(1, actions.unsqueeze(1)).squeeze(1)
-
-
-def build_env_and_policy(cfg: TrainConfig, num_envs: int, device: torch.device, split: str = "train"):
-    """The batched env and a matching freshly initialised policy on `device`."""
-    env = make_env(cfg.data, num_envs, device, cfg.seed, split)
-    policy = build_policy(cfg.model, env.observation_spec, env.num_actions, patch_size_for(env))
-    return env, policy.to(device)
-
-
-def patch_size_for(env) -> int:
-    """ViT patch size: the built-in env's tile (a patch is a cell), else the default for the image."""
-    if hasattr(env, "tile_size"):
-        return env.tile_size
-    if "image" not in env.observation_spec:
-        return 1  # no image: only non-ViT models get here
-    height, width, _ = env.observation_spec["image"][0]
-    return default_patch_size(height, width)
-
-
-@torch.inference_mode()
-def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episodes: int,
-             deterministic: bool, autocast=contextlib.nullcontext) -> dict[str, float]:
-    """Success rate and return over `episodes` episodes on training or held-out levels.
-
-    Every sub-env plays a fixed quota of episodes, so short episodes are not over-counted.
-    """
-    num_envs = episodes if cfg.data.type == "goto" else min(episodes, 64)
-    env = make_env(cfg.data, num_envs, device, cfg.seed + 10_000, split)
-    quota = math.ceil(episodes / num_envs)
-    counts = torch.zeros(num_envs, dtype=torch.int64, device=device)
-    returns, lengths, successes = [], [], []
-    obs = env.reset(seed=cfg.seed + 10_000)
-    while bool((counts < quota).any()):
-        with autocast():
-            logits, _ = policy(obs)
-        obs, _, _, _, info = env.step(sample_actions(logits, deterministic)[0])
-        index = info["done_index"]
-        if not len(index):
-            continue
-        keep = counts[index] < quota
-        returns.append(info["episode_return"][keep])
-        lengths.append(info["episode_length"][keep])
-        successes.append(info["success"][keep])
-        counts[index] += 1
-    if hasattr(env, "close"):
-        env.close()
-    returns_t = torch.cat(returns).float()
-    success_t = torch.cat(successes).float()
-    n = len(returns_t)
-    return {
-        "episodes": n,
-        "success_rate": float(success_t.mean()),
-        "success_ci95": 1.96 * float(success_t.std() / math.sqrt(n)) if n > 1 else float("nan"),
-        "return_mean": float(returns_t.mean()),
-        "return_ci95": 1.96 * float(returns_t.std() / math.sqrt(n)) if n > 1 else float("nan"),
-        "length_mean": float(torch.cat(lengths).float().mean()),
-    }
+    update: int = 0
+    steps: int = 0
+    next_eval: int = 0
+    wall_seconds: float = 0.0  # training time spent by earlier sessions of this run
+    evaluations: list = dataclasses.field(default_factory=list)
+    heldout: dict = dataclasses.field(default_factory=dict)  # the latest held-out evaluation
 
 
 def save_model(policy: torch.nn.Module, path: Path) -> None:
     """Write the policy weights as safetensors, atomically (temp file, fsync, rename)."""
-    tmp = path.with_suffix(".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
-    save_file(state, str(tmp))
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}, str(tmp))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resume_from: Path | None = None) -> dict:
+    """Train a policy as `cfg` says, in `run_dir`; continue from checkpoint `resume_from` if given.
 
-
-def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None) -> dict:
-    """Train a policy as `cfg` says; write TensorBoard logs and the model into `run_dir`."""
+    Returns the summary; ``summary["stopped_by"]`` names the signal if Ctrl-C or SIGTERM
+    stopped the run early (after a checkpoint). Raises NumericalFault when too many gradient
+    steps in a row were not finite (the last good checkpoint is kept).
+    """
     algo_cfg = cfg.algo
     device = pick_device(cfg.hardware)
     if cfg.hardware.threads:
@@ -141,31 +67,45 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None) -> di
     seed_everything(cfg.seed)
     autocast = autocast_for(device, cfg.hardware.precision)
     env, policy = build_env_and_policy(cfg, algo_cfg.n_envs, device)
-    if cfg.hardware.compile:
-        policy.compile()
     steps_per_update = algo_cfg.n_envs * algo_cfg.n_steps
     total_updates = max(1, algo_cfg.total_steps // steps_per_update)
     algo = ALGOS[algo_cfg.type](algo_cfg, policy, total_updates, autocast)
     algo.generator.manual_seed(cfg.seed)
+    action_rng = torch.Generator(device=device)  # action sampling in rollouts
+    action_rng.manual_seed(cfg.seed)
     buffer = RolloutBuffer(algo_cfg.n_steps, algo_cfg.n_envs, env.observation_spec, device)
-    monitor = monitor or Monitor(cfg, run_dir, total_updates * steps_per_update)
-    heldout: dict = {}
-    evaluations = []
-    next_eval = cfg.eval.every_steps
-    start = time.perf_counter()
-    steps = 0
+    progress = Progress(next_eval=cfg.eval.every_steps)
+    obs = env.reset(seed=cfg.seed)
+    if resume_from is not None:
+        obs = restore(resume_from, policy, algo, env, action_rng, progress, device) or obs
+    if cfg.hardware.compile:
+        policy.compile()
+    monitor = monitor or Monitor(cfg, run_dir, total_updates * steps_per_update, start=(progress.update, progress.steps))
+    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(dataclasses.replace(cfg, resume=None)))
+    saved_update = progress.update if resume_from is not None else None
+
+    def checkpoint() -> None:
+        nonlocal session_start, saved_update
+        progress.wall_seconds += time.perf_counter() - session_start
+        session_start = time.perf_counter()
+        state = {"algo": algo.state_dict(), "env": env_state(env), "obs": obs, "progress": dataclasses.asdict(progress),
+                 "rng": {**global_rng_state(), "actions": action_rng.get_state()}}
+        save_checkpoint(run_dir / "checkpoints", progress.update, policy.state_dict(), state, config_yaml,
+                        cfg.checkpoint.keep_last)
+        saved_update = progress.update
 
     bootstrap = algo_cfg.bootstrap_truncated and env.bootstrap_time_limit
-    obs = env.reset(seed=cfg.seed)
-    with monitor:
-        for update in range(1, total_updates + 1):
+    session_start = time.perf_counter()
+    stop = StopRequests()
+    with monitor, stop:
+        while progress.update < total_updates and not stop.requested:
             update_start = time.perf_counter()
             # 1. Collect a rollout with the current policy (inference mode: no autograd bookkeeping).
             with torch.inference_mode():
                 for t in range(algo_cfg.n_steps):
                     with autocast():
                         logits, value = policy(obs)
-                    action, logprob = sample_actions(logits)
+                    action, logprob = sample_actions(logits, generator=action_rng)
                     buffer.store_obs(t, obs)  # before stepping: env buffers are updated in place
                     obs, reward, terminated, truncated, info = env.step(action)
                     if bootstrap and "final_obs" in info:
@@ -175,39 +115,92 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None) -> di
                 with autocast():
                     last_value = policy(obs)[1].float()
             buffer.compute_advantages(last_value, algo_cfg.gamma, algo_cfg.gae_lambda)
-            steps += steps_per_update
+            progress.steps += steps_per_update
+            progress.update += 1
 
-            # 2. Improve the policy on that rollout.
+            # 2. Improve the policy on that rollout (steps with a non-finite loss or gradient are skipped).
             metrics = algo.update(buffer, on_gradients=monitor.check_gradients)
+            if algo.skipped_in_a_row >= cfg.numerics.max_skipped_in_a_row:
+                raise NumericalFault(
+                    f"{algo.skipped_in_a_row} gradient steps in a row had a non-finite loss or gradient "
+                    f"(numerics.max_skipped_in_a_row={cfg.numerics.max_skipped_in_a_row}); stopped at update {progress.update}"
+                )
+            if not parameters_finite(policy):
+                raise NumericalFault(f"an optimiser step made the parameters non-finite at update {progress.update} "
+                                     f"(is algo.lr={algo_cfg.lr} too high?)")
 
-            # 3. Report, and evaluate on held-out levels now and then.
-            elapsed = time.perf_counter() - start
-            monitor.log_update(steps, metrics, steps / elapsed, time.perf_counter() - update_start)
-            if steps >= next_eval or update == total_updates:
-                next_eval += cfg.eval.every_steps
-                heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic, autocast)
-                on_train = None
-                if cfg.data.type == "goto":
-                    on_train = evaluate(policy, cfg, device, "train", cfg.eval.episodes, cfg.eval.deterministic, autocast)
-                monitor.log_eval(steps, on_train, heldout)
-                evaluations.append({"step": steps, "heldout": heldout, "train": on_train,
-                                    "wall_seconds": time.perf_counter() - start})
+            # 3. Report, evaluate on held-out levels now and then, checkpoint.
+            elapsed = progress.wall_seconds + time.perf_counter() - session_start
+            monitor.log_update(progress.update, progress.steps, metrics, algo.skipped_steps,
+                               progress.steps / elapsed, time.perf_counter() - update_start)
+            if progress.steps >= progress.next_eval or progress.update == total_updates:
+                progress.next_eval += cfg.eval.every_steps
+                run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed)
+            if progress.update % cfg.checkpoint.every_updates == 0 or progress.update == total_updates:
+                checkpoint()
+        if saved_update != progress.update:  # stopped by a signal between checkpoints
+            checkpoint()
 
-    wall = time.perf_counter() - start
     save_model(policy, run_dir / "model.safetensors")
+    wall = progress.wall_seconds
+    heldout = progress.heldout
     summary = {
-        "heldout_success_rate": heldout["success_rate"],
-        "heldout_success_ci95": heldout["success_ci95"],
-        "heldout_return": heldout["return_mean"],
-        "steps": steps,
+        "heldout_success_rate": heldout.get("success_rate", float("nan")),
+        "heldout_success_ci95": heldout.get("success_ci95", [float("nan")] * 2),
+        "heldout_return": heldout.get("return_mean", float("nan")),
+        "steps": progress.steps,
+        "updates": progress.update,
         "wall_seconds": wall,
-        "steps_per_second": steps / wall,
+        "steps_per_second": progress.steps / wall if wall else float("nan"),
+        "skipped_steps": algo.skipped_steps,
         "device": str(device),
         "run_dir": str(run_dir),
-        "evaluations": evaluations,
+        "stopped_by": stop.name if stop.requested else None,
+        "evaluations": progress.evaluations,
     }
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def parameters_finite(module: torch.nn.Module) -> bool:
+    """True when every parameter is finite (one fused reduction, one sync)."""
+    norms = torch._foreach_norm([p.detach() for p in module.parameters()])
+    return bool(torch.isfinite(torch.stack(norms)).all())
+
+
+def run_evaluations(policy, cfg: TrainConfig, device, autocast, monitor: Monitor, progress: Progress, elapsed: float) -> None:
+    """Evaluate on held-out levels (and training levels, for the generalisation gap); log it."""
+    heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic, autocast)
+    on_train = None
+    if cfg.data.type == "goto":
+        on_train = evaluate(policy, cfg, device, "train", cfg.eval.episodes, cfg.eval.deterministic, autocast)
+    monitor.log_eval(progress.steps, on_train, heldout)
+    progress.heldout = heldout
+    progress.evaluations.append({"step": progress.steps, "heldout": heldout, "train": on_train, "wall_seconds": elapsed})
+
+
+def env_state(env) -> dict | None:
+    """The env's state dict, or None for envs that cannot be snapshotted (gymnasium envs)."""
+    return env.state_dict() if hasattr(env, "state_dict") else None
+
+
+def restore(path: Path, policy, algo, env, action_rng: torch.Generator, progress: Progress, device) -> dict | None:
+    """Load checkpoint `path` into the live objects; return the observation to continue from.
+
+    Gymnasium envs cannot be snapshotted: they restart their episodes (returns None, so the
+    caller keeps the fresh reset); everything else continues exactly.
+    """
+    load_model(path / "model.safetensors", policy)
+    state = load_state(path)
+    algo.load_state_dict(state["algo"])
+    for key, value in state["progress"].items():
+        setattr(progress, key, value)
+    set_global_rng_state(state["rng"])
+    action_rng.set_state(state["rng"]["actions"])
+    if state["env"] is None or not hasattr(env, "load_state_dict"):
+        return None
+    env.load_state_dict(state["env"])
+    return {k: v.to(device) for k, v in state["obs"].items()}
 
 
 def bootstrap_truncated(policy, reward, truncated, info, gamma: float, autocast) -> torch.Tensor:

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from mmrl_cli.cli import CONF_DIR, GROUPS, check_compatible, group_options
 from mmrl_cli.config import ConfigError, validate
-from mmrl_cli.trainer import build_env_and_policy, pick_device
+from mmrl_cli.builders import build_env_and_policy, pick_device
 
 
 def composed(*overrides):

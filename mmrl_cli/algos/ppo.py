@@ -67,8 +67,27 @@ class PPO:
         self.cfg, self.policy, self.total_updates, self.autocast = cfg, policy, total_updates, autocast
         # fused=True: one kernel for the whole Adam step instead of several per parameter.
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-        self.generator = torch.Generator()
+        self.generator = torch.Generator()  # minibatch shuffling
         self.updates_done = 0
+        # Gradient steps skipped for a non-finite loss or gradient: in total and in a row.
+        self.skipped_steps = 0
+        self.skipped_in_a_row = 0
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: optimiser, schedule position, shuffling RNG."""
+        return {
+            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+            "updates_done": self.updates_done, "skipped_steps": self.skipped_steps,
+            "skipped_in_a_row": self.skipped_in_a_row,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state produced by `state_dict`."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.updates_done = state["updates_done"]
+        self.skipped_steps = state["skipped_steps"]
+        self.skipped_in_a_row = state["skipped_in_a_row"]
 
     def progress_remaining(self) -> float:
         """1 at the start of training, falling linearly towards 0 at the end."""
@@ -81,6 +100,8 @@ class PPO:
         """Run `n_epochs` of minibatch updates over `buffer`; return mean metrics.
 
         `on_gradients(policy)` is called after the last backward pass (for gradient monitoring).
+        A minibatch whose loss or gradient is not finite is skipped: no optimiser step, so the
+        parameters and the optimiser state stay as they were; `skipped_steps` counts them.
         """
         cfg = self.cfg
         lr = self.scheduled(cfg.lr, cfg.lr_schedule)
@@ -88,7 +109,7 @@ class PPO:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         names, totals = None, None
-        count, grad_norm, stopped_early = 0, 0.0, False
+        count, skipped, grad_norm, stopped_early = 0, 0, 0.0, False
         normalize_each = cfg.normalize_advantages
         if normalize_each and cfg.batch_size == buffer.n_steps * buffer.n_envs:
             # One minibatch is the whole rollout: normalise its advantages once, not every epoch.
@@ -108,6 +129,12 @@ class PPO:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+                    skipped += 1
+                    self.skipped_in_a_row += 1
+                    self.optimizer.zero_grad(set_to_none=True)  # drop the bad gradient
+                    continue
+                self.skipped_in_a_row = 0
                 self.optimizer.step()
                 # Sum the terms as one tensor: no device sync and few kernels per minibatch.
                 values = torch.stack([value.detach() for value in terms.values()])
@@ -118,11 +145,12 @@ class PPO:
         if on_gradients is not None and count:
             on_gradients(self.policy)
         self.updates_done += 1
+        self.skipped_steps += skipped
         metrics = dict(zip(names, (totals / count).tolist())) if count else {}
         metrics.update(
             grad_norm=float(grad_norm), learning_rate=lr, clip_range=clip_range,
             explained_variance=explained_variance(buffer.values, buffer.returns),
-            minibatches=count, stopped_early=float(stopped_early),
+            minibatches=count, stopped_early=float(stopped_early), skipped_steps=skipped,
         )
         return metrics
 

@@ -31,6 +31,47 @@ def _import_env_packages() -> None:
         pass
 
 
+class GymObservations:
+    """Turns gymnasium observations of one space into mmrl's torch observation dict."""
+
+    def __init__(self, space: gym.Space, mission_tokens: int, device: torch.device, env_id: str = "env"):
+        self.device = torch.device(device)
+        self.tokenizer = None
+        if isinstance(space, gym.spaces.Dict) and "image" in space.spaces:
+            self.kind = "dict"
+            spec = {"image": (space["image"].shape, torch.uint8)}
+            if "mission" in space.spaces:
+                self.tokenizer = WordTokenizer(mission_tokens)
+                spec["mission"] = ((mission_tokens,), torch.int64)
+        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8:
+            self.kind, spec = "image", {"image": (space.shape, torch.uint8)}
+        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+            self.kind, spec = "vector", {"vector": (space.shape, torch.float32)}
+        else:
+            raise UnsupportedEnvError(f"{env_id}: unsupported observation space {space}")
+        self.spec = spec
+
+    def to_torch(self, obs) -> dict[str, torch.Tensor]:
+        """Convert a batched gymnasium observation."""
+        if self.kind == "vector":
+            return {"vector": torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)}
+        if self.kind == "image":
+            return {"image": torch.as_tensor(obs, device=self.device)}
+        out = {"image": torch.as_tensor(obs["image"], device=self.device)}
+        if self.tokenizer is not None:
+            out["mission"] = self.tokenizer.encode_batch(list(obs["mission"])).to(self.device)
+        return out
+
+    def single_to_torch(self, obs) -> dict[str, torch.Tensor]:
+        """Convert the observation of one (unbatched) env, as a batch of one."""
+        if self.kind == "dict":
+            batch = {"image": np.asarray(obs["image"])[None]}
+            if self.tokenizer is not None:
+                batch["mission"] = [obs["mission"]]
+            return self.to_torch(batch)
+        return self.to_torch(np.asarray(obs)[None])
+
+
 class GymVectorEnv:
     """A gymnasium vector env presented as batched torch tensors."""
 
@@ -49,35 +90,14 @@ class GymVectorEnv:
         if not isinstance(self.vec.single_action_space, gym.spaces.Discrete):
             raise UnsupportedEnvError(f"{env_id}: mmrl needs a Discrete action space, got {self.vec.single_action_space}")
         self.num_actions = int(self.vec.single_action_space.n)
-        self.tokenizer = None
-        if isinstance(space, gym.spaces.Dict) and "image" in space.spaces:
-            self.kind = "dict"
-            spec = {"image": (space["image"].shape, torch.uint8)}
-            if "mission" in space.spaces:
-                self.tokenizer = WordTokenizer(mission_tokens)
-                spec["mission"] = ((mission_tokens,), torch.int64)
-        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8:
-            self.kind, spec = "image", {"image": (space.shape, torch.uint8)}
-        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-            self.kind, spec = "vector", {"vector": (space.shape, torch.float32)}
-        else:
-            raise UnsupportedEnvError(f"{env_id}: unsupported observation space {space}")
-        self.observation_spec = spec
-        # MiniGrid/BabyAI signal success as termination with a positive reward.
-        self.reports_success = self.tokenizer is not None
+        self.observations = GymObservations(space, mission_tokens, self.device, env_id)
+        self.observation_spec = self.observations.spec
         self.episode_return = np.zeros(num_envs, dtype=np.float64)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
     def to_torch(self, obs) -> dict[str, torch.Tensor]:
         """Convert a (batched) gymnasium observation to the torch observation dict."""
-        if self.kind == "vector":
-            return {"vector": torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)}
-        if self.kind == "image":
-            return {"image": torch.as_tensor(obs, device=self.device)}
-        out = {"image": torch.as_tensor(obs["image"], device=self.device)}
-        if self.tokenizer is not None:
-            out["mission"] = self.tokenizer.encode_batch(list(obs["mission"])).to(self.device)
-        return out
+        return self.observations.to_torch(obs)
 
     def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
         """Reset every sub-environment (seeded with seed, seed + 1, ...)."""
@@ -101,9 +121,9 @@ class GymVectorEnv:
         }
         if len(done_index):
             finals = [info["final_obs"][i] for i in done_index]
-            if self.kind == "dict":
+            if self.observations.kind == "dict":
                 batched = {"image": np.stack([f["image"] for f in finals])}
-                if self.tokenizer is not None:
+                if self.observations.tokenizer is not None:
                     batched["mission"] = [f["mission"] for f in finals]
                 out["final_obs"] = self.to_torch(batched)
             else:

@@ -1,0 +1,43 @@
+"""Build what a config names: the device, the autocast context, the env and its policy."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .config import TrainConfig
+from .envs import make_env
+from .models import build_policy
+from .models.patches import default_patch_size
+
+
+def pick_device(hardware) -> torch.device:
+    """The torch device `hardware.device` names (`auto`: CUDA if available, else CPU)."""
+    if hardware.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(hardware.device)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A factory of autocast contexts for the chosen precision (fp32: no autocast)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def patch_size_for(env) -> int:
+    """ViT patch size: the built-in env's tile (a patch is a cell), else the default for the image."""
+    if hasattr(env, "tile_size"):
+        return env.tile_size
+    if "image" not in env.observation_spec:
+        return 1  # no image: only non-ViT models get here
+    height, width, _ = env.observation_spec["image"][0]
+    return default_patch_size(height, width)
+
+
+def build_env_and_policy(cfg: TrainConfig, num_envs: int, device: torch.device, split: str = "train", seed: int | None = None):
+    """The batched env and a matching freshly initialised policy on `device`."""
+    env = make_env(cfg.data, num_envs, device, cfg.seed if seed is None else seed, split)
+    policy = build_policy(cfg.model, env.observation_spec, env.num_actions, patch_size_for(env))
+    return env, policy.to(device)

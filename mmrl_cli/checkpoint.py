@@ -1,0 +1,268 @@
+"""Atomic, pickle-free checkpoints: save, verify, find the newest complete one, load.
+
+A checkpoint is a directory ``<run>/checkpoints/<update:08d>/`` holding
+
+- ``model.safetensors``: the policy weights (a plain safetensors file any tool can read);
+- ``state.safetensors``: every other tensor of the training state (optimiser moments, RNG
+  states, the batched env's tensors, the current observation);
+- ``config.yaml``: the composed config that produced it;
+- ``meta.json``, written last: the non-tensor state (counters, optimiser hyper-parameters, RNG
+  states of Python and NumPy) as plain JSON, plus the SHA-256 of the three files above.
+
+Writing goes to a temporary directory (every file fsynced), which is renamed into place; the
+``latest`` pointer file is replaced last. A crash at any moment (even ``kill -9`` halfway through
+a write) therefore leaves either the old checkpoint set or the new one, never a half-written
+checkpoint under a real name. Loading re-hashes the files, so a truncated or corrupted
+checkpoint is refused (or, when resuming from ``latest``, skipped for the newest complete one).
+Nothing is ever unpickled: tensors go through safetensors, everything else through JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .config import CHECKPOINT_NAME
+
+FORMAT = "mmrl-checkpoint-1"
+FILES = ("model.safetensors", "state.safetensors", "config.yaml")
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, corrupted or does not fit the config (one line)."""
+
+
+def checkpoint_name(update: int) -> str:
+    """Directory name of the checkpoint taken after `update` updates."""
+    return f"{update:08d}"
+
+
+# ------------------------------------------------------------------- nested state <-> files
+def split_tensors(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested dict/list `tree` into `tensors`; return the JSON rest.
+
+    A tensor is replaced by ``{"__tensor__": key}``; a dict with non-string keys (optimiser
+    state is keyed by parameter index) by ``{"__items__": [[key, value], ...]}``.
+    """
+    if isinstance(tree, torch.Tensor):
+        tensors[prefix] = tree.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(tree, dict):
+        if all(isinstance(k, str) for k in tree):
+            return {k: split_tensors(v, f"{prefix}.{k}", tensors) for k, v in tree.items()}
+        return {"__items__": [[k, split_tensors(v, f"{prefix}.{k}", tensors)] for k, v in tree.items()]}
+    if isinstance(tree, (list, tuple)):
+        return [split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(tree)]
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    raise TypeError(f"cannot store a {type(tree).__name__} in a checkpoint ({prefix})")
+
+
+def join_tensors(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `split_tensors`."""
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            return tensors[tree["__tensor__"]]
+        if "__items__" in tree:
+            return {k: join_tensors(v, tensors) for k, v in tree["__items__"]}
+        return {k: join_tensors(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [join_tensors(v, tensors) for v in tree]
+    return tree
+
+
+# ----------------------------------------------------------------------------- writing
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically (temp file, fsync, rename, fsync the directory)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(root: Path, update: int, model: dict[str, torch.Tensor], state: dict,
+                    config_yaml: str, keep_last: int) -> Path:
+    """Write checkpoint `update` under `root` atomically, point `latest` at it, prune old ones.
+
+    `model` is the policy's state dict; `state` a nested dict of tensors and plain values.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(update)
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.items()}, str(tmp / FILES[0]))
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = split_tensors(state, "state", tensors)
+    save_file(tensors, str(tmp / FILES[1]))
+    (tmp / FILES[2]).write_text(config_yaml)
+    for file in FILES:
+        _fsync_file(tmp / file)
+    meta = {"format": FORMAT, "update": update, "sha256": {f: sha256(tmp / f) for f in FILES}, "state": skeleton}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    _fsync_file(tmp / "meta.json")
+    _fsync_dir(tmp)
+    final = root / name
+    if final.exists():  # re-saving an update (a resumed run passing the same point again)
+        old = root / f".old-{name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    write_text_atomic(root / LATEST, name + "\n")
+    prune(root, keep_last, keep=name)
+    return final
+
+
+def prune(root: Path, keep_last: int, keep: str) -> None:
+    """Delete all but the `keep_last` newest checkpoints (never `keep`), and leftover temp dirs."""
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name))
+    for name in names[:-keep_last]:
+        if name != keep:
+            shutil.rmtree(root / name)
+    for leftover in root.glob(".tmp-*"):
+        if leftover.name != f".tmp-{keep}":
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- reading
+def verify(path: Path) -> dict:
+    """The metadata of a complete, intact checkpoint directory; CheckpointError otherwise."""
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not a complete mmrl checkpoint (no meta.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}/meta.json is corrupted (not valid JSON)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("sha256"), dict):
+        raise CheckpointError(f"{path}/meta.json is not an {FORMAT} file")
+    for file in FILES:
+        if not (path / file).is_file():
+            raise CheckpointError(f"{path} is incomplete ({file} is missing)")
+        if sha256(path / file) != meta["sha256"].get(file):
+            raise CheckpointError(f"{path}/{file} is truncated or corrupted (its checksum does not match meta.json)")
+    return meta
+
+
+def checkpoint_names(root: Path) -> list[str]:
+    """Names of the checkpoint directories under `root`, newest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p.name for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name)), reverse=True)
+
+
+def find_checkpoint(run_dir: Path, name: str = LATEST) -> tuple[Path, list[str]]:
+    """The checkpoint directory to load, and notes on any checkpoint that had to be skipped.
+
+    `name` is a checkpoint name (that one, intact, or an error) or ``latest``: the one the
+    ``latest`` pointer names if it is intact, else the newest intact one.
+    """
+    root = run_dir / "checkpoints"
+    if name != LATEST:
+        path = root / name
+        if not path.is_dir():
+            available = ", ".join(checkpoint_names(root)) or "none"
+            raise CheckpointError(f"no checkpoint {name!r} in {root} (available: {available})")
+        verify(path)
+        return path, []
+    notes: list[str] = []
+    candidates = checkpoint_names(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        named = pointer.read_text().strip()
+        if CHECKPOINT_NAME.match(named):
+            candidates = [named] + [c for c in candidates if c != named]
+    for candidate in candidates:
+        try:
+            verify(root / candidate)
+            return root / candidate, notes
+        except CheckpointError as e:
+            notes.append(f"skipped checkpoint {candidate}: {e}")
+    if notes:
+        raise CheckpointError(f"no intact checkpoint in {root} ({notes[-1]})")
+    raise CheckpointError(f"{run_dir} has no checkpoint yet")
+
+
+def model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, read from its header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def check_model_fits(path: Path, model: torch.nn.Module) -> None:
+    """CheckpointError unless the weights in `path` have exactly the model's names and shapes."""
+    saved = model_shapes(path)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise CheckpointError(f"{path} does not match the configured model ({what}; was it trained with another model config?)")
+    for key, shape in expected.items():
+        if saved[key] != shape:
+            raise CheckpointError(
+                f"{path} does not match the configured model ({key} has shape {list(saved[key])} in the checkpoint, "
+                f"{list(shape)} in the model)"
+            )
+
+
+def load_model(path: Path, model: torch.nn.Module) -> None:
+    """Load safetensors weights into `model` after checking names and shapes."""
+    check_model_fits(path, model)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} could not be read ({str(e).splitlines()[0]})") from None
+    model.load_state_dict(state)
+
+
+def load_state(path: Path) -> dict:
+    """The nested training state of a verified checkpoint directory."""
+    meta = verify(path)
+    try:
+        tensors = load_file(str(path / FILES[1]))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}/{FILES[1]} could not be read ({str(e).splitlines()[0]})") from None
+    try:
+        return join_tensors(meta["state"], tensors)
+    except KeyError as e:
+        raise CheckpointError(f"{path}/meta.json refers to a tensor {e} that is not stored") from None

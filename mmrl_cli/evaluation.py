@@ -1,0 +1,130 @@
+"""Evaluate a policy: success rate and return with 95% confidence intervals.
+
+`evaluate` plays a fixed number of episodes on training or held-out levels (used during
+training and by `mmrl eval`); `run_eval` is `mmrl eval`: load a run's checkpoint, evaluate it,
+write ``<run>/eval/results.json`` and a GIF of a few episodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .actions import sample_actions
+from .builders import autocast_for, build_env_and_policy, pick_device
+from .checkpoint import load_model
+from .config import EvalCommandConfig, TrainConfig
+from .envs import make_env
+
+Z95 = 1.959964  # two-sided 95% quantile of the standard normal
+
+
+def wilson_interval(successes: float, n: int) -> list[float]:
+    """95% Wilson score interval of a success rate (sound near 0 and 1, unlike mean +- 2 SE)."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = successes / n
+    denominator = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denominator
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def mean_interval(values: torch.Tensor) -> list[float]:
+    """95% normal-approximation interval of a mean (NaN for fewer than two values)."""
+    n = len(values)
+    if n < 2:
+        return [float("nan"), float("nan")]
+    mean, half = float(values.mean()), Z95 * float(values.std()) / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+@torch.inference_mode()
+def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episodes: int, deterministic: bool,
+             autocast=contextlib.nullcontext, seed: int | None = None) -> dict:
+    """Success rate and return over `episodes` episodes on training or held-out levels.
+
+    Every sub-env plays a fixed quota of episodes, so short episodes are not over-counted.
+    Sampled actions come from a generator of their own: evaluating never shifts the random
+    numbers training draws.
+    """
+    seed = cfg.seed + 10_000 if seed is None else seed
+    num_envs = episodes if cfg.data.type == "goto" else min(episodes, 64)
+    env = make_env(cfg.data, num_envs, device, seed, split)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    quota = math.ceil(episodes / num_envs)
+    counts = torch.zeros(num_envs, dtype=torch.int64, device=device)
+    returns, lengths, successes = [], [], []
+    obs = env.reset(seed=seed)
+    while bool((counts < quota).any()):
+        with autocast():
+            logits, _ = policy(obs)
+        obs, _, _, _, info = env.step(sample_actions(logits, deterministic, generator)[0])
+        index = info["done_index"]
+        if not len(index):
+            continue
+        keep = counts[index] < quota
+        returns.append(info["episode_return"][keep])
+        lengths.append(info["episode_length"][keep])
+        successes.append(info["success"][keep])
+        counts[index] += 1
+    if hasattr(env, "close"):
+        env.close()
+    returns_t = torch.cat(returns).double().cpu()
+    success_t = torch.cat(successes).double().cpu()
+    n = len(returns_t)
+    return {
+        "episodes": n,
+        "success_rate": float(success_t.mean()),
+        "success_ci95": wilson_interval(float(success_t.sum()), n),
+        "return_mean": float(returns_t.mean()),
+        "return_ci95": mean_interval(returns_t),
+        "length_mean": float(torch.cat(lengths).double().mean()),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, train_cfg: TrainConfig) -> dict:
+    """`mmrl eval`: evaluate a checkpoint, write eval/results.json and eval/episodes.gif."""
+    from .gif import record_episodes, write_gif
+
+    train_cfg.hardware = eval_cfg.hardware
+    device = pick_device(eval_cfg.hardware)
+    if eval_cfg.hardware.threads:
+        torch.set_num_threads(eval_cfg.hardware.threads)
+    autocast = autocast_for(device, eval_cfg.hardware.precision)
+    seed = train_cfg.seed + 10_000 if eval_cfg.seed is None else eval_cfg.seed
+    env, policy = build_env_and_policy(train_cfg, 1, device, eval_cfg.split, seed)
+    if hasattr(env, "close"):
+        env.close()
+    load_model(checkpoint_dir / "model.safetensors", policy)
+    policy.eval()
+    results = evaluate(policy, train_cfg, device, eval_cfg.split, eval_cfg.episodes, eval_cfg.deterministic, autocast, seed)
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    results.update(
+        run=str(run_dir), checkpoint=checkpoint_dir.name, split=eval_cfg.split,
+        deterministic=eval_cfg.deterministic, seed=seed, device=str(device),
+    )
+    if eval_cfg.gif.episodes:
+        episodes = record_episodes(policy, train_cfg, device, eval_cfg.split, eval_cfg.gif.episodes,
+                                   eval_cfg.deterministic, seed, eval_cfg.gif.max_steps, autocast)
+        write_gif(episodes, out_dir / "episodes.gif", eval_cfg.gif.fps)
+        results["gif"] = str(out_dir / "episodes.gif")
+    write_json(out_dir / "results.json", results)
+    return results

@@ -1,0 +1,176 @@
+"""Record a few evaluation episodes and write them as an annotated GIF.
+
+Each frame shows what the agent saw (upscaled), the instruction on a band above it, and the
+episode, step and return so far below it; the last frame of an episode says how it ended.
+Built-in envs are drawn from their own state (the goto image, a sketch of the cart and pole);
+gymnasium envs through their ``rgb_array`` renderer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .actions import sample_actions
+from .config import TrainConfig
+from .envs import make_env
+
+MIN_SIDE = 240  # frames are upscaled (nearest neighbour) to at least this many pixels a side
+BAND = 22       # height of the text bands above and below the picture
+
+
+class BuiltinEpisodes:
+    """One sub-env of a built-in batched env (goto or CartPole), played episode by episode."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, split: str, seed: int):
+        self.kind = cfg.data.type
+        self.env = make_env(cfg.data, 1, device, seed, split)
+        self.obs = self.env.reset(seed=seed)
+        self.finished = True
+
+    def new_episode(self) -> None:
+        if not self.finished:  # the previous recording stopped early: start afresh
+            self.obs = self.env.reset()
+        self.finished = False
+
+    def caption(self) -> str:
+        if self.kind == "goto":
+            return self.env.tokenizer.decode(self.obs["mission"][0])
+        return "CartPole-v1: keep the pole upright"
+
+    def picture(self, obs: dict | None = None) -> np.ndarray:
+        obs = self.obs if obs is None else obs
+        if self.kind == "goto":
+            return obs["image"][0].cpu().numpy().copy()
+        return draw_cartpole(obs["vector"][0].tolist())
+
+    def step(self, action: torch.Tensor) -> tuple[np.ndarray, float, bool, bool]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        done = bool(terminated[0] | truncated[0])
+        picture = self.picture(info["final_obs"] if done else obs)
+        self.obs, self.finished = obs, done
+        return picture, float(reward[0]), done, bool(info["success"][0]) if done else False
+
+
+class GymEpisodes:
+    """One gymnasium env with its ``rgb_array`` renderer, played episode by episode."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, split: str, seed: int):
+        import gymnasium as gym
+
+        from .envs.gym_adapter import GymObservations, _import_env_packages
+
+        _import_env_packages()
+        self.env_id = cfg.data.env_id
+        self.env = gym.make(self.env_id, render_mode="rgb_array", **dict(cfg.data.env_kwargs))
+        self.converter = GymObservations(self.env.observation_space, cfg.data.mission_tokens, device, self.env_id)
+        self.raw, _ = self.env.reset(seed=seed + (1_000_000 if split == "heldout" else 0))
+        self.finished = True
+
+    @property
+    def obs(self) -> dict[str, torch.Tensor]:
+        return self.converter.single_to_torch(self.raw)
+
+    def new_episode(self) -> None:
+        if not self.finished:
+            self.raw, _ = self.env.reset()
+        self.finished = False
+
+    def caption(self) -> str:
+        if isinstance(self.raw, dict) and "mission" in self.raw:
+            return str(self.raw["mission"])
+        return self.env_id
+
+    def picture(self) -> np.ndarray:
+        return np.asarray(self.env.render(), dtype=np.uint8)
+
+    def step(self, action: torch.Tensor) -> tuple[np.ndarray, float, bool, bool]:
+        self.raw, reward, terminated, truncated, _ = self.env.step(int(action[0]))
+        picture = self.picture()
+        done = bool(terminated or truncated)
+        if done:
+            self.raw, _ = self.env.reset()
+        self.finished = done
+        return picture, float(reward), done, bool(terminated and reward > 0)
+
+
+def draw_cartpole(state: list[float]) -> np.ndarray:
+    """A 240x160 sketch of a CartPole state (x, x_dot, theta, theta_dot)."""
+    width, height, ground = 240, 160, 120
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    cart_x = width / 2 + state[0] / 2.4 * (width / 2 - 20)
+    draw.line([(0, ground), (width, ground)], fill=(0, 0, 0))
+    draw.rectangle([cart_x - 20, ground - 12, cart_x + 20, ground + 4], fill=(40, 40, 40))
+    tip = (cart_x + 80 * math.sin(state[2]), ground - 12 - 80 * math.cos(state[2]))
+    draw.line([(cart_x, ground - 12), tip], fill=(200, 120, 60), width=6)
+    return np.asarray(image)
+
+
+@torch.inference_mode()
+def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, episodes: int, deterministic: bool,
+                    seed: int, max_steps: int, autocast=contextlib.nullcontext) -> list[dict]:
+    """Play `episodes` episodes (at most `max_steps` steps recorded each); keep their frames."""
+    session = GymEpisodes(cfg, device, split, seed) if cfg.data.type == "gym" else BuiltinEpisodes(cfg, device, split, seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    recorded = []
+    for _ in range(episodes):
+        session.new_episode()
+        caption, frames, rewards = session.caption(), [session.picture()], []
+        done, success = False, False
+        while not done and len(rewards) < max_steps:
+            with autocast():
+                logits, _ = policy(session.obs)
+            picture, reward, done, success = session.step(sample_actions(logits, deterministic, generator)[0])
+            frames.append(picture)
+            rewards.append(reward)
+        outcome = ("success" if success else "failed") if done else f"not finished after {max_steps} steps"
+        recorded.append({"caption": caption, "frames": frames, "rewards": rewards, "outcome": outcome})
+    return recorded
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def annotate(picture: np.ndarray, top: str, bottom: str) -> Image.Image:
+    """The picture upscaled to at least MIN_SIDE pixels, with text bands above and below."""
+    height, width = picture.shape[:2]
+    scale = max(1, math.ceil(MIN_SIDE / max(height, width)))
+    image = Image.fromarray(picture).resize((width * scale, height * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (image.width, image.height + 2 * BAND), (24, 24, 24))
+    canvas.paste(image, (0, BAND))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(13)
+    draw.text((6, 4), top, fill=(255, 255, 255), font=font)
+    draw.text((6, image.height + BAND + 4), bottom, fill=(220, 220, 120), font=font)
+    return canvas
+
+
+def write_gif(episodes: list[dict], path: Path, fps: int) -> None:
+    """Write the recorded episodes one after another as a looping GIF (atomically)."""
+    frames = []
+    for number, episode in enumerate(episodes, 1):
+        total = 0.0
+        for step, picture in enumerate(episode["frames"]):
+            if step:
+                total += episode["rewards"][step - 1]
+            bottom = f"episode {number}/{len(episodes)}  step {step}  return {total:.2f}"
+            last = step == len(episode["frames"]) - 1
+            frame = annotate(picture, episode["caption"], f"{bottom}  {episode['outcome']}" if last else bottom)
+            frames.extend([frame] * (fps if last else 1))  # hold the outcome for a second
+    tmp = path.with_name(f".{path.name}.tmp")
+    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
