@@ -177,6 +177,8 @@ def verify(path: Path) -> dict:
             raise CheckpointError(f"{path} is incomplete ({file} is missing)")
         if sha256(path / file) != meta["sha256"].get(file):
             raise CheckpointError(f"{path}/{file} is truncated or corrupted (its checksum does not match meta.json)")
+    for file in FILES[:2]:
+        tensor_shapes(path / file)  # the safetensors headers parse (never unpickled: safetensors has no code)
     return meta
 
 
@@ -219,7 +221,7 @@ def find_checkpoint(run_dir: Path, name: str = LATEST) -> tuple[Path, list[str]]
     raise CheckpointError(f"{run_dir} has no checkpoint yet")
 
 
-def model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a safetensors file, read from its header only."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -230,7 +232,7 @@ def model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def check_model_fits(path: Path, model: torch.nn.Module) -> None:
     """CheckpointError unless the weights in `path` have exactly the model's names and shapes."""
-    saved = model_shapes(path)
+    saved = tensor_shapes(path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))

@@ -122,16 +122,22 @@ def check_overrides(command: str, overrides: list[str]) -> None:
     variants: list[list[str]] = [[]]
     fixed = []
     for override, text in zip(parsed, overrides):
+        if not override.key_or_group:
+            raise ConfigError(f"malformed override {text!r}: expected key=value")
         if override.is_sweep_override():
             key = override.get_key_element()
             values = list(override.sweep_string_iterator())
             variants = [v + [f"{key}={value}"] for v in variants[:1] for value in values] + variants[1:]
         else:
             fixed.append(text)
+    # A resumed run takes its config from its checkpoint: compose only what finds the run here,
+    # and apply the other overrides to the saved config (check_train).
+    finding_run = [text for o, text in zip(parsed, overrides) if o.key_or_group in ("resume", "runs_root")]
+    resuming = command == "train" and any(o.key_or_group == "resume" for o in parsed)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
         for extra in variants:
             try:
-                cfg = compose(config_name=command, overrides=fixed + extra)
+                cfg = compose(config_name=command, overrides=finding_run if resuming else fixed + extra)
             except Exception as e:
                 raise ConfigError(compose_error(e)) from None
             COMMANDS[command].check(cfg, fixed + extra)
@@ -141,15 +147,15 @@ def check_train(cfg: DictConfig, overrides: list[str]) -> None:
     """Everything `mmrl train` needs settled before it starts (resumed runs: the saved run too)."""
     typed = validate(cfg)
     if typed.resume is not None:
-        typed = resumed_run(typed, overrides).typed
+        typed = resumed_run(typed.resume, typed.runs_root, overrides).typed
     check_compatible(typed)
 
 
-def resumed_run(typed: TrainConfig, overrides: list[str]):
+def resumed_run(resume: str, runs_root: str, overrides: list[str]):
     """The run and checkpoint `resume=` names, with its saved config plus the other overrides."""
     from .runs import load_run_checkpoint
 
-    return load_run_checkpoint(typed.resume, typed.runs_root, "latest", "resume", overrides, ignore=("resume", "runs_root"))
+    return load_run_checkpoint(resume, runs_root, "latest", "resume", overrides, ignore=("resume", "runs_root"))
 
 
 def check_eval(cfg: DictConfig, overrides: list[str]) -> None:
@@ -196,6 +202,8 @@ def print_summary(summary: dict) -> None:
     from rich.table import Table
 
     table = Table(title="mmrl train: summary", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # long paths wrap instead of being cut
     low, high = summary["heldout_success_ci95"]
     table.add_row("held-out success rate", f"{summary['heldout_success_rate']:.3f}  (95% CI {low:.3f} to {high:.3f})")
     table.add_row("held-out return", f"{summary['heldout_return']:.3f}")
@@ -217,12 +225,13 @@ def train_task(cfg: DictConfig) -> float:
 
     resume_from = None
     try:
-        typed = validate(cfg)
-        if typed.resume is not None:
-            run = resumed_run(typed, list(HydraConfig.get().overrides.task))
+        if cfg.get("resume") is not None:  # the config comes from the run's checkpoint
+            run = resumed_run(str(cfg.resume), str(cfg.runs_root), list(HydraConfig.get().overrides.task))
             typed, run_dir, resume_from = run.typed, run.run_dir, run.checkpoint_dir
             for note in run.notes:
                 print(f"mmrl train: warning: {note}", file=sys.stderr)
+        else:
+            typed = validate(cfg)
         check_compatible(typed)
     except ConfigError as e:
         fail("train", str(e))
@@ -275,6 +284,8 @@ def print_eval(results: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"mmrl eval: {results['split']} levels, checkpoint {results['checkpoint']}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
     low, high = results["success_ci95"]
     table.add_row("success rate", f"{results['success_rate']:.3f}  (95% CI {low:.3f} to {high:.3f})")
     low, high = results["return_ci95"]
@@ -284,6 +295,8 @@ def print_eval(results: dict) -> None:
     table.add_row("results", str(Path(results["run"]) / "eval" / "results.json"))
     if "gif" in results:
         table.add_row("episodes GIF", results["gif"])
+    if "gif_unavailable" in results:
+        table.add_row("episodes GIF", f"none: {results['gif_unavailable']}")
     Console().print(table)
 
 

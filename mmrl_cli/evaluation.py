@@ -101,7 +101,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, train_cfg: TrainConfig) -> dict:
     """`mmrl eval`: evaluate a checkpoint, write eval/results.json and eval/episodes.gif."""
-    from .gif import record_episodes, write_gif
+    from .gif import GifUnavailable, record_episodes, write_gif
 
     train_cfg.hardware = eval_cfg.hardware
     device = pick_device(eval_cfg.hardware)
@@ -122,9 +122,12 @@ def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, t
         deterministic=eval_cfg.deterministic, seed=seed, device=str(device),
     )
     if eval_cfg.gif.episodes:
-        episodes = record_episodes(policy, train_cfg, device, eval_cfg.split, eval_cfg.gif.episodes,
-                                   eval_cfg.deterministic, seed, eval_cfg.gif.max_steps, autocast)
-        write_gif(episodes, out_dir / "episodes.gif", eval_cfg.gif.fps)
-        results["gif"] = str(out_dir / "episodes.gif")
+        try:
+            episodes = record_episodes(policy, train_cfg, device, eval_cfg.split, eval_cfg.gif.episodes,
+                                       eval_cfg.deterministic, seed, eval_cfg.gif.max_steps, autocast)
+            write_gif(episodes, out_dir / "episodes.gif", eval_cfg.gif.fps)
+            results["gif"] = str(out_dir / "episodes.gif")
+        except GifUnavailable as e:
+            results["gif_unavailable"] = str(e)
     write_json(out_dir / "results.json", results)
     return results

@@ -25,6 +25,10 @@ MIN_SIDE = 240  # frames are upscaled (nearest neighbour) to at least this many 
 BAND = 22       # height of the text bands above and below the picture
 
 
+class GifUnavailable(RuntimeError):
+    """The env cannot draw frames (e.g. a gymnasium env without an rgb_array renderer)."""
+
+
 class BuiltinEpisodes:
     """One sub-env of a built-in batched env (goto or CartPole), played episode by episode."""
 
@@ -68,9 +72,13 @@ class GymEpisodes:
 
         _import_env_packages()
         self.env_id = cfg.data.env_id
-        self.env = gym.make(self.env_id, render_mode="rgb_array", **dict(cfg.data.env_kwargs))
+        try:
+            self.env = gym.make(self.env_id, render_mode="rgb_array", **dict(cfg.data.env_kwargs))
+            self.raw, _ = self.env.reset(seed=seed + (1_000_000 if split == "heldout" else 0))
+            self.env.render()
+        except Exception as e:  # no renderer, a missing optional dependency, ...
+            raise GifUnavailable(f"{self.env_id} cannot render rgb_array frames ({str(e).splitlines()[0]})") from None
         self.converter = GymObservations(self.env.observation_space, cfg.data.mission_tokens, device, self.env_id)
-        self.raw, _ = self.env.reset(seed=seed + (1_000_000 if split == "heldout" else 0))
         self.finished = True
 
     @property

@@ -80,23 +80,16 @@ def test_shell_completion(run_mmrl):
     assert "model=" in out.stdout.split() or "model." in out.stdout
 
 
+# A few cases through a real process (the console path end to end); the full table of hostile
+# inputs runs in-process in test_hostile_input.py.
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["train", "algo.lrr=1"], "algo.lrr"),
-        (["train", "model=transformerxl"], "model=transformerxl"),
-        (["train", "algo.lr=abc"], "algo.lr"),
         (["train", "algo.lr=-0.1"], "algo.lr"),
-        (["train", "algo.n_envs=0"], "algo.n_envs"),
-        (["train", "algo.gamma=2"], "algo.gamma"),
-        (["train", "algo.lr=[1"], "malformed"),
-        (["train", "+nonsense=1"], "nonsense"),
-        (["train", "data=cartpole"], "model"),
-        (["train", "data=gym", "data.env_id=NoSuchEnv-v9", "model=mlp"], "data.env_id"),
-        (["train", "run_name=../escape"], "run_name"),
-        (["train", "--frobnicate"], "--frobnicate"),
+        (["train", "model=transformerxl"], "model=transformerxl"),
         (["trian"], "unknown command"),
         (["train", "-m", "seed=1,x"], "seed"),
+        (["eval", "run=nowhere"], "run: nowhere does not exist"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(run_mmrl, args, needle):
