@@ -42,3 +42,14 @@ def set_global_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+def load_generator_state(generator: torch.Generator, state: torch.Tensor) -> bool:
+    """Restore a torch.Generator; False (and a deterministic reseed) if the state is from another
+    device type (a CPU generator's state does not fit a CUDA one and vice versa)."""
+    try:
+        generator.set_state(state)
+        return True
+    except RuntimeError:
+        generator.manual_seed(int(torch.as_tensor(state, dtype=torch.uint8).to(torch.int64).sum()))
+        return False

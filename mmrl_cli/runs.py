@@ -86,6 +86,20 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], ignore: tuple[str, ..
         OmegaConf.update(cfg, key, override.value(), force_add=True)
 
 
+def check_state_compatible(saved: dict, wanted: dict, key: str) -> None:
+    """ConfigError if overrides change what the checkpoint's env state was built for.
+
+    The env's tensors hold `algo.n_envs` copies of a `data` layout: neither can change on resume.
+    """
+    if saved.get("data") != wanted.get("data"):
+        changed = sorted(k for k in set(saved["data"]) | set(wanted["data"]) if saved["data"].get(k) != wanted["data"].get(k))
+        raise ConfigError(f"data.{changed[0]}: cannot change when resuming (the checkpoint holds the env state it was "
+                          f"trained with; start a new run instead)")
+    if saved.get("algo", {}).get("n_envs") != wanted.get("algo", {}).get("n_envs"):
+        raise ConfigError(f"algo.n_envs: cannot change when resuming (the checkpoint holds the state of "
+                          f"{saved['algo']['n_envs']} envs)")
+
+
 def load_run_checkpoint(value: str, runs_root: str, checkpoint: str, key: str, overrides: list[str] = (),
                         ignore: tuple[str, ...] = ()) -> RunCheckpoint:
     """Resolve `value` to a run and an intact checkpoint; load and check its config and weights."""
@@ -102,7 +116,9 @@ def load_run_checkpoint(value: str, runs_root: str, checkpoint: str, key: str, o
         raise ConfigError(f"{key}: {checkpoint_dir}/config.yaml is not a valid config ({str(e).splitlines()[0]})") from None
     if not isinstance(config, DictConfig):
         raise ConfigError(f"{key}: {checkpoint_dir}/config.yaml is not a mapping")
+    saved = OmegaConf.to_container(config)
     apply_overrides(config, list(overrides), ignore)
+    check_state_compatible(saved, OmegaConf.to_container(config), key)
     typed = validate(config)
     try:
         env, policy = build_env_and_policy(typed, 1, torch.device("cpu"))

@@ -7,6 +7,7 @@ monitor, evaluation, checkpoint). Hot loops read plain Python values from the ty
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .checkpoint import load_model, load_state, save_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate, write_json
 from .monitor import Monitor
-from .rng import global_rng_state, seed_everything, set_global_rng_state
+from .rng import global_rng_state, load_generator_state, seed_everything, set_global_rng_state
 from .rollout import RolloutBuffer
 from .signals import StopRequests
 
@@ -89,6 +90,7 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resum
         progress.wall_seconds += time.perf_counter() - session_start
         session_start = time.perf_counter()
         state = {"algo": algo.state_dict(), "env": env_state(env), "obs": obs, "progress": dataclasses.asdict(progress),
+                 "device_type": device.type,
                  "rng": {**global_rng_state(), "actions": action_rng.get_state()}}
         save_checkpoint(run_dir / "checkpoints", progress.update, policy.state_dict(), state, config_yaml,
                         cfg.checkpoint.keep_last)
@@ -196,7 +198,10 @@ def restore(path: Path, policy, algo, env, action_rng: torch.Generator, progress
     for key, value in state["progress"].items():
         setattr(progress, key, value)
     set_global_rng_state(state["rng"])
-    action_rng.set_state(state["rng"]["actions"])
+    load_generator_state(action_rng, state["rng"]["actions"])
+    if state.get("device_type", device.type) != device.type:
+        print(f"mmrl train: warning: resuming on {device.type} a run checkpointed on {state['device_type']}: the env and "
+              f"action-sampling random streams restart, so the run continues but not bit-identically", file=sys.stderr)
     if state["env"] is None or not hasattr(env, "load_state_dict"):
         return None
     env.load_state_dict(state["env"])

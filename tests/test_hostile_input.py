@@ -161,6 +161,8 @@ CASES = [
     ("train", ["resume=myrun"], tampered_config, "algo.n_envs: expected a value > 0"),
     ("train", ["resume=myrun", "model.hidden_sizes=[32,32]"], None, "does not match the configured model"),
     ("train", ["resume=myrun", "model=cnn"], None, "a resumed run keeps its config groups"),
+    ("train", ["resume=myrun", "algo.n_envs=8"], None, "algo.n_envs: cannot change when resuming"),
+    ("train", ["resume=myrun", "data.max_steps=100"], None, "data.max_steps: cannot change when resuming"),
     # --- mmrl eval
     ("eval", [], None, "run: required"),
     ("eval", ["run=/nonexistent"], None, "run: /nonexistent does not exist"),

@@ -64,15 +64,16 @@ def references(tmp_path_factory):
     return runs
 
 
-def signal_on_call(module, name: str, call: int, monkeypatch):
-    """Send this process SIGTERM on the `call`-th call of `module.name`."""
+def signal_on_call(module, name: str, call, monkeypatch, signum=signal.SIGTERM):
+    """Send this process `signum` on the `call`-th call(s) of `module.name`."""
     original = getattr(module, name)
     calls = {"n": 0}
+    when = {call} if isinstance(call, int) else set(call)
 
     def hooked(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == call:
-            signal.raise_signal(signal.SIGTERM)
+        if calls["n"] in when:
+            signal.raise_signal(signum)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, name, hooked)
@@ -102,6 +103,21 @@ def test_golden_resume_is_bit_identical(references, tmp_path, monkeypatch, data,
     assert same_model(tmp_path / "model.safetensors", references[data] / "model.safetensors")
     assert same_numbers(finished["evaluations"][-1]["heldout"],
                         json.loads((references[data] / "summary.json").read_text())["evaluations"][-1]["heldout"])
+
+
+def test_ctrl_c_stops_after_the_update_and_a_second_one_stops_at_once(tmp_path, monkeypatch):
+    (tmp_path / "once").mkdir()
+    (tmp_path / "twice").mkdir()
+    signal_on_call(trainer, "sample_actions", 40, monkeypatch, signum=signal.SIGINT)  # in update 2's rollout
+    summary = trainer.train(config(*CARTPOLE), tmp_path / "once")
+    assert summary["stopped_by"] == "SIGINT" and summary["updates"] == 2
+    assert find_checkpoint(tmp_path / "once")[0].name == "00000002"
+    monkeypatch.undo()
+    signal_on_call(trainer, "sample_actions", (40, 45), monkeypatch, signum=signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C does not wait for the update to end
+        trainer.train(config(*CARTPOLE), tmp_path / "twice")
+    assert not (tmp_path / "twice" / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
 def test_resume_continues_from_each_kept_checkpoint(references, tmp_path):
@@ -318,3 +334,15 @@ def test_nan_rewards_are_skipped_then_stop_the_run_keeping_the_last_good_checkpo
     found, _ = find_checkpoint(tmp_path)
     assert found.name == "00000004"  # the last checkpoint, from before the fault, is kept
     assert list((tmp_path / "tb").iterdir())  # numerics/skipped_steps went to TensorBoard too
+
+
+def test_a_generator_state_from_another_device_type_reseeds_instead_of_crashing():
+    from mmrl_cli.rng import load_generator_state
+
+    generator = torch.Generator()
+    assert load_generator_state(generator, torch.Generator().manual_seed(3).get_state())
+    cuda_like = torch.arange(16, dtype=torch.uint8)  # a CUDA (Philox) state is 16 bytes; a CPU one is not
+    assert not load_generator_state(generator, cuda_like)
+    again = torch.Generator()
+    load_generator_state(again, cuda_like)
+    assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=again))  # deterministic reseed

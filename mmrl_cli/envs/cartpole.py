@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ..rng import load_generator_state
+
 GRAVITY, MASS_CART, MASS_POLE, LENGTH, FORCE, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
 TOTAL_MASS = MASS_CART + MASS_POLE
 POLE_MASS_LENGTH = MASS_POLE * LENGTH
@@ -82,4 +84,4 @@ class CartPoleEnv:
         """Restore a state produced by `state_dict`."""
         self.state = state["state"].to(self.device).clone()
         self.steps.copy_(state["steps"])
-        self.generator.set_state(state["generator"])
+        load_generator_state(self.generator, state["generator"])  # reseeds if saved on another device type

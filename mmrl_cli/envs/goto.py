@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from ..rng import load_generator_state
+
 from .tokenizer import COLORS, OBJECT_TYPES, WordTokenizer
 
 EMPTY, WALL, OBJECT_BASE = 0, 1, 2
@@ -351,5 +353,5 @@ class GotoEnv:
         for name in self.LEVEL_FIELDS + ("steps", "episode_return"):
             getattr(self, name).copy_(state[name])
         self.pool = {name[5:]: value.to(self.device).clone() for name, value in state.items() if name.startswith("pool.")}
-        self.generator.set_state(state["generator"])
+        load_generator_state(self.generator, state["generator"])  # reseeds if saved on another device type
         self.next_heldout, self.pool_cursor = (int(x) for x in state["counters"])
