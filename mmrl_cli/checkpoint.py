@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,22 @@ def prune(root: Path, keep_last: int, keep: str) -> None:
     for leftover in root.glob(".tmp-*"):
         if leftover.name != f".tmp-{keep}":
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def set_aside_newer(root: Path, name: str) -> list[str]:
+    """Move checkpoints newer than `name` to ``<root>/abandoned/`` (kept, never loaded).
+
+    Resuming from an older checkpoint starts a new timeline; its checkpoints must not mix
+    with the abandoned one's (pruning and `latest` fallback go by name).
+    """
+    newer = [n for n in checkpoint_names(root) if n > name]
+    if newer:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (root / "abandoned").mkdir(exist_ok=True)
+        for n in newer:
+            os.replace(root / n, root / "abandoned" / f"{n}-{stamp}")
+        _fsync_dir(root)
+    return newer
 
 
 # ----------------------------------------------------------------------------- reading

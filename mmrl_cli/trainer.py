@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from .actions import sample_actions
 from .algos import ALGOS
 from .builders import autocast_for, build_env_and_policy, pick_device
-from .checkpoint import load_model, load_state, save_checkpoint
+from .checkpoint import load_model, load_state, save_checkpoint, set_aside_newer
 from .config import TrainConfig
 from .evaluation import evaluate, write_json
 from .monitor import Monitor
@@ -79,6 +79,9 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resum
     obs = env.reset(seed=cfg.seed)
     if resume_from is not None:
         obs = restore(resume_from, policy, algo, env, action_rng, progress, device) or obs
+        for name in set_aside_newer(resume_from.parent, resume_from.name):
+            print(f"mmrl train: checkpoint {name} is newer than the one resumed from: moved to checkpoints/abandoned/",
+                  file=sys.stderr)
     if cfg.hardware.compile:
         policy.compile()
     monitor = monitor or Monitor(cfg, run_dir, total_updates * steps_per_update, start=(progress.update, progress.steps))

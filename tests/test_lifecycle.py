@@ -124,8 +124,11 @@ def test_resume_continues_from_each_kept_checkpoint(references, tmp_path):
     """Resuming from an older checkpoint (not just the latest) also reproduces the run."""
     trainer.train(config(*CARTPOLE, "checkpoint.keep_last=10"), tmp_path)
     oldest = sorted(p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())[0]
+    newer = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())[1:]
     trainer.train(config(*CARTPOLE), tmp_path, resume_from=oldest)
     assert same_model(tmp_path / "model.safetensors", references["cartpole"] / "model.safetensors")
+    # The abandoned timeline's checkpoints are kept aside, not mixed with the new ones.
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "checkpoints" / "abandoned").iterdir()) == newer
 
 
 # ------------------------------------------------------------------- through the real CLI
