@@ -46,13 +46,16 @@ class RolloutBuffer:
         belongs to the next one. Time-limit truncations are handled before this point by
         adding ``gamma * V(final observation)`` to the reward, as Stable-Baselines3 does.
         """
-        next_value, next_advantage = last_value, torch.zeros_like(last_value)
+        not_done = 1.0 - self.dones
+        next_values = torch.cat([self.values[1:], last_value.unsqueeze(0)])
+        # All TD errors at once; only the backward recursion A_t = delta_t + decay_t * A_{t+1}
+        # has to run step by step (one fused multiply-add per step).
+        deltas = self.rewards + gamma * next_values * not_done - self.values
+        decay = (gamma * gae_lambda) * not_done
+        advantage = torch.zeros_like(last_value)
         for t in reversed(range(self.n_steps)):
-            not_done = 1.0 - self.dones[t]
-            delta = self.rewards[t] + gamma * next_value * not_done - self.values[t]
-            next_advantage = delta + gamma * gae_lambda * not_done * next_advantage
-            self.advantages[t] = next_advantage
-            next_value = self.values[t]
+            advantage = torch.addcmul(deltas[t], decay[t], advantage)
+            self.advantages[t] = advantage
         self.returns = self.advantages + self.values
 
     def minibatches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[dict]:

@@ -96,3 +96,31 @@ def test_update_moves_towards_advantaged_action_and_anneals_lr():
     assert set(metrics) >= {"loss_policy", "loss_value", "loss_entropy", "approx_kl", "clipfrac", "grad_norm"}
     assert math.isfinite(metrics["loss_value"])
     assert after != before
+
+
+def test_sampled_actions_follow_the_policy_distribution():
+    from mmrl_cli.actions import sample_actions
+
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    logits = probs.log().expand(40_000, 3)
+    generator = torch.Generator().manual_seed(0)
+    actions, logprobs = sample_actions(logits, generator=generator)
+    frequencies = torch.bincount(actions, minlength=3).float() / len(actions)
+    assert torch.allclose(frequencies, probs, atol=0.01)
+    assert torch.allclose(logprobs, probs.log()[actions])
+    again = sample_actions(logits, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(actions, again)  # reproducible from the generator alone
+
+
+def test_lean_gradient_clipping_matches_torch():
+    from mmrl_cli.algos.ppo import clip_grad_norm
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    theirs.load_state_dict(ours.state_dict())
+    for model in (ours, theirs):
+        model(torch.randn(7, 5) * 10).pow(2).sum().backward()
+    norm = clip_grad_norm(list(ours.parameters()), 0.5)
+    expected = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5)
+    assert torch.equal(norm, expected)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), theirs.parameters()))

@@ -67,6 +67,7 @@ class PPO:
         self.cfg, self.policy, self.total_updates, self.autocast = cfg, policy, total_updates, autocast
         # fused=True: one kernel for the whole Adam step instead of several per parameter.
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        self.parameters = list(policy.parameters())
         self.generator = torch.Generator()  # minibatch shuffling
         self.updates_done = 0
         # Gradient steps skipped for a non-finite loss or gradient: in total and in a row.
@@ -128,7 +129,7 @@ class PPO:
                     loss = loss + cfg.ent_coef * terms["loss_entropy"]
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                grad_norm = clip_grad_norm(self.parameters, cfg.max_grad_norm)
                 if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
                     skipped += 1
                     self.skipped_in_a_row += 1
@@ -153,6 +154,19 @@ class PPO:
             minibatches=count, stopped_early=float(stopped_early), skipped_steps=skipped,
         )
         return metrics
+
+
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale the gradients so their global L2 norm is at most `max_norm`; return the norm before.
+
+    The same arithmetic as `nn.utils.clip_grad_norm_` for parameters on one device and dtype,
+    without its per-call grouping of tensors, which costs ~140 us per call on small models:
+    more than the clipping itself.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
