@@ -104,13 +104,26 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically (temp file, fsync, rename, fsync the directory)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+def temp_path(path: Path) -> Path:
+    """Where to write a file before `publish` moves it to `path` (same directory, hidden)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Make the fully written `tmp` appear as `path` atomically: fsync, rename, fsync the dir.
+
+    A reader (or a crash) sees either the old `path` or the complete new one, never a part.
+    """
     _fsync_file(tmp)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically."""
+    tmp = temp_path(path)
+    tmp.write_text(text)
+    publish(tmp, path)
 
 
 def save_checkpoint(root: Path, update: int, model: dict[str, torch.Tensor], state: dict,

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from .actions import sample_actions
 from .builders import autocast_for, build_env_and_policy, pick_device
-from .checkpoint import load_model
+from .checkpoint import load_model, write_text_atomic
 from .config import EvalCommandConfig, TrainConfig
 from .envs import make_env
 
@@ -90,13 +89,8 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, train_cfg: TrainConfig) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .actions import sample_actions
+from .checkpoint import publish, temp_path
 from .config import TrainConfig
 from .envs import make_env
 
@@ -177,8 +177,6 @@ def write_gif(episodes: list[dict], path: Path, fps: int) -> None:
             last = step == len(episode["frames"]) - 1
             frame = annotate(picture, episode["caption"], f"{bottom}  {episode['outcome']}" if last else bottom)
             frames.extend([frame] * (fps if last else 1))  # hold the outcome for a second
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    publish(tmp, path)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from .actions import sample_actions
 from .algos import ALGOS
 from .builders import autocast_for, build_env_and_policy, pick_device
-from .checkpoint import load_model, load_state, save_checkpoint, set_aside_newer
+from .checkpoint import load_model, load_state, publish, save_checkpoint, set_aside_newer, temp_path
 from .config import TrainConfig
 from .evaluation import evaluate, write_json
 from .monitor import Monitor
@@ -44,14 +44,10 @@ class Progress:
 
 
 def save_model(policy: torch.nn.Module, path: Path) -> None:
-    """Write the policy weights as safetensors, atomically (temp file, fsync, rename)."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write the policy weights as safetensors, atomically."""
+    tmp = temp_path(path)
     save_file({k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resume_from: Path | None = None) -> dict:
