@@ -126,6 +126,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     publish(tmp, path)
 
 
+def cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies of a state dict, as safetensors wants them."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a state dict as one safetensors file, atomically."""
+    tmp = temp_path(path)
+    save_file(cpu_copies(tensors), str(tmp))
+    publish(tmp, path)
+
+
 def save_checkpoint(root: Path, update: int, model: dict[str, torch.Tensor], state: dict,
                     config_yaml: str, keep_last: int) -> Path:
     """Write checkpoint `update` under `root` atomically, point `latest` at it, prune old ones.
@@ -137,7 +149,7 @@ def save_checkpoint(root: Path, update: int, model: dict[str, torch.Tensor], sta
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.items()}, str(tmp / FILES[0]))
+    save_file(cpu_copies(model), str(tmp / FILES[0]))
     tensors: dict[str, torch.Tensor] = {}
     skeleton = split_tensors(state, "state", tensors)
     save_file(tensors, str(tmp / FILES[1]))

@@ -50,8 +50,10 @@ def module_grad_norms(policy: torch.nn.Module) -> dict[str, float]:
 class Monitor:
     """Everything a run reports: TensorBoard scalars, the live console view, warnings."""
 
-    def __init__(self, cfg, run_dir: Path, total_steps: int, console: Console | None = None, start: tuple[int, int] = (0, 0)):
-        """`start` = (updates, env steps) already done: a resumed run continues its logs from there."""
+    def __init__(self, cfg, run_dir: Path, total_steps: int, console: Console | None = None, start: tuple[int, int] = (0, 0),
+                 skipped_before: int = 0):
+        """`start` = (updates, env steps) already done and `skipped_before` = gradient steps skipped
+        by then: a resumed run continues its logs from there."""
         self.cfg = cfg.monitor
         self.console = console or Console()
         self.total_steps = total_steps
@@ -66,7 +68,7 @@ class Monitor:
         self.metrics_path = run_dir / "metrics.jsonl"
         truncate_metrics(self.metrics_path, start_update)
         self.metrics_file = open(self.metrics_path, "a")
-        self.skipped_reported = 0
+        self.skipped_reported = skipped_before
         self.latest: dict[str, float] = {}
         self.warnings: list[str] = []
         self.episodes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 from .actions import sample_actions
 from .algos import ALGOS
 from .builders import autocast_for, build_env_and_policy, pick_device
-from .checkpoint import load_model, load_state, publish, save_checkpoint, set_aside_newer, temp_path
+from .checkpoint import load_model, load_state, save_checkpoint, save_weights, set_aside_newer
 from .config import TrainConfig
 from .evaluation import evaluate, write_json
 from .monitor import Monitor
@@ -41,13 +40,6 @@ class Progress:
     wall_seconds: float = 0.0  # training time spent by earlier sessions of this run
     evaluations: list = dataclasses.field(default_factory=list)
     heldout: dict = dataclasses.field(default_factory=dict)  # the latest held-out evaluation
-
-
-def save_model(policy: torch.nn.Module, path: Path) -> None:
-    """Write the policy weights as safetensors, atomically."""
-    tmp = temp_path(path)
-    save_file({k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}, str(tmp))
-    publish(tmp, path)
 
 
 def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resume_from: Path | None = None) -> dict:
@@ -80,12 +72,16 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resum
                   file=sys.stderr)
     if cfg.hardware.compile:
         policy.compile()
-    monitor = monitor or Monitor(cfg, run_dir, total_updates * steps_per_update, start=(progress.update, progress.steps))
+    monitor = monitor or Monitor(cfg, run_dir, total_updates * steps_per_update, start=(progress.update, progress.steps),
+                                 skipped_before=algo.skipped_steps)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(dataclasses.replace(cfg, resume=None)))
     saved_update = progress.update if resume_from is not None else None
 
     def checkpoint() -> None:
         nonlocal session_start, saved_update
+        if not parameters_finite(policy):  # never save what a bad step made of the weights
+            raise NumericalFault(f"the parameters are not finite at update {progress.update} "
+                                 f"(is algo.lr={algo_cfg.lr} too high?)")
         progress.wall_seconds += time.perf_counter() - session_start
         session_start = time.perf_counter()
         state = {"algo": algo.state_dict(), "env": env_state(env), "obs": obs, "progress": dataclasses.asdict(progress),
@@ -126,9 +122,6 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resum
                     f"{algo.skipped_in_a_row} gradient steps in a row had a non-finite loss or gradient "
                     f"(numerics.max_skipped_in_a_row={cfg.numerics.max_skipped_in_a_row}); stopped at update {progress.update}"
                 )
-            if not parameters_finite(policy):
-                raise NumericalFault(f"an optimiser step made the parameters non-finite at update {progress.update} "
-                                     f"(is algo.lr={algo_cfg.lr} too high?)")
 
             # 3. Report, evaluate on held-out levels now and then, checkpoint.
             elapsed = progress.wall_seconds + time.perf_counter() - session_start
@@ -142,7 +135,7 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resum
         if saved_update != progress.update:  # stopped by a signal between checkpoints
             checkpoint()
 
-    save_model(policy, run_dir / "model.safetensors")
+    save_weights(policy.state_dict(), run_dir / "model.safetensors")
     wall = progress.wall_seconds
     heldout = progress.heldout
     summary = {
