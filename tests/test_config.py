@@ -50,6 +50,13 @@ def test_every_model_builds_for_every_compatible_data(model, data):
     assert reward.shape == (2,)
 
 
+def test_a_data_group_can_set_its_own_evaluation_and_the_command_line_still_wins():
+    cfg = validate(composed("data=cartpole", "model=mlp"))
+    assert (cfg.eval.every_steps, cfg.eval.episodes, cfg.algo.n_envs) == (25_000, 32, 8)
+    assert validate(composed("data=cartpole", "model=mlp", "eval.episodes=7")).eval.episodes == 7
+    assert validate(composed()).eval.episodes == 500
+
+
 def test_yaml_keys_all_carry_comments():
     for path in CONF_DIR.rglob("*.yaml"):
         for number, line in enumerate(path.read_text().splitlines(), 1):

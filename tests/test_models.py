@@ -25,7 +25,34 @@ def test_mlp_actor_and_critic_do_not_share_parameters():
     value.sum().backward()
     assert policy.heads.actor.weight.grad is None or policy.heads.actor.weight.grad.abs().sum() == 0
     # the critic's loss reaches only the critic member of each paired layer
-    assert policy.trunk[0].weight.grad[0].abs().sum() == 0 and policy.trunk[0].weight.grad[1].abs().sum() > 0
+    assert policy.layers[0].weight.grad[0].abs().sum() == 0 and policy.layers[0].weight.grad[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_mlp_hand_written_backward_equals_autograd(activation):
+    torch.manual_seed(0)
+    spec = {"vector": ((3,), torch.float32), "image": ((4, 4, 3), torch.uint8)}
+    policy = build_policy(MlpConfig(hidden_sizes=[16, 8, 12], activation=activation), spec, 5)
+    assert policy.analytic_backward
+    obs = {"vector": torch.randn(9, 3), "image": torch.randint(0, 256, (9, 4, 4, 3), dtype=torch.uint8)}
+    d_logits, d_values = torch.randn(9, 5), torch.randn(9)
+    logits, values = policy(obs)
+    torch.autograd.backward((logits, values), (d_logits, d_values))
+    expected = {name: p.grad.clone() for name, p in policy.named_parameters()}
+    policy.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        logits_again, values_again, saved = policy.forward_saving_activations(obs)
+    policy.backward_from_outputs(saved, d_logits, d_values)
+    torch.testing.assert_close(logits_again, logits.detach())
+    torch.testing.assert_close(values_again, values.detach())
+    for name, p in policy.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], msg=name)
+        assert not p.grad.requires_grad
+
+
+def test_mlp_with_a_mission_leaves_the_embedding_to_autograd():
+    spec = {"vector": ((3,), torch.float32), "mission": ((6,), torch.int64)}
+    assert not build_policy(MlpConfig(), spec, 2).analytic_backward
 
 
 @pytest.mark.parametrize("readout", ["spatial", "flatten", "both"])

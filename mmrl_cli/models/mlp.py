@@ -9,7 +9,12 @@ from torch import nn
 
 from .heads import ActorCriticHeads, MissionBagOfWords
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+# Each activation and its backward, written with its output y: ``dx = dy * (1 - y^2)`` for
+# tanh, ``dx = dy * (y > 0)`` for relu.
+ACTIVATIONS = {
+    "tanh": (torch.tanh, torch.ops.aten.tanh_backward),
+    "relu": (torch.relu, lambda d_output, output: torch.ops.aten.threshold_backward(d_output, output, 0)),
+}
 
 
 class PairedLinear(nn.Module):
@@ -34,7 +39,13 @@ class PairedLinear(nn.Module):
 
 
 class MlpPolicy(nn.Module):
-    """Separate actor and critic MLPs over all inputs (`hidden_sizes` each), run as a pair."""
+    """Separate actor and critic MLPs over all inputs (`hidden_sizes` each), run as a pair.
+
+    Besides autograd, the policy has a hand-written backward (`backward_from_outputs`): at
+    these sizes a training step is a few dozen small kernels, and autograd's bookkeeping per
+    kernel costs more than the arithmetic, so PPO uses this instead when it can (fp32, no
+    mission embedding). A test checks it against autograd.
+    """
 
     def __init__(self, cfg, observation_spec: dict, num_actions: int):
         super().__init__()
@@ -44,17 +55,59 @@ class MlpPolicy(nn.Module):
         inputs = sum(math.prod(observation_spec[k][0]) for k in self.keys)
         self.mission = MissionBagOfWords(cfg.mission_embed) if "mission" in observation_spec else None
         inputs += cfg.mission_embed if self.mission is not None else 0
-        layers, width = [], inputs
-        for size in cfg.hidden_sizes:
-            layers += [PairedLinear(width, size), ACTIVATIONS[cfg.activation]()]
-            width = size
-        self.trunk = nn.Sequential(*layers)
-        self.heads = ActorCriticHeads(width, num_actions)
+        self.activation, self.activation_backward = ACTIVATIONS[cfg.activation]
+        widths = [inputs, *cfg.hidden_sizes]
+        self.layers = nn.ModuleList(PairedLinear(width, size) for width, size in zip(widths, widths[1:]))
+        self.heads = ActorCriticHeads(widths[-1], num_actions)
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def analytic_backward(self) -> bool:
+        """True when `backward_from_outputs` reaches every parameter (not the mission embedding)."""
+        return self.mission is None
+
+    def inputs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One flat float vector per observation: the vector, the image (scaled to [0, 1]), the mission."""
         parts = [obs[k].flatten(1).float() / 255.0 if k == "image" else obs[k].flatten(1) for k in self.keys]
         if self.mission is not None:
             parts.append(self.mission(obs["mission"]))
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        actor_features, critic_features = self.trunk(x)
-        return self.heads.actor(actor_features), self.heads.critic(critic_features).squeeze(-1)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, values, _ = self.forward_saving_activations(obs)
+        return logits, values
+
+    def forward_saving_activations(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Logits, values and every layer's output (the input first), as `backward_from_outputs` needs."""
+        x = self.inputs(obs)
+        hidden = x.expand(2, *x.shape)  # (actor, critic) x batch x features
+        saved = [hidden]
+        for layer in self.layers:
+            hidden = self.activation(torch.baddbmm(layer.bias, hidden, layer.weight))  # = layer(hidden)
+            saved.append(hidden)
+        actor, critic = self.heads.actor, self.heads.critic
+        logits = torch.nn.functional.linear(hidden[0], actor.weight, actor.bias)
+        values = torch.nn.functional.linear(hidden[1], critic.weight, critic.bias).squeeze(-1)
+        return logits, values, saved
+
+    @torch.no_grad()
+    def backward_from_outputs(self, saved: list, d_logits: torch.Tensor, d_values: torch.Tensor) -> None:
+        """Set every parameter's ``.grad`` (not accumulated) from a loss's gradient w.r.t. logits and values.
+
+        The chain rule through `forward_saving_activations`, layer by layer from the heads down:
+        for ``y = act(x W + b)``, ``dW = x^T g``, ``db = sum(g)`` and ``dx = g W^T`` with
+        ``g = act'(y) * dy``.
+        """
+        actor, critic = self.heads.actor, self.heads.critic
+        top = saved[-1]
+        actor.weight.grad = d_logits.t() @ top[0]
+        actor.bias.grad = d_logits.sum(0)
+        critic.weight.grad = d_values.unsqueeze(0) @ top[1]
+        critic.bias.grad = d_values.sum(0, keepdim=True)
+        d_hidden = torch.stack([d_logits @ actor.weight, torch.outer(d_values, critic.weight[0])])
+        for index in reversed(range(len(self.layers))):
+            layer = self.layers[index]
+            d_pre = self.activation_backward(d_hidden, saved[index + 1])
+            layer.weight.grad = torch.bmm(saved[index].transpose(1, 2), d_pre)
+            layer.bias.grad = d_pre.sum(1, keepdim=True)
+            if index:
+                d_hidden = torch.bmm(d_pre, layer.weight.transpose(1, 2))
