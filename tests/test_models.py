@@ -29,13 +29,14 @@ def test_mlp_actor_and_critic_do_not_share_parameters():
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_mlp_hand_written_backward_equals_autograd(activation):
+@pytest.mark.parametrize("hidden,batch", [([16, 8, 12], 9), ([64, 64], 256)])  # small, and a PPO-sized minibatch
+def test_mlp_hand_written_backward_equals_autograd(activation, hidden, batch):
     torch.manual_seed(0)
     spec = {"vector": ((3,), torch.float32), "image": ((4, 4, 3), torch.uint8)}
-    policy = build_policy(MlpConfig(hidden_sizes=[16, 8, 12], activation=activation), spec, 5)
+    policy = build_policy(MlpConfig(hidden_sizes=hidden, activation=activation), spec, 5)
     assert policy.analytic_backward
-    obs = {"vector": torch.randn(9, 3), "image": torch.randint(0, 256, (9, 4, 4, 3), dtype=torch.uint8)}
-    d_logits, d_values = torch.randn(9, 5), torch.randn(9)
+    obs = {"vector": torch.randn(batch, 3), "image": torch.randint(0, 256, (batch, 4, 4, 3), dtype=torch.uint8)}
+    d_logits, d_values = torch.randn(batch, 5), torch.randn(batch)
     logits, values = policy(obs)
     torch.autograd.backward((logits, values), (d_logits, d_values))
     expected = {name: p.grad.clone() for name, p in policy.named_parameters()}
@@ -48,6 +49,17 @@ def test_mlp_hand_written_backward_equals_autograd(activation):
     for name, p in policy.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], msg=name)
         assert not p.grad.requires_grad
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 64), (2, 256, 64)])  # below and above the sigmoid route
+def test_mlp_tanh_equals_torch_tanh_and_differentiates(shape):
+    from mmrl_cli.models.mlp import tanh
+
+    x = (torch.randn(shape) * 3).requires_grad_()
+    y = tanh(x)
+    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=3e-7)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 1 - torch.tanh(x.detach()) ** 2, rtol=0, atol=1e-6)
 
 
 def test_mlp_with_a_mission_leaves_the_embedding_to_autograd():

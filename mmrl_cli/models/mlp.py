@@ -9,10 +9,26 @@ from torch import nn
 
 from .heads import ActorCriticHeads, MissionBagOfWords
 
+# CPU tensors with at least this many elements take tanh through sigmoid (see `tanh`).
+TANH_VIA_SIGMOID_FROM = 16_384
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x); on large CPU tensors computed as ``2 sigmoid(2x) - 1`` (absolute error < 3e-7).
+
+    torch's CPU tanh costs ~4.6 ns per element on this project's machine against ~1.3 for
+    sigmoid, and the tanh of a PPO minibatch (256 x 2 x 64) are the largest kernels of the MLP's
+    forward. On small tensors (a rollout step of 8 envs) one kernel beats three.
+    """
+    if x.device.type != "cpu" or x.numel() < TANH_VIA_SIGMOID_FROM:
+        return torch.tanh(x)
+    return torch.sigmoid(2 * x) * 2 - 1
+
+
 # Each activation and its backward, written with its output y: ``dx = dy * (1 - y^2)`` for
 # tanh, ``dx = dy * (y > 0)`` for relu.
 ACTIVATIONS = {
-    "tanh": (torch.tanh, torch.ops.aten.tanh_backward),
+    "tanh": (tanh, torch.ops.aten.tanh_backward),
     "relu": (torch.relu, lambda d_output, output: torch.ops.aten.threshold_backward(d_output, output, 0)),
 }
 
