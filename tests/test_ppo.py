@@ -220,3 +220,24 @@ def test_lean_adam_step_matches_torch():
         assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
     for a, b in zip(optimizers[0].state.values(), optimizers[1].state.values()):
         assert all(torch.equal(a[key], b[key]) for key in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_target_kl_stops_the_update_once_the_policy_moved_too_far():
+    torch.manual_seed(0)
+    spec = {"vector": ((3,), torch.float32)}
+    policy = build_policy(MlpConfig(), spec, 2)
+    cfg = PPOConfig(n_envs=4, n_steps=8, batch_size=8, n_epochs=4, lr=1e-2, target_kl=1e-6)
+    ppo = PPO(cfg, policy, total_updates=2, autocast=contextlib.nullcontext)
+    buf = RolloutBuffer(8, 4, spec, torch.device("cpu"))
+    buf.obs["vector"].normal_()
+    buf.actions.random_(0, 2)
+    with torch.no_grad():
+        logits, values = policy({"vector": buf.obs["vector"].flatten(0, 1)})
+    buf.logprobs = torch.log_softmax(logits, -1).gather(1, buf.actions.view(-1, 1)).view(8, 4)
+    buf.values = values.view(8, 4)
+    buf.rewards.normal_()
+    buf.compute_advantages(torch.zeros(4), 0.99, 0.95)
+    metrics = ppo.update(buf)
+    # the first minibatch starts at the rollout's policy (KL 0) and steps; the next sees it moved
+    assert metrics["stopped_early"] == 1.0 and metrics["minibatches"] == 1
+    assert metrics["approx_kl"] == pytest.approx(0.0, abs=1e-6)
