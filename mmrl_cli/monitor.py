@@ -17,6 +17,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .algos.optim import global_norm
+
 # Thresholds for the live warnings (KL blow-up, generalisation gap).
 KL_WARN_ABOVE = 0.1
 GAP_WARN_ABOVE = 0.15
@@ -41,9 +43,9 @@ def module_grad_norms(policy: torch.nn.Module) -> dict[str, float]:
     """L2 norm of the gradients of each top-level submodule of the policy."""
     norms = {}
     for name, module in policy.named_children():
-        grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+        grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
         if grads:
-            norms[name] = float(torch.stack(grads).norm())
+            norms[name] = float(global_norm(grads))
     return norms
 
 

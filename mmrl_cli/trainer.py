@@ -7,6 +7,7 @@ monitor, evaluation, checkpoint). Hot loops read plain Python values from the ty
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 
 from .actions import sample_actions
 from .algos import ALGOS
+from .algos.optim import global_norm
 from .builders import autocast_for, build_env_and_policy, pick_device
 from .checkpoint import load_model, load_state, save_checkpoint, save_weights, set_aside_newer
 from .config import TrainConfig
@@ -158,8 +160,7 @@ def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resum
 
 def parameters_finite(module: torch.nn.Module) -> bool:
     """True when every parameter is finite (one fused reduction, one sync)."""
-    norms = torch._foreach_norm([p.detach() for p in module.parameters()])
-    return bool(torch.isfinite(torch.stack(norms)).all())
+    return math.isfinite(global_norm([p.detach() for p in module.parameters()]))
 
 
 def run_evaluations(policy, cfg: TrainConfig, device, autocast, monitor: Monitor, progress: Progress, elapsed: float) -> None:

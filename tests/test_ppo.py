@@ -182,7 +182,7 @@ def test_sampled_actions_follow_the_policy_distribution():
 
 
 def test_lean_gradient_clipping_matches_torch():
-    from mmrl_cli.algos.optim import gradient_norm, scale_gradients
+    from mmrl_cli.algos.optim import global_norm, scale_gradients
 
     torch.manual_seed(0)
     for inputs_scale in (10.0, 1e-3):  # clipped, and left alone
@@ -192,7 +192,7 @@ def test_lean_gradient_clipping_matches_torch():
         for model in (ours, theirs):
             model(inputs).pow(2).sum().backward()
         grads = [p.grad for p in ours.parameters()]
-        norm = gradient_norm(grads)
+        norm = global_norm(grads)
         scale_gradients(grads, float(norm), 0.5)
         expected = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5)
         assert torch.equal(norm, expected)

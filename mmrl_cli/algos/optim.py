@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-def gradient_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """Global L2 norm of `grads`, computed as `nn.utils.clip_grad_norm_` does (norm of per-tensor norms).
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of all `tensors` together, computed as `nn.utils.clip_grad_norm_` does (norm of per-tensor norms).
 
     Without clip_grad_norm_'s per-call grouping of tensors by device and dtype, which costs
     more than the arithmetic on small models.
     """
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 def scale_gradients(grads: list[torch.Tensor], norm: float, max_norm: float) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..rollout import RolloutBuffer
-from .optim import adam_step, gradient_norm, scale_gradients
+from .optim import adam_step, global_norm, scale_gradients
 
 # The rows of the tensor of loss terms `ppo_losses` returns (and of the update's metrics).
 TERM_NAMES = ("loss_policy", "loss_value", "loss_entropy", "approx_kl", "clipfrac")
@@ -182,7 +182,7 @@ class PPO:
                 self.backward(logits, values, saved, d_logits, d_values)
                 grads = [p.grad for p in self.parameters if p.grad is not None]
                 # One device sync per step: the loss and the gradient norm, checked, then clipping.
-                loss_sum, grad_norm = torch.stack([terms.sum(), gradient_norm(grads)]).tolist()
+                loss_sum, grad_norm = torch.stack([terms.sum(), global_norm(grads)]).tolist()
                 if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                     skipped += 1
                     self.skipped_in_a_row += 1
@@ -206,7 +206,6 @@ class PPO:
             minibatches=count, stopped_early=float(stopped_early), skipped_steps=skipped,
         )
         return metrics
-
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:

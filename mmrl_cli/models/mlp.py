@@ -98,7 +98,7 @@ class MlpPolicy(nn.Module):
         hidden = x.expand(2, *x.shape)  # (actor, critic) x batch x features
         saved = [hidden]
         for layer in self.layers:
-            hidden = self.activation(torch.baddbmm(layer.bias, hidden, layer.weight))  # = layer(hidden)
+            hidden = self.activation(layer(hidden))
             saved.append(hidden)
         actor, critic = self.heads.actor, self.heads.critic
         logits = torch.nn.functional.linear(hidden[0], actor.weight, actor.bias)
