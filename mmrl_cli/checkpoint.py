@@ -2,12 +2,19 @@
 
 A checkpoint is a directory ``<run>/checkpoints/<update:08d>/`` holding
 
-- ``model.safetensors``: the policy weights (a plain safetensors file any tool can read);
+- one safetensors file per named module: ``model.safetensors`` for the policy (a plain file any
+  tool can read), ``<name>.safetensors`` for any other module an algorithm or method trains or
+  uses (a teacher, a world model);
 - ``state.safetensors``: every other tensor of the training state (optimiser moments, RNG
   states, the batched env's tensors, the current observation);
 - ``config.yaml``: the composed config that produced it;
 - ``meta.json``, written last: the non-tensor state (counters, optimiser hyper-parameters, RNG
-  states of Python and NumPy) as plain JSON, plus the SHA-256 of the three files above.
+  states of Python and NumPy) as plain JSON, which file holds which module, and the SHA-256 of
+  every other file.
+
+On load, each module's weights are checked against the module built from the config: by
+default the same tensor names and shapes; a module whose shapes legitimately change (a pruned
+or factorised layer) states its own rule with a ``check_checkpoint_shapes(saved_shapes)`` method.
 
 Writing goes to a temporary directory (every file fsynced), which is renamed into place; the
 ``latest`` pointer file is replaced last. A crash at any moment (even ``kill -9`` halfway through
@@ -22,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -33,9 +41,18 @@ from safetensors.torch import load_file, save_file
 
 from .config import CHECKPOINT_NAME
 
-FORMAT = "mmrl-checkpoint-1"
-FILES = ("model.safetensors", "state.safetensors", "config.yaml")
+FORMAT = "mmrl-checkpoint-2"
+# Format 1 (mmrl 0.1: the policy only, PPO's state layout) still verifies and evaluates; it cannot be resumed.
+OLD_FORMATS = ("mmrl-checkpoint-1",)
+FILES = ("model.safetensors", "state.safetensors", "config.yaml")  # in every checkpoint
+POLICY = "policy"
+MODULE_FILE = re.compile(r"^[a-z][a-z0-9_]*\.safetensors$")
 LATEST = "latest"
+
+
+def module_file(name: str) -> str:
+    """File of a named module in a checkpoint: the policy is ``model.safetensors``."""
+    return FILES[0] if name == POLICY else f"{name}.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -138,25 +155,32 @@ def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
     publish(tmp, path)
 
 
-def save_checkpoint(root: Path, update: int, model: dict[str, torch.Tensor], state: dict,
+def save_checkpoint(root: Path, update: int, modules: dict[str, dict[str, torch.Tensor]], state: dict,
                     config_yaml: str, keep_last: int) -> Path:
     """Write checkpoint `update` under `root` atomically, point `latest` at it, prune old ones.
 
-    `model` is the policy's state dict; `state` a nested dict of tensors and plain values.
+    `modules` maps names to state dicts (``"policy"`` is required); `state` is a nested dict of
+    tensors and plain values.
     """
+    if POLICY not in modules:
+        raise ValueError("a checkpoint needs the 'policy' module")
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(update)
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(cpu_copies(model), str(tmp / FILES[0]))
+    files = {module: module_file(module) for module in modules}
+    for module, weights in modules.items():
+        save_file(cpu_copies(weights), str(tmp / files[module]))
     tensors: dict[str, torch.Tensor] = {}
     skeleton = split_tensors(state, "state", tensors)
     save_file(tensors, str(tmp / FILES[1]))
     (tmp / FILES[2]).write_text(config_yaml)
-    for file in FILES:
+    written = sorted(set(FILES) | set(files.values()))
+    for file in written:
         _fsync_file(tmp / file)
-    meta = {"format": FORMAT, "update": update, "sha256": {f: sha256(tmp / f) for f in FILES}, "state": skeleton}
+    meta = {"format": FORMAT, "update": update, "modules": files, "sha256": {f: sha256(tmp / f) for f in written},
+            "state": skeleton}
     (tmp / "meta.json").write_text(json.dumps(meta))
     _fsync_file(tmp / "meta.json")
     _fsync_dir(tmp)
@@ -212,14 +236,18 @@ def verify(path: Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{path}/meta.json is corrupted (not valid JSON)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("sha256"), dict):
+    if (not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *OLD_FORMATS)
+            or not isinstance(meta.get("sha256"), dict)):
         raise CheckpointError(f"{path}/meta.json is not an {FORMAT} file")
-    for file in FILES:
+    modules = meta.setdefault("modules", {POLICY: FILES[0]})  # format 1: the policy only
+    if not isinstance(modules, dict) or not all(isinstance(f, str) and MODULE_FILE.match(f) for f in modules.values()):
+        raise CheckpointError(f"{path}/meta.json names module files that are not plain <name>.safetensors files")
+    for file in sorted(set(FILES) | set(modules.values())):
         if not (path / file).is_file():
             raise CheckpointError(f"{path} is incomplete ({file} is missing)")
         if sha256(path / file) != meta["sha256"].get(file):
             raise CheckpointError(f"{path}/{file} is truncated or corrupted (its checksum does not match meta.json)")
-    for file in FILES[:2]:
+    for file in sorted({FILES[1], *modules.values()}):
         tensor_shapes(path / file)  # the safetensors headers parse (never unpickled: safetensors has no code)
     return meta
 
@@ -273,8 +301,18 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def check_model_fits(path: Path, model: torch.nn.Module) -> None:
-    """CheckpointError unless the weights in `path` have exactly the model's names and shapes."""
+    """CheckpointError unless the weights in `path` fit `model`.
+
+    The rule is the module's own ``check_checkpoint_shapes(saved_shapes)`` if it has one (for
+    modules whose shapes change by design), else: exactly the model's tensor names and shapes.
+    """
     saved = tensor_shapes(path)
+    own_rule = getattr(model, "check_checkpoint_shapes", None)
+    if own_rule is not None:
+        problem = own_rule(saved)
+        if problem:
+            raise CheckpointError(f"{path} does not fit the configured {type(model).__name__} ({problem})")
+        return
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
@@ -297,6 +335,15 @@ def load_model(path: Path, model: torch.nn.Module) -> None:
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} could not be read ({str(e).splitlines()[0]})") from None
     model.load_state_dict(state)
+
+
+def load_modules(path: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Load each named module from checkpoint directory `path` (verified), checking that it fits."""
+    files = verify(path)["modules"]
+    for name, module in modules.items():
+        if name not in files:
+            raise CheckpointError(f"{path} holds no '{name}' module (it has: {', '.join(sorted(files))})")
+        load_model(path / files[name], module)
 
 
 def load_state(path: Path) -> dict:

@@ -22,7 +22,7 @@ from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate, validate_
 from .models.patches import default_patch_size
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-GROUPS = ("algo", "model", "data", "hardware", "compression")
+GROUPS = ("algo", "model", "data", "hardware", "compression", "exp")
 # Flags that ask Hydra for information rather than a run: no validation needed before them.
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve", "-p", "--package"}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
@@ -206,7 +206,9 @@ def print_summary(summary: dict) -> None:
     table.add_column(overflow="fold")  # long paths wrap instead of being cut
     low, high = summary["heldout_success_ci95"]
     table.add_row("held-out success rate", f"{summary['heldout_success_rate']:.3f}  (95% CI {low:.3f} to {high:.3f})")
-    table.add_row("held-out return", f"{summary['heldout_return']:.3f}")
+    low, high = summary["heldout_return_ci95"]
+    table.add_row("held-out return", f"{summary['heldout_return']:.3f}  (95% CI {low:.3f} to {high:.3f})")
+    table.add_row("validation success rate", f"{summary['validation_success_rate']:.3f}  (last periodic evaluation)")
     table.add_row("env steps", f"{summary['steps']:,}")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s ({summary['steps_per_second']:,.0f} steps/s)")
     if summary["skipped_steps"]:
@@ -237,7 +239,6 @@ def train_task(cfg: DictConfig) -> float:
         fail("train", str(e))
     if resume_from is None:
         run_dir = make_run_dir(typed)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
     else:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(run.config))
         print(f"mmrl train: resuming {run_dir} from checkpoint {resume_from.name}", file=sys.stderr)
@@ -325,7 +326,8 @@ def print_help() -> None:
     lines += [
         "", "examples:",
         "  mmrl train                                   # ViT-GPT2 + PPO on the built-in goto task",
-        "  mmrl train data=cartpole model=mlp seed=2    # CartPole with rl-zoo3's PPO settings",
+        "  mmrl train algo=a2c                          # A2C (RMSprop, 5-step rollouts) on the same task",
+        "  mmrl train exp=cartpole-ppo seed=2           # a tuned preset: CartPole with rl-zoo3's PPO settings",
         "  mmrl train -m seed=1,2,3                     # Hydra multirun: one run per seed",
         "  mmrl train --cfg job                         # print the composed config",
         "  mmrl train resume=runs/2026-11-24/10-00-00   # continue a stopped run (resume=latest: the newest)",

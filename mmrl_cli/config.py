@@ -8,6 +8,7 @@ read plain Python values, never the DictConfig. Each group option picks its sche
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -17,6 +18,11 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 # A checkpoint's directory name: its update number, zero-padded (so names sort by age).
 CHECKPOINT_NAME = re.compile(r"^[0-9]{8}$")
+# Schedules of a hyperparameter over training: constant, or annealed linearly to 0 at the end.
+SCHEDULES = ("constant", "linear")
+# Level splits: training levels, validation levels (periodic evaluations pick on these) and
+# held-out levels (the final report only). Disjoint by level content; see envs/goto.py.
+SPLITS = ("train", "validation", "heldout")
 
 
 class ConfigError(ValueError):
@@ -24,12 +30,13 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------- algo
+# Settings every algorithm shares (steps, envs, rollout length) live in `TrainConfig` and
+# `RolloutConfig`; an algorithm's section holds only what its losses and optimiser read.
+# Value losses are the mean squared error to the returns, as Stable-Baselines3 writes them, so
+# SB3/rl-zoo3 values of `vf_coef` carry over unchanged.
 @dataclass
 class PPOConfig:
     type: str = "ppo"
-    total_steps: int = 400_000
-    n_envs: int = 128
-    n_steps: int = 16
     n_epochs: int = 4
     batch_size: int = 512
     lr: float = 1e-3
@@ -40,29 +47,49 @@ class PPOConfig:
     clip_schedule: str = "constant"
     clip_value: Optional[float] = None
     ent_coef: float = 0.01
-    vf_coef: float = 0.5
+    vf_coef: float = 0.25
     max_grad_norm: float = 0.5
     target_kl: Optional[float] = None
     normalize_advantages: bool = True
-    bootstrap_truncated: bool = True
     adam_eps: float = 1e-5
 
     def check(self) -> None:
-        positive("algo", self, "total_steps", "n_envs", "n_steps", "n_epochs", "batch_size", "lr", "adam_eps")
+        positive("algo", self, "n_epochs", "batch_size", "lr", "adam_eps")
         between("algo", self, "gamma", 0.0, 1.0)
         between("algo", self, "gae_lambda", 0.0, 1.0)
         positive("algo", self, "clip_range", "max_grad_norm")
         non_negative("algo", self, "ent_coef", "vf_coef")
-        one_of("algo", self, "lr_schedule", ("constant", "linear"))
-        one_of("algo", self, "clip_schedule", ("constant", "linear"))
+        one_of("algo", self, "lr_schedule", SCHEDULES)
+        one_of("algo", self, "clip_schedule", SCHEDULES)
         if self.clip_value is not None:
             positive("algo", self, "clip_value")
         if self.target_kl is not None:
             positive("algo", self, "target_kl")
-        if self.batch_size > self.n_envs * self.n_steps:
-            raise ConfigError(
-                f"algo.batch_size: expected at most n_envs * n_steps = {self.n_envs * self.n_steps}, got {self.batch_size}"
-            )
+
+
+@dataclass
+class A2CConfig:
+    type: str = "a2c"
+    lr: float = 7e-4
+    lr_schedule: str = "constant"
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantages: bool = False
+    optimizer: str = "rmsprop"
+    rmsprop_alpha: float = 0.99
+    eps: float = 1e-5
+
+    def check(self) -> None:
+        positive("algo", self, "lr", "max_grad_norm", "eps")
+        between("algo", self, "gamma", 0.0, 1.0)
+        between("algo", self, "gae_lambda", 0.0, 1.0)
+        between("algo", self, "rmsprop_alpha", 0.0, 1.0)
+        non_negative("algo", self, "ent_coef", "vf_coef")
+        one_of("algo", self, "lr_schedule", SCHEDULES)
+        one_of("algo", self, "optimizer", ("rmsprop", "adam"))
 
 
 # -------------------------------------------------------------------------------- model
@@ -136,6 +163,15 @@ class GotoDataConfig:
                 f"data.grid_size: {self.grid_size}x{self.grid_size} has no room for the agent, target, "
                 f"{self.num_distractors} distractors and {self.num_walls} walls"
             )
+        from .envs.goto import MIN_LAYOUTS, count_layouts
+
+        layouts = count_layouts(self.grid_size, self.num_distractors, self.num_walls)
+        if layouts < MIN_LAYOUTS:
+            raise ConfigError(
+                f"data.grid_size: a {self.grid_size}x{self.grid_size} grid with {self.num_distractors} distractors "
+                f"and {self.num_walls} walls has only {layouts} distinct levels; at least {MIN_LAYOUTS} are needed "
+                f"to keep training, validation and held-out levels apart"
+            )
 
 
 @dataclass
@@ -170,11 +206,22 @@ class NoCompression:
 
 
 @dataclass
+class RolloutConfig:
+    n_envs: int = 128
+    n_steps: int = 16
+    bootstrap_truncated: bool = True
+
+    def check(self) -> None:
+        positive("rollout", self, "n_envs", "n_steps")
+
+
+@dataclass
 class HardwareConfig:
     device: str = "auto"
     threads: int = 0
     precision: str = "fp32"
     compile: bool = False
+    fast_path: bool = True
 
     def check(self) -> None:
         non_negative("hardware", self, "threads")
@@ -197,11 +244,12 @@ class EvalConfig:
 class MonitorConfig:
     progress: bool = True
     tensorboard: bool = True
+    log_every_updates: int = 1
     grad_vanish_below: float = 1e-7
     grad_explode_above: float = 1e3
 
     def check(self) -> None:
-        positive("monitor", self, "grad_vanish_below", "grad_explode_above")
+        positive("monitor", self, "log_every_updates", "grad_vanish_below", "grad_explode_above")
 
 
 @dataclass
@@ -223,11 +271,19 @@ class NumericsConfig:
 
 @dataclass
 class TrainConfig:
-    algo: Any = None
-    model: Any = None
-    data: Any = None
+    """The whole config of a training run; its defaults are `mmrl train`'s defaults.
+
+    Build one in Python (``TrainConfig(algo=A2CConfig(), total_steps=10_000)``), or compose
+    one from the YAML files with `compose_train_config`; `check()` validates it.
+    """
+
+    algo: Any = field(default_factory=PPOConfig)
+    model: Any = field(default_factory=VitGpt2Config)
+    data: Any = field(default_factory=GotoDataConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
-    compression: Any = None
+    compression: Any = field(default_factory=NoCompression)
+    total_steps: int = 400_000
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -236,6 +292,31 @@ class TrainConfig:
     runs_root: str = "runs"
     run_name: Optional[str] = None
     resume: Optional[str] = None
+
+    @property
+    def steps_per_update(self) -> int:
+        """Transitions collected per update: all envs, one rollout each."""
+        return self.rollout.n_envs * self.rollout.n_steps
+
+    @property
+    def total_updates(self) -> int:
+        """Updates the run makes (at least one)."""
+        return max(1, self.total_steps // self.steps_per_update)
+
+    def check(self) -> None:
+        """Validate every section; ConfigError (one line naming the key) on the first problem."""
+        for group, options in GROUP_SCHEMAS.items():
+            section = getattr(self, group)
+            if type(section) not in options.values():
+                raise ConfigError(f"{group}: expected a config of type {', '.join(options)}, got {type(section).__name__}")
+        positive("", self, "total_steps")
+        for section in (self.algo, self.model, self.data, self.compression, self.hardware, self.rollout, self.eval,
+                        self.monitor, self.checkpoint, self.numerics):
+            section.check()
+        batch_size = getattr(self.algo, "batch_size", None)
+        if batch_size is not None and batch_size > self.steps_per_update:
+            raise ConfigError(f"algo.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
+                              f"{self.steps_per_update}, got {batch_size}")
 
 
 # ------------------------------------------------------------------------- mmrl eval
@@ -264,7 +345,7 @@ class EvalCommandConfig:
 
     def check(self) -> None:
         positive("", self, "episodes")
-        one_of("", self, "split", ("heldout", "train"))
+        one_of("", self, "split", SPLITS)
         if self.checkpoint != "latest" and not CHECKPOINT_NAME.match(self.checkpoint):
             raise ConfigError(f"checkpoint: expected 'latest' or a checkpoint name such as 00000050, got {self.checkpoint!r}")
         self.hardware.check()
@@ -272,7 +353,7 @@ class EvalCommandConfig:
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "algo": {"ppo": PPOConfig},
+    "algo": {"ppo": PPOConfig, "a2c": A2CConfig},
     "model": {"vit-gpt2": VitGpt2Config, "cnn": CnnConfig, "mlp": MlpConfig},
     "data": {"goto": GotoDataConfig, "cartpole": CartPoleDataConfig, "gym": GymDataConfig},
     "compression": {"none": NoCompression},
@@ -286,17 +367,19 @@ def _key(section: str, name: str) -> str:
 
 
 def positive(section: str, obj: Any, *names: str) -> None:
-    """Raise a ConfigError unless every named field is > 0."""
+    """Raise a ConfigError unless every named field is finite and > 0."""
     for name in names:
-        if getattr(obj, name) <= 0:
-            raise ConfigError(f"{_key(section, name)}: expected a value > 0, got {getattr(obj, name)}")
+        value = getattr(obj, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{_key(section, name)}: expected a finite value > 0, got {value}")
 
 
 def non_negative(section: str, obj: Any, *names: str) -> None:
-    """Raise a ConfigError unless every named field is >= 0."""
+    """Raise a ConfigError unless every named field is finite and >= 0."""
     for name in names:
-        if getattr(obj, name) < 0:
-            raise ConfigError(f"{_key(section, name)}: expected a value >= 0, got {getattr(obj, name)}")
+        value = getattr(obj, name)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{_key(section, name)}: expected a finite value >= 0, got {value}")
 
 
 def between(section: str, obj: Any, name: str, low: float, high: float) -> None:
@@ -346,10 +429,26 @@ def validate(cfg: DictConfig | dict) -> TrainConfig:
         if kind not in options:
             raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
         setattr(top, group, _merge(options[kind], section, f"{group}."))
-    for section in (top.algo, top.model, top.data, top.compression, top.hardware, top.eval, top.monitor,
-                    top.checkpoint, top.numerics):
-        section.check()
+    top.check()
     return top
+
+
+def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """`mmrl train`'s config with command-line style `overrides` (``["algo=a2c", "seed=2"]``), validated.
+
+    Uses Hydra's compose API only (no Hydra app, no output directory); raises ConfigError.
+    """
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf_dir = Path(__file__).resolve().parent / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        try:
+            cfg = compose("train", overrides=list(overrides))
+        except OmegaConfBaseException as e:
+            raise ConfigError(str(e).splitlines()[0]) from None
+    return validate(cfg)
 
 
 def validate_eval(cfg: DictConfig | dict) -> EvalCommandConfig:

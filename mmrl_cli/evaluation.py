@@ -1,7 +1,7 @@
 """Evaluate a policy: success rate and return with 95% confidence intervals.
 
-`evaluate` plays a fixed number of episodes on training or held-out levels (used during
-training and by `mmrl eval`); `run_eval` is `mmrl eval`: load a run's checkpoint, evaluate it,
+`evaluate` plays a fixed number of episodes on training, validation or held-out levels (used
+during training and by `mmrl eval`); `run_eval` is `mmrl eval`: load a run's checkpoint, evaluate it,
 write ``<run>/eval/results.json`` and a GIF of a few episodes.
 """
 
@@ -46,20 +46,25 @@ def mean_interval(values: torch.Tensor) -> list[float]:
 @torch.inference_mode()
 def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episodes: int, deterministic: bool,
              autocast=contextlib.nullcontext, seed: int | None = None) -> dict:
-    """Success rate and return over `episodes` episodes on training or held-out levels.
+    """Success rate and return over `episodes` episodes on the levels of `split`.
 
-    Every sub-env plays a fixed quota of episodes, so short episodes are not over-counted.
-    Sampled actions come from a generator of their own: evaluating never shifts the random
-    numbers training draws.
+    Every sub-env plays a fixed quota of episodes and exactly `episodes` are counted, so short
+    episodes are not over-counted. The policy runs in eval mode (restored afterwards). Sampled
+    actions come from a generator of their own: evaluating never shifts the random numbers
+    training draws.
     """
     seed = cfg.seed + 10_000 if seed is None else seed
     num_envs = episodes if cfg.data.type == "goto" else min(episodes, 64)
     env = make_env(cfg.data, num_envs, device, seed, split)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    quota = math.ceil(episodes / num_envs)
+    # Each env plays its first `quota` episodes; the quotas add up to exactly `episodes`.
+    quota = torch.full((num_envs,), episodes // num_envs, dtype=torch.int64, device=device)
+    quota[: episodes % num_envs] += 1
     counts = torch.zeros(num_envs, dtype=torch.int64, device=device)
     returns, lengths, successes = [], [], []
+    was_training = policy.training
+    policy.eval()
     obs = env.reset(seed=seed)
     while bool((counts < quota).any()):
         with autocast():
@@ -68,11 +73,12 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
         index = info["done_index"]
         if not len(index):
             continue
-        keep = counts[index] < quota
+        keep = counts[index] < quota[index]
         returns.append(info["episode_return"][keep])
         lengths.append(info["episode_length"][keep])
         successes.append(info["success"][keep])
         counts[index] += 1
+    policy.train(was_training)
     if hasattr(env, "close"):
         env.close()
     returns_t = torch.cat(returns).double().cpu()

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .actions import sample_actions
 from .checkpoint import publish, temp_path
 from .config import TrainConfig
-from .envs import make_env
+from .envs import SPLIT_SEED_OFFSETS, make_env
 
 MIN_SIDE = 240  # frames are upscaled (nearest neighbour) to at least this many pixels a side
 BAND = 22       # height of the text bands above and below the picture
@@ -74,7 +74,7 @@ class GymEpisodes:
         self.env_id = cfg.data.env_id
         try:
             self.env = gym.make(self.env_id, render_mode="rgb_array", **dict(cfg.data.env_kwargs))
-            self.raw, _ = self.env.reset(seed=seed + (1_000_000 if split == "heldout" else 0))
+            self.raw, _ = self.env.reset(seed=seed + SPLIT_SEED_OFFSETS[split])
             self.env.render()
         except Exception as e:  # no renderer, a missing optional dependency, ...
             raise GifUnavailable(f"{self.env_id} cannot render rgb_array frames ({str(e).splitlines()[0]})") from None

@@ -1,8 +1,10 @@
 """TensorBoard logging and the rich terminal view, with live problem warnings.
 
-The monitor watches what usually goes wrong in RL runs and says so while the run is alive:
-vanishing or exploding gradients (per module), KL blow-ups between updates, and a growing gap
-between training-level and held-out success (overfitting to the training levels).
+The monitor logs whatever named metrics an algorithm's update returns (`tag_for` names their
+TensorBoard tags), and watches what usually goes wrong in RL runs, saying so while the run is
+alive: vanishing or exploding gradients (per module, measured before clipping), KL blow-ups
+between updates, and a growing gap between training-level and validation success (overfitting to
+the training levels, when training uses a finite subset of them).
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .algos.optim import global_norm
-
 # Thresholds for the live warnings (KL blow-up, generalisation gap).
 KL_WARN_ABOVE = 0.1
 GAP_WARN_ABOVE = 0.15
+# Live view refreshes at most this often (rebuilding it every update would cost more than a fast update).
+REFRESH_SECONDS = 0.25
+# TensorBoard tags of the update metrics every algorithm may report (others: see `tag_for`).
+METRIC_TAGS = {
+    "approx_kl": "losses/approx_kl", "clipfrac": "losses/clipfrac", "explained_variance": "losses/explained_variance",
+    "entropy": "policy/entropy", "grad_norm": "grad/global_norm", "learning_rate": "charts/learning_rate",
+    "clip_range": "charts/clip_range",
+}
 
 
 def truncate_metrics(path: Path, last_update: int) -> None:
@@ -39,14 +47,12 @@ def truncate_metrics(path: Path, last_update: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def module_grad_norms(policy: torch.nn.Module) -> dict[str, float]:
-    """L2 norm of the gradients of each top-level submodule of the policy."""
-    norms = {}
-    for name, module in policy.named_children():
-        grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
-        if grads:
-            norms[name] = float(global_norm(grads))
-    return norms
+def tag_for(name: str) -> str:
+    """TensorBoard tag of an update metric: known names by `METRIC_TAGS`, ``loss_x`` as ``losses/x``,
+    anything else an algorithm reports as ``update/<name>``."""
+    if name in METRIC_TAGS:
+        return METRIC_TAGS[name]
+    return f"losses/{name.removeprefix('loss_')}" if name.startswith("loss_") else f"update/{name}"
 
 
 class Monitor:
@@ -73,8 +79,8 @@ class Monitor:
         self.skipped_reported = skipped_before
         self.latest: dict[str, float] = {}
         self.warnings: list[str] = []
-        self.episodes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.live = None
+        self.last_refresh = 0.0
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
@@ -117,14 +123,9 @@ class Monitor:
                 self.console.print(f"[yellow]warning:[/] {message}")
 
     # ------------------------------------------------------------------------ recording
-    def record_episodes(self, info: dict) -> None:
-        """Keep the finished episodes of one env step (tensors; no device sync here)."""
-        if "final_obs" in info:
-            self.episodes.append((info["episode_return"], info["episode_length"], info["success"]))
-
-    def check_gradients(self, policy: torch.nn.Module) -> None:
-        """Log per-module gradient norms and warn when any vanishes or explodes."""
-        for name, norm in module_grad_norms(policy).items():
+    def check_gradients(self, norms: dict[str, float]) -> None:
+        """Log per-module gradient norms (before clipping) and warn when any vanishes or explodes."""
+        for name, norm in norms.items():
             self.scalar(f"grad/{name}_norm", norm)
             if norm < self.cfg.grad_vanish_below:
                 self.warn(f"vanishing gradients in '{name}' (norm {norm:.2e})")
@@ -135,61 +136,85 @@ class Monitor:
         if self.writer is not None and value == value:  # skip NaN
             self.writer.add_scalar(tag, value, self.step)
 
-    def log_update(self, update: int, step: int, metrics: dict[str, float], skipped_total: int, sps: float,
-                   update_seconds: float) -> None:
-        """Write one update's losses, episode statistics, skipped steps and speed."""
+    def log_update(self, update: int, step: int, metrics: dict[str, float], episodes: list, skipped_total: int,
+                   sps: float, update_seconds: float, module_grad_norms=None) -> None:
+        """Write one update's metrics, its finished episodes, skipped steps and speed.
+
+        `episodes`: (returns, lengths, successes) tensors of episodes finished during the rollout;
+        `module_grad_norms`: a function giving per-module gradient norms (called only when logged).
+        Every update goes to metrics.jsonl; TensorBoard every `monitor.log_every_updates` updates.
+        """
         self.step = step
         self.metrics_file.write(json.dumps({"update": update, "step": step, **metrics}) + "\n")
         self.metrics_file.flush()
-        self.scalar("numerics/skipped_steps", skipped_total)
         if skipped_total > self.skipped_reported:
             self.warn(f"skipped {skipped_total - self.skipped_reported} gradient step(s) with a non-finite loss or "
                       f"gradient at update {update} ({skipped_total} in total)")
             self.skipped_reported = skipped_total
-        for name in ("loss_policy", "loss_value", "loss_entropy", "approx_kl", "clipfrac"):
-            if name in metrics:
-                self.scalar(f"losses/{name.removeprefix('loss_')}", metrics[name])
-        self.scalar("losses/explained_variance", metrics["explained_variance"])
-        self.scalar("charts/learning_rate", metrics["learning_rate"])
-        self.scalar("charts/clip_range", metrics["clip_range"])
-        self.scalar("grad/global_norm", metrics["grad_norm"])
-        self.scalar("perf/sps", sps)
-        self.scalar("perf/update_seconds", update_seconds)
-        self.latest.update({"steps/s": sps, "kl": metrics.get("approx_kl", 0.0), "loss": metrics.get("loss_value", 0.0)})
         if metrics.get("approx_kl", 0.0) > KL_WARN_ABOVE:
             self.warn(f"KL blow-up: approx_kl {metrics['approx_kl']:.3f} > {KL_WARN_ABOVE} (lower lr or set algo.target_kl)")
-        if self.episodes:
-            returns, lengths, success = (torch.cat(x).float() for x in zip(*self.episodes))
-            self.episodes.clear()
+        self.latest.update({"steps/s": sps, "loss": metrics.get("loss_value", float("nan"))})
+        if "approx_kl" in metrics:
+            self.latest["kl"] = metrics["approx_kl"]
+        if episodes:
+            returns, lengths, success = (torch.cat(x).float() for x in zip(*episodes))
             self.latest.update(**{"return": float(returns.mean()), "ep_len": float(lengths.mean())})
-            self.scalar("charts/episodic_return", self.latest["return"])
-            self.scalar("charts/episode_length", self.latest["ep_len"])
-            self.scalar("charts/episodes", len(returns))
             if success.numel():
                 self.latest["success"] = float(success.mean())
-                self.scalar("charts/success_rate", self.latest["success"])
+        if update % self.cfg.log_every_updates == 0:
+            self.log_scalars(metrics, skipped_total, sps, update_seconds, episodes)
+            if module_grad_norms is not None:
+                self.check_gradients(module_grad_norms())
         self.progress.update(self.task, completed=step)
         self._refresh()
 
-    def log_eval(self, step: int, train: dict | None, heldout: dict) -> None:
-        """Write evaluation results; warn when training levels pull away from held-out ones."""
+    def log_scalars(self, metrics: dict[str, float], skipped_total: int, sps: float, update_seconds: float,
+                    episodes: list) -> None:
+        """TensorBoard scalars of one update."""
+        if self.writer is None:
+            return
+        for name, value in metrics.items():
+            self.scalar(tag_for(name), value)
+        self.scalar("numerics/skipped_steps", skipped_total)
+        self.scalar("perf/sps", sps)
+        self.scalar("perf/update_seconds", update_seconds)
+        if episodes:
+            self.scalar("charts/episodic_return", self.latest["return"])
+            self.scalar("charts/episode_length", self.latest["ep_len"])
+            self.scalar("charts/episodes", sum(len(e[0]) for e in episodes))
+            if "success" in self.latest:
+                self.scalar("charts/success_rate", self.latest["success"])
+
+    def log_eval(self, step: int, validation: dict, train: dict | None = None) -> None:
+        """Write a periodic evaluation (validation levels, and training levels when they are a finite
+        subset); warn when the training levels pull away from the validation ones."""
+        self.step = step
+        self.scalar("eval/validation_success_rate", validation["success_rate"])
+        self.scalar("eval/validation_return", validation["return_mean"])
+        self.latest["validation"] = validation["success_rate"]
+        if train is not None:
+            self.scalar("eval/success_rate", train["success_rate"])
+            self.scalar("eval/return", train["return_mean"])
+            gap = train["success_rate"] - validation["success_rate"]
+            self.scalar("eval/generalization_gap", gap)
+            if gap > GAP_WARN_ABOVE:
+                self.warn(f"overfitting to training levels: success {train['success_rate']:.2f} on training "
+                          f"vs {validation['success_rate']:.2f} on validation levels")
+        self._refresh(force=True)
+
+    def log_heldout(self, step: int, heldout: dict) -> None:
+        """Write the final evaluation on held-out levels."""
         self.step = step
         self.scalar("eval/heldout_success_rate", heldout["success_rate"])
         self.scalar("eval/heldout_return", heldout["return_mean"])
         self.latest["heldout"] = heldout["success_rate"]
-        if train is not None:
-            self.scalar("eval/success_rate", train["success_rate"])
-            self.scalar("eval/return", train["return_mean"])
-            gap = train["success_rate"] - heldout["success_rate"]
-            self.scalar("eval/generalization_gap", gap)
-            if gap > GAP_WARN_ABOVE:
-                self.warn(f"overfitting to training levels: success {train['success_rate']:.2f} on training "
-                          f"vs {heldout['success_rate']:.2f} held-out")
         self._refresh(force=True)
 
     def _refresh(self, force: bool = False) -> None:
         if self.live is not None:
-            self.live.update(self.render())
+            if force or time.monotonic() - self.last_refresh > REFRESH_SECONDS:
+                self.last_refresh = time.monotonic()
+                self.live.update(self.render())
         elif self.cfg.progress and (force or time.monotonic() - self.last_print > 10):
             self.last_print = time.monotonic()
             fields = "  ".join(f"{k} {self._fmt(v)}" for k, v in self.latest.items())

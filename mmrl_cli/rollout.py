@@ -1,7 +1,11 @@
-"""On-device rollout storage, GAE, and minibatching.
+"""Rollouts: the on-device buffer (GAE, minibatches) and the collector that fills it.
 
-The buffer is preallocated once as (n_steps, n_envs, ...) tensors on the training device, so a
-rollout never leaves the device and never allocates.
+Every on-policy algorithm learns from the same thing: `n_steps` transitions of `n_envs`
+batched envs played by the current policy. The `Collector` owns the env, the current
+observation and the action-sampling generator, and plays the policy; the `RolloutBuffer` holds
+what it saw, preallocated once as (n_steps, n_envs, ...) tensors on the training device, so a
+rollout never leaves the device and never allocates. Algorithms turn a buffer into advantages
+with their own discount (`compute_advantages`) and read it whole or in minibatches.
 """
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+
+from .actions import sample_actions
+from .rng import load_generator_state
 
 
 class RolloutBuffer:
@@ -23,6 +30,9 @@ class RolloutBuffer:
         self.values = torch.zeros(shape, device=device)
         self.rewards = torch.zeros(shape, device=device)
         self.dones = torch.zeros(shape, device=device)  # 1 where the episode ended at this step
+        # V(last observation) of episodes cut by a time limit at this step (0 elsewhere).
+        self.truncation_values = torch.zeros(shape, device=device)
+        self.last_value = torch.zeros(n_envs, device=device)  # V of the observation after the last step
         self.advantages = torch.zeros(shape, device=device)
         self.returns = torch.zeros(shape, device=device)
 
@@ -39,34 +49,39 @@ class RolloutBuffer:
         self.rewards[t] = reward
         self.dones[t] = done
 
-    def compute_advantages(self, last_value: torch.Tensor, gamma: float, gae_lambda: float) -> None:
+    def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
         """Generalised Advantage Estimation (Schulman et al. 2016), backwards over the rollout.
 
         ``dones[t]`` cuts the bootstrap at episode ends: the value after a finished episode
-        belongs to the next one. Time-limit truncations are handled before this point by
-        adding ``gamma * V(final observation)`` to the reward, as Stable-Baselines3 does.
+        belongs to the next one. An episode cut by a time limit is not over as a task, so its
+        TD error bootstraps from the value of the state it stopped in (`truncation_values`,
+        what Stable-Baselines3 does). ``gae_lambda = 1`` gives n-step returns (A2C).
         """
         not_done = 1.0 - self.dones
-        next_values = torch.cat([self.values[1:], last_value.unsqueeze(0)])
+        next_values = torch.cat([self.values[1:], self.last_value.unsqueeze(0)])
         # All TD errors at once; only the backward recursion A_t = delta_t + decay_t * A_{t+1}
         # has to run step by step (one fused multiply-add per step).
-        deltas = self.rewards + gamma * next_values * not_done - self.values
+        deltas = self.rewards + gamma * (next_values * not_done + self.truncation_values) - self.values
         decay = (gamma * gae_lambda) * not_done
-        advantage = torch.zeros_like(last_value)
+        advantage = torch.zeros_like(self.last_value)
         for t in reversed(range(self.n_steps)):
             advantage = torch.addcmul(deltas[t], decay[t], advantage)
             self.advantages[t] = advantage
         self.returns = self.advantages + self.values
 
-    def minibatches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[dict]:
-        """Shuffled minibatches over all transitions (the last partial one is dropped)."""
-        total = self.n_steps * self.n_envs
-        flat = {
+    def flat(self) -> dict:
+        """Every transition as one batch (n_steps * n_envs rows), in time-major order."""
+        return {
             "obs": {k: v.flatten(0, 1) for k, v in self.obs.items()},
             "actions": self.actions.flatten(), "logprobs": self.logprobs.flatten(),
             "values": self.values.flatten(), "advantages": self.advantages.flatten(),
             "returns": self.returns.flatten(),
         }
+
+    def minibatches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[dict]:
+        """Shuffled minibatches over all transitions (the last partial one is dropped)."""
+        total = self.n_steps * self.n_envs
+        flat = self.flat()
         if batch_size == total:  # one full batch: order does not change its gradient, skip the shuffle
             yield flat
             return
@@ -76,3 +91,82 @@ class RolloutBuffer:
             batch = {k: v.index_select(0, idx) for k, v in flat.items() if k != "obs"}
             batch["obs"] = {k: v.index_select(0, idx) for k, v in flat["obs"].items()}
             yield batch
+
+
+class Collector:
+    """Plays the policy in a batched env and fills a `RolloutBuffer`, one rollout per call.
+
+    The policy runs in eval mode (no dropout) under inference mode (no autograd bookkeeping).
+    Finished episodes are kept as tensors (no device sync) until `take_episodes`.
+    """
+
+    def __init__(self, env, policy: torch.nn.Module, n_steps: int, device: torch.device, seed: int,
+                 autocast, bootstrap_truncated: bool = True):
+        self.env, self.policy, self.n_steps, self.autocast = env, policy, n_steps, autocast
+        self.buffer = RolloutBuffer(n_steps, env.num_envs, env.observation_spec, device)
+        self.action_rng = torch.Generator(device=device)  # action sampling, apart from torch's global generator
+        self.action_rng.manual_seed(seed)
+        # Time-limit bootstrapping only where the env's limit is not part of the task.
+        self.bootstrap = bootstrap_truncated and env.bootstrap_time_limit
+        self.obs = env.reset(seed=seed)
+        self.episodes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @torch.inference_mode()
+    def collect(self) -> RolloutBuffer:
+        """Play `n_steps` steps in every env with the current policy; return the filled buffer."""
+        policy, buffer = self.policy, self.buffer
+        policy.eval()
+        buffer.truncation_values.zero_()
+        obs = self.obs
+        for t in range(self.n_steps):
+            with self.autocast():
+                logits, value = policy(obs)
+            action, logprob = sample_actions(logits, generator=self.action_rng)
+            buffer.store_obs(t, obs)  # before stepping: env buffers are updated in place
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            buffer.store(t, action, logprob, value.float(), reward, terminated | truncated)
+            if "final_obs" in info:
+                self.episodes.append((info["episode_return"], info["episode_length"], info["success"]))
+                if self.bootstrap:
+                    self.store_truncation_values(t, terminated, truncated, info)
+        with self.autocast():
+            buffer.last_value.copy_(policy(obs)[1].float())
+        self.obs = obs
+        return buffer
+
+    def store_truncation_values(self, t: int, terminated, truncated, info: dict) -> None:
+        """V(last observation) of the episodes a time limit cut at step `t`.
+
+        A step that is both terminated and truncated is a real end: it is not bootstrapped.
+        """
+        done_index = info["done_index"]
+        cut = (truncated & ~terminated).index_select(0, done_index)
+        if not bool(cut.any()):
+            return
+        final = {k: v[cut] for k, v in info["final_obs"].items()}
+        with self.autocast():
+            values = self.policy(final)[1].float()
+        self.buffer.truncation_values[t].index_put_((done_index[cut],), values)
+
+    def take_episodes(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(returns, lengths, successes) of the episodes finished since the last call."""
+        episodes, self.episodes = self.episodes, []
+        return episodes
+
+    def state_dict(self) -> dict:
+        """The env's state (None for envs that cannot be snapshotted), the observation, the action RNG."""
+        env_state = self.env.state_dict() if hasattr(self.env, "state_dict") else None
+        return {"env": env_state, "obs": self.obs, "action_rng": self.action_rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()`'s output.
+
+        Gymnasium envs cannot be snapshotted: they keep their fresh reset and restart their
+        episodes; everything else continues exactly.
+        """
+        load_generator_state(self.action_rng, state["action_rng"])
+        if state["env"] is None or not hasattr(self.env, "load_state_dict"):
+            return
+        self.env.load_state_dict(state["env"])
+        device = self.buffer.actions.device
+        self.obs = {k: v.to(device) for k, v in state["obs"].items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import LATEST, CheckpointError, check_model_fits, find_checkpoint
+from .checkpoint import FORMAT, LATEST, CheckpointError, check_model_fits, find_checkpoint, verify
 from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -79,25 +79,41 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], ignore: tuple[str, ..
                 raise ConfigError(f"hardware={override.value()}: unknown option")
             cfg.hardware = OmegaConf.load(option)
             continue
-        if key in GROUP_SCHEMAS:
+        if key in GROUP_SCHEMAS or key == "exp":
             raise ConfigError(f"{key}: a resumed run keeps its config groups; override single keys ({key}.<key>=...) instead")
         if override.is_sweep_override() or override.is_delete():
             raise ConfigError(f"{key}: sweeps and deletions cannot be applied to a resumed run")
         OmegaConf.update(cfg, key, override.value(), force_add=True)
 
 
+def migrate_format1_config(config: DictConfig) -> bool:
+    """Turn an mmrl 0.1 (checkpoint format 1) config into today's layout, in place; True if it was one.
+
+    0.1 kept the loop settings in `algo` and wrote PPO's value loss as 0.5 * MSE (today: the MSE,
+    so the same loss has half the `vf_coef`).
+    """
+    algo = config.get("algo")
+    if not isinstance(algo, DictConfig) or "total_steps" not in algo:
+        return False
+    config.total_steps = algo.pop("total_steps")
+    config.rollout = {key: algo.pop(key) for key in ("n_envs", "n_steps", "bootstrap_truncated") if key in algo}
+    if "vf_coef" in algo:
+        algo.vf_coef = algo.vf_coef / 2
+    return True
+
+
 def check_state_compatible(saved: dict, wanted: dict, key: str) -> None:
     """ConfigError if overrides change what the checkpoint's env state was built for.
 
-    The env's tensors hold `algo.n_envs` copies of a `data` layout: neither can change on resume.
+    The env's tensors hold `rollout.n_envs` copies of a `data` layout: neither can change on resume.
     """
     if saved.get("data") != wanted.get("data"):
         changed = sorted(k for k in set(saved["data"]) | set(wanted["data"]) if saved["data"].get(k) != wanted["data"].get(k))
         raise ConfigError(f"data.{changed[0]}: cannot change when resuming (the checkpoint holds the env state it was "
                           f"trained with; start a new run instead)")
-    if saved.get("algo", {}).get("n_envs") != wanted.get("algo", {}).get("n_envs"):
-        raise ConfigError(f"algo.n_envs: cannot change when resuming (the checkpoint holds the state of "
-                          f"{saved['algo']['n_envs']} envs)")
+    if saved.get("rollout", {}).get("n_envs") != wanted.get("rollout", {}).get("n_envs"):
+        raise ConfigError(f"rollout.n_envs: cannot change when resuming (the checkpoint holds the state of "
+                          f"{saved['rollout']['n_envs']} envs)")
 
 
 def load_run_checkpoint(value: str, runs_root: str, checkpoint: str, key: str, overrides: list[str] = (),
@@ -116,6 +132,12 @@ def load_run_checkpoint(value: str, runs_root: str, checkpoint: str, key: str, o
         raise ConfigError(f"{key}: {checkpoint_dir}/config.yaml is not a valid config ({str(e).splitlines()[0]})") from None
     if not isinstance(config, DictConfig):
         raise ConfigError(f"{key}: {checkpoint_dir}/config.yaml is not a mapping")
+    if verify(checkpoint_dir)["format"] != FORMAT:
+        if key == "resume":
+            raise ConfigError(f"resume: {checkpoint_dir} is a checkpoint of mmrl 0.1 (format 1), which this version "
+                              f"cannot continue; evaluate it with `mmrl eval run=...` or start a new run")
+        if migrate_format1_config(config):
+            notes.append(f"{checkpoint_dir} is an mmrl 0.1 checkpoint: its config was migrated to today's layout")
     saved = OmegaConf.to_container(config)
     apply_overrides(config, list(overrides), ignore)
     check_state_compatible(saved, OmegaConf.to_container(config), key)

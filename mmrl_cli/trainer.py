@@ -1,7 +1,17 @@
-"""The training loop: collect a rollout, compute advantages, update, log, evaluate, checkpoint.
+"""The training loop, the same for every algorithm: collect, update, report, evaluate, checkpoint.
 
-`train` reads top to bottom; everything it calls has one job (env, policy, buffer, algorithm,
-monitor, evaluation, checkpoint). Hot loops read plain Python values from the typed config.
+`train(cfg, run_dir, callbacks=...)` is the Python entry point (no Hydra needed): it reads top to
+bottom, and everything it calls has one job (the collector plays the policy, the algorithm
+learns from the rollout, the monitor reports, `evaluate` measures, `save_checkpoint` saves).
+
+Levels: periodic evaluations use *validation* levels (and, when training on a finite subset of
+levels, the training levels too, for the generalisation gap); the *held-out* levels are played
+once, at the end, for the final report, so choosing on validation never peeks at them.
+
+Callbacks watch the run and may stop it: any object with ``on_update(progress, metrics)`` and/or
+``on_evaluation(progress, results)`` methods; raising `StopTraining` in one stops the run after
+a checkpoint, with ``summary["stopped_by"]`` naming the reason (an Optuna pruner, a curriculum
+that is done, a wall-clock budget).
 """
 
 from __future__ import annotations
@@ -10,21 +20,22 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from .actions import sample_actions
 from .algos import ALGOS
 from .algos.optim import global_norm
 from .builders import autocast_for, build_env_and_policy, pick_device
-from .checkpoint import load_model, load_state, save_checkpoint, save_weights, set_aside_newer
-from .config import TrainConfig
+from .checkpoint import (POLICY, load_modules, load_state, save_checkpoint, save_weights, set_aside_newer,
+                         write_text_atomic)
+from .config import TrainConfig, validate
 from .evaluation import evaluate, write_json
 from .monitor import Monitor
-from .rng import global_rng_state, load_generator_state, seed_everything, set_global_rng_state
-from .rollout import RolloutBuffer
+from .rng import global_rng_state, seed_everything, set_global_rng_state
+from .rollout import Collector
 from .signals import StopRequests
 
 
@@ -32,130 +43,160 @@ class NumericalFault(RuntimeError):
     """Too many gradient steps in a row had a non-finite loss or gradient."""
 
 
+class StopTraining(Exception):
+    """Raised by a callback to stop the run cleanly (after a checkpoint); the message is the reason."""
+
+
 @dataclasses.dataclass
 class Progress:
-    """Where a run stands: saved in every checkpoint as plain data."""
+    """Where a run stands: saved in every checkpoint as plain data, shown to callbacks."""
 
     update: int = 0
     steps: int = 0
     next_eval: int = 0
     wall_seconds: float = 0.0  # training time spent by earlier sessions of this run
-    evaluations: list = dataclasses.field(default_factory=list)
-    heldout: dict = dataclasses.field(default_factory=dict)  # the latest held-out evaluation
+    evaluations: list = dataclasses.field(default_factory=list)  # periodic evaluations (validation levels)
+    heldout: dict = dataclasses.field(default_factory=dict)  # the final held-out evaluation, once done
 
 
-def train(cfg: TrainConfig, run_dir: Path, monitor: Monitor | None = None, resume_from: Path | None = None) -> dict:
+def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: Iterable = (),
+          resume_from: Path | None = None, monitor: Monitor | None = None) -> dict:
     """Train a policy as `cfg` says, in `run_dir`; continue from checkpoint `resume_from` if given.
 
-    Returns the summary; ``summary["stopped_by"]`` names the signal if Ctrl-C or SIGTERM
-    stopped the run early (after a checkpoint). Raises NumericalFault when too many gradient
-    steps in a row were not finite (the last good checkpoint is kept).
+    `cfg` is a `TrainConfig` or a mapping of the same shape (validated either way). Returns the
+    summary; ``summary["stopped_by"]`` names the signal or callback that stopped the run early
+    (after a checkpoint), None when it ran to the end. Raises NumericalFault when too many
+    gradient steps in a row were not finite (the last good checkpoint is kept).
     """
-    algo_cfg = cfg.algo
+    cfg = cfg if isinstance(cfg, TrainConfig) else validate(cfg)
+    cfg.check()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = list(callbacks)
     device = pick_device(cfg.hardware)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
     seed_everything(cfg.seed)
     autocast = autocast_for(device, cfg.hardware.precision)
-    env, policy = build_env_and_policy(cfg, algo_cfg.n_envs, device)
-    steps_per_update = algo_cfg.n_envs * algo_cfg.n_steps
-    total_updates = max(1, algo_cfg.total_steps // steps_per_update)
-    algo = ALGOS[algo_cfg.type](algo_cfg, policy, total_updates, autocast)
-    algo.generator.manual_seed(cfg.seed)
-    action_rng = torch.Generator(device=device)  # action sampling in rollouts
-    action_rng.manual_seed(cfg.seed)
-    buffer = RolloutBuffer(algo_cfg.n_steps, algo_cfg.n_envs, env.observation_spec, device)
+    env, policy = build_env_and_policy(cfg, cfg.rollout.n_envs, device)
+    algo = ALGOS[cfg.algo.type](cfg.algo, policy, cfg.total_updates, autocast, cfg.hardware.fast_path)
+    algo.seed(cfg.seed)
+    collector = Collector(env, policy, cfg.rollout.n_steps, device, cfg.seed, autocast, cfg.rollout.bootstrap_truncated)
+    modules = {POLICY: policy}  # named modules saved in checkpoints (methods may add a teacher, a world model)
     progress = Progress(next_eval=cfg.eval.every_steps)
-    obs = env.reset(seed=cfg.seed)
+    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(dataclasses.replace(cfg, resume=None)))
     if resume_from is not None:
-        obs = restore(resume_from, policy, algo, env, action_rng, progress, device) or obs
+        restore(resume_from, modules, algo, collector, progress, device)
         for name in set_aside_newer(resume_from.parent, resume_from.name):
             print(f"mmrl train: checkpoint {name} is newer than the one resumed from: moved to checkpoints/abandoned/",
                   file=sys.stderr)
+        if algo.clock.remaining() == 0 and progress.update < cfg.total_updates and cfg.algo.lr_schedule == "linear":
+            print("mmrl train: warning: this run's linear learning-rate schedule has annealed to 0, so further updates "
+                  "change nothing; add algo.lr_schedule=constant to go on at algo.lr", file=sys.stderr)
+    else:
+        write_text_atomic(run_dir / "config.yaml", config_yaml)
     if cfg.hardware.compile:
         policy.compile()
-    monitor = monitor or Monitor(cfg, run_dir, total_updates * steps_per_update, start=(progress.update, progress.steps),
-                                 skipped_before=algo.skipped_steps)
-    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(dataclasses.replace(cfg, resume=None)))
+    monitor = monitor or Monitor(cfg, run_dir, cfg.total_updates * cfg.steps_per_update,
+                                 start=(progress.update, progress.steps), skipped_before=algo.gradient.skipped_steps)
     saved_update = progress.update if resume_from is not None else None
+    session_start = time.perf_counter()
 
     def checkpoint() -> None:
         nonlocal session_start, saved_update
         if not parameters_finite(policy):  # never save what a bad step made of the weights
             raise NumericalFault(f"the parameters are not finite at update {progress.update} "
-                                 f"(is algo.lr={algo_cfg.lr} too high?)")
+                                 f"(is algo.lr={cfg.algo.lr} too high?)")
         progress.wall_seconds += time.perf_counter() - session_start
         session_start = time.perf_counter()
-        state = {"algo": algo.state_dict(), "env": env_state(env), "obs": obs, "progress": dataclasses.asdict(progress),
-                 "device_type": device.type,
-                 "rng": {**global_rng_state(), "actions": action_rng.get_state()}}
-        save_checkpoint(run_dir / "checkpoints", progress.update, policy.state_dict(), state, config_yaml,
-                        cfg.checkpoint.keep_last)
+        state = {"algo": algo.state_dict(), "collector": collector.state_dict(), "progress": dataclasses.asdict(progress),
+                 "device_type": device.type, "rng": global_rng_state()}
+        save_checkpoint(run_dir / "checkpoints", progress.update, {k: m.state_dict() for k, m in modules.items()},
+                        state, config_yaml, cfg.checkpoint.keep_last)
         saved_update = progress.update
 
-    bootstrap = algo_cfg.bootstrap_truncated and env.bootstrap_time_limit
-    session_start = time.perf_counter()
     stop = StopRequests()
+    stopped_by = None
     with monitor, stop:
-        while progress.update < total_updates and not stop.requested:
+        while progress.update < cfg.total_updates and not stop.requested and stopped_by is None:
             update_start = time.perf_counter()
-            # 1. Collect a rollout with the current policy (inference mode: no autograd bookkeeping).
-            with torch.inference_mode():
-                for t in range(algo_cfg.n_steps):
-                    with autocast():
-                        logits, value = policy(obs)
-                    action, logprob = sample_actions(logits, generator=action_rng)
-                    buffer.store_obs(t, obs)  # before stepping: env buffers are updated in place
-                    obs, reward, terminated, truncated, info = env.step(action)
-                    if bootstrap and "final_obs" in info:
-                        reward = bootstrap_truncated(policy, reward, truncated, info, algo_cfg.gamma, autocast)
-                    buffer.store(t, action, logprob, value.float(), reward, terminated | truncated)
-                    monitor.record_episodes(info)
-                with autocast():
-                    last_value = policy(obs)[1].float()
-            buffer.compute_advantages(last_value, algo_cfg.gamma, algo_cfg.gae_lambda)
-            progress.steps += steps_per_update
+            # 1. Collect a rollout with the current policy.
+            rollout = collector.collect()
+            # 2. Learn from it: the algorithm's losses, backward, optimiser step(s).
+            metrics = algo.update(rollout)
             progress.update += 1
-
-            # 2. Improve the policy on that rollout (steps with a non-finite loss or gradient are skipped).
-            metrics = algo.update(buffer, on_gradients=monitor.check_gradients)
-            if algo.skipped_in_a_row >= cfg.numerics.max_skipped_in_a_row:
+            progress.steps += cfg.steps_per_update
+            if algo.gradient.skipped_in_a_row >= cfg.numerics.max_skipped_in_a_row:
                 raise NumericalFault(
-                    f"{algo.skipped_in_a_row} gradient steps in a row had a non-finite loss or gradient "
+                    f"{algo.gradient.skipped_in_a_row} gradient steps in a row had a non-finite loss or gradient "
                     f"(numerics.max_skipped_in_a_row={cfg.numerics.max_skipped_in_a_row}); stopped at update {progress.update}"
                 )
 
-            # 3. Report, evaluate on held-out levels now and then, checkpoint.
+            # 3. Report; evaluate on validation levels now and then; let callbacks watch (and stop).
             elapsed = progress.wall_seconds + time.perf_counter() - session_start
-            monitor.log_update(progress.update, progress.steps, metrics, algo.skipped_steps,
-                               progress.steps / elapsed, time.perf_counter() - update_start)
-            if progress.steps >= progress.next_eval or progress.update == total_updates:
+            monitor.log_update(progress.update, progress.steps, metrics, collector.take_episodes(),
+                               algo.gradient.skipped_steps, progress.steps / elapsed,
+                               time.perf_counter() - update_start, algo.gradient.module_grad_norms)
+            stopped_by = notify(callbacks, "on_update", progress, metrics)
+            last = progress.update == cfg.total_updates
+            if progress.steps >= progress.next_eval or last:
                 progress.next_eval += cfg.eval.every_steps
-                run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed)
-            if progress.update % cfg.checkpoint.every_updates == 0 or progress.update == total_updates:
+                results = run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed)
+                reason = notify(callbacks, "on_evaluation", progress, results)  # every callback sees every evaluation
+                stopped_by = stopped_by or reason
+            if last and not progress.heldout:  # the final report: held-out levels, once
+                progress.heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic,
+                                            autocast)
+                monitor.log_heldout(progress.steps, progress.heldout)
+
+            # 4. Checkpoint now and then, at the end, and before any early stop.
+            if progress.update % cfg.checkpoint.every_updates == 0 or last or stopped_by:
                 checkpoint()
         if saved_update != progress.update:  # stopped by a signal between checkpoints
             checkpoint()
 
     save_weights(policy.state_dict(), run_dir / "model.safetensors")
+    summary = make_summary(progress, algo, device, run_dir, stop.name if stop.requested else stopped_by)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def notify(callbacks: list, event: str, *args) -> str | None:
+    """Call `event` on every callback that has it; the reason of the first `StopTraining`, if any."""
+    for callback in callbacks:
+        hook = getattr(callback, event, None)
+        if hook is None:
+            continue
+        try:
+            hook(*args)
+        except StopTraining as e:
+            return f"{type(callback).__name__}: {e}" if str(e) else type(callback).__name__
+    return None
+
+
+def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, stopped_by: str | None) -> dict:
+    """The run's final figures: held-out results (if the run got to its end), speed, evaluations."""
     wall = progress.wall_seconds
     heldout = progress.heldout
-    summary = {
-        "heldout_success_rate": heldout.get("success_rate", float("nan")),
-        "heldout_success_ci95": heldout.get("success_ci95", [float("nan")] * 2),
-        "heldout_return": heldout.get("return_mean", float("nan")),
+    validation = progress.evaluations[-1]["validation"] if progress.evaluations else {}
+    nan = float("nan")
+    return {
+        "heldout_success_rate": heldout.get("success_rate", nan),
+        "heldout_success_ci95": heldout.get("success_ci95", [nan, nan]),
+        "heldout_return": heldout.get("return_mean", nan),
+        "heldout_return_ci95": heldout.get("return_ci95", [nan, nan]),
+        "validation_success_rate": validation.get("success_rate", nan),
+        "validation_return": validation.get("return_mean", nan),
         "steps": progress.steps,
         "updates": progress.update,
         "wall_seconds": wall,
-        "steps_per_second": progress.steps / wall if wall else float("nan"),
-        "skipped_steps": algo.skipped_steps,
+        "steps_per_second": progress.steps / wall if wall else nan,
+        "skipped_steps": algo.gradient.skipped_steps,
         "device": str(device),
         "run_dir": str(run_dir),
-        "stopped_by": stop.name if stop.requested else None,
+        "stopped_by": stopped_by,
         "evaluations": progress.evaluations,
     }
-    write_json(run_dir / "summary.json", summary)
-    return summary
 
 
 def parameters_finite(module: torch.nn.Module) -> bool:
@@ -163,57 +204,33 @@ def parameters_finite(module: torch.nn.Module) -> bool:
     return math.isfinite(global_norm([p.detach() for p in module.parameters()]))
 
 
-def run_evaluations(policy, cfg: TrainConfig, device, autocast, monitor: Monitor, progress: Progress, elapsed: float) -> None:
-    """Evaluate on held-out levels (and training levels, for the generalisation gap); log it."""
-    heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic, autocast)
+def uses_level_subset(cfg: TrainConfig) -> bool:
+    """True when training plays a finite set of levels (then the generalisation gap means something)."""
+    return cfg.data.type == "goto" and cfg.data.num_train_levels > 0
+
+
+def run_evaluations(policy, cfg: TrainConfig, device, autocast, monitor: Monitor, progress: Progress,
+                    elapsed: float) -> dict:
+    """Evaluate on validation levels (and on the training levels when they are a finite subset); log it."""
+    validation = evaluate(policy, cfg, device, "validation", cfg.eval.episodes, cfg.eval.deterministic, autocast)
     on_train = None
-    if cfg.data.type == "goto":
+    if uses_level_subset(cfg):
         on_train = evaluate(policy, cfg, device, "train", cfg.eval.episodes, cfg.eval.deterministic, autocast)
-    monitor.log_eval(progress.steps, on_train, heldout)
-    progress.heldout = heldout
-    progress.evaluations.append({"step": progress.steps, "heldout": heldout, "train": on_train, "wall_seconds": elapsed})
+    monitor.log_eval(progress.steps, validation, on_train)
+    results = {"step": progress.steps, "validation": validation, "train": on_train, "wall_seconds": elapsed}
+    progress.evaluations.append(results)
+    return results
 
 
-def env_state(env) -> dict | None:
-    """The env's state dict, or None for envs that cannot be snapshotted (gymnasium envs)."""
-    return env.state_dict() if hasattr(env, "state_dict") else None
-
-
-def restore(path: Path, policy, algo, env, action_rng: torch.Generator, progress: Progress, device) -> dict | None:
-    """Load checkpoint `path` into the live objects; return the observation to continue from.
-
-    Gymnasium envs cannot be snapshotted: they restart their episodes (returns None, so the
-    caller keeps the fresh reset); everything else continues exactly.
-    """
-    load_model(path / "model.safetensors", policy)
+def restore(path: Path, modules: dict, algo, collector: Collector, progress: Progress, device: torch.device) -> None:
+    """Load checkpoint `path` into the live objects (modules, algorithm, collector, counters, RNGs)."""
+    load_modules(path, modules)
     state = load_state(path)
     algo.load_state_dict(state["algo"])
+    collector.load_state_dict(state["collector"])
     for key, value in state["progress"].items():
         setattr(progress, key, value)
     set_global_rng_state(state["rng"])
-    load_generator_state(action_rng, state["rng"]["actions"])
     if state.get("device_type", device.type) != device.type:
         print(f"mmrl train: warning: resuming on {device.type} a run checkpointed on {state['device_type']}: the env and "
               f"action-sampling random streams restart, so the run continues but not bit-identically", file=sys.stderr)
-    if state["env"] is None or not hasattr(env, "load_state_dict"):
-        return None
-    env.load_state_dict(state["env"])
-    return {k: v.to(device) for k, v in state["obs"].items()}
-
-
-def bootstrap_truncated(policy, reward, truncated, info, gamma: float, autocast) -> torch.Tensor:
-    """Add ``gamma * V(last observation)`` to the reward of episodes cut by a time limit.
-
-    A time-out is not a real end of the task, so its return is bootstrapped from the value of
-    the state it stopped in (what Stable-Baselines3 does), not treated as zero.
-    """
-    done_index = info["done_index"]
-    cut = truncated.index_select(0, done_index)
-    if not bool(cut.any()):
-        return reward
-    final = {k: v[cut] for k, v in info["final_obs"].items()}
-    with autocast():
-        values = policy(final)[1].float()
-    reward = reward.clone()
-    reward[done_index[cut]] += gamma * values
-    return reward

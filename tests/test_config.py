@@ -16,7 +16,7 @@ def composed(*overrides):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("group", [g for g in GROUPS if g != "exp"])
 def test_every_group_option_composes_and_validates(group):
     for option in group_options(group):
         overrides = [f"{group}={option}"]
@@ -29,6 +29,18 @@ def test_every_group_option_composes_and_validates(group):
         cfg = validate(composed(*overrides))
         check_compatible(cfg)
         assert getattr(cfg, group) is not None
+
+
+def test_there_are_exp_presets_for_both_algorithms():
+    assert {"cartpole-ppo", "cartpole-a2c"} <= set(group_options("exp"))
+
+
+def test_an_algorithm_brings_its_reference_rollout_length_and_the_command_line_still_wins():
+    assert validate(composed()).rollout.n_steps == 16
+    assert validate(composed("algo=a2c")).rollout.n_steps == 5
+    assert validate(composed("algo=a2c", "rollout.n_steps=7")).rollout.n_steps == 7
+    a2c = validate(composed("algo=a2c")).algo
+    assert (a2c.optimizer, a2c.lr, a2c.gae_lambda, a2c.vf_coef, a2c.max_grad_norm) == ("rmsprop", 7e-4, 1.0, 0.5, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -50,11 +62,32 @@ def test_every_model_builds_for_every_compatible_data(model, data):
     assert reward.shape == (2,)
 
 
-def test_a_data_group_can_set_its_own_evaluation_and_the_command_line_still_wins():
-    cfg = validate(composed("data=cartpole", "model=mlp"))
-    assert (cfg.eval.every_steps, cfg.eval.episodes, cfg.algo.n_envs) == (25_000, 32, 8)
-    assert validate(composed("data=cartpole", "model=mlp", "eval.episodes=7")).eval.episodes == 7
-    assert validate(composed()).eval.episodes == 500
+def test_data_options_describe_environments_only_and_presets_hold_the_tuning():
+    for option in group_options("data"):
+        raw = composed(f"data={option}", "model=mlp")
+        assert raw.algo.type == "ppo" and raw.rollout.n_envs == 128 and raw.total_steps == 400_000, option
+    cfg = validate(composed("exp=cartpole-ppo"))
+    assert (cfg.data.type, cfg.model.type, cfg.algo.type) == ("cartpole", "mlp", "ppo")
+    assert (cfg.eval.every_steps, cfg.eval.episodes, cfg.rollout.n_envs, cfg.total_steps) == (25_000, 32, 8, 100_000)
+    assert validate(composed("exp=cartpole-ppo", "eval.episodes=7")).eval.episodes == 7
+    a2c = validate(composed("exp=cartpole-a2c"))
+    assert (a2c.algo.type, a2c.rollout.n_envs, a2c.rollout.n_steps, a2c.total_steps, a2c.algo.ent_coef) == (
+        "a2c", 8, 5, 500_000, 0.0)
+    # algo=a2c with a CartPole env composes (no env option writes algorithm keys)
+    assert validate(composed("algo=a2c", "data=cartpole", "model=mlp")).algo.type == "a2c"
+
+
+def test_a_config_built_in_python_equals_the_composed_defaults():
+    from mmrl_cli.config import TrainConfig, compose_train_config
+
+    assert compose_train_config() == TrainConfig()
+
+
+def test_validation_rejects_non_finite_floats_for_every_range_checked_key():
+    for override in ("algo.lr=nan", "algo.lr=inf", "algo.ent_coef=nan", "monitor.grad_explode_above=nan",
+                     "algo.gamma=nan"):
+        with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+            validate(composed(override))
 
 
 def test_yaml_keys_all_carry_comments():
@@ -70,7 +103,7 @@ def test_yaml_keys_all_carry_comments():
 
 @pytest.mark.parametrize(
     "override,key",
-    [("algo.lr=-1", "algo.lr"), ("algo.gamma=1.5", "algo.gamma"), ("algo.n_envs=0", "algo.n_envs"),
+    [("algo.lr=-1", "algo.lr"), ("algo.gamma=1.5", "algo.gamma"), ("rollout.n_envs=0", "rollout.n_envs"),
      ("algo.batch_size=100000", "algo.batch_size"), ("model.heads=5", "model.heads"),
      ("data.grid_size=1", "data.grid_size"), ("hardware.precision=fp8", "hardware.precision"),
      ("algo.lr_schedule=cosine", "algo.lr_schedule"), ("eval.episodes=0", "eval.episodes")],

@@ -7,7 +7,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from mmrl_cli.envs import GotoEnv, GotoGymEnv, GotoVectorEnv
-from mmrl_cli.envs.goto import AGENT, HELDOUT_BASE, OBJECT_BASE, describe, object_code
+from mmrl_cli.envs.goto import AGENT, OBJECT_BASE, SPLIT_ID_BASE, describe, object_code
 from mmrl_cli.envs.tokenizer import WordTokenizer
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
@@ -96,13 +96,50 @@ def test_levels_are_deterministic_and_consistent():
         assert (env.render(env.cells[i : i + 1], env.agent[i : i + 1]) == env.atlas[AGENT][0, 0]).any()
 
 
-def test_training_and_heldout_levels_never_overlap():
+def layouts_of(env: GotoEnv, level_ids: torch.Tensor) -> set[bytes]:
+    """The content of each level (every cell, the agent's cell, the target) as bytes."""
+    levels = env.generate_levels(level_ids)
+    agent_cell = levels["agent"][:, 0] * env.grid_size + levels["agent"][:, 1]
+    rows = torch.cat([levels["cells"].flatten(1), agent_cell[:, None], levels["target"][:, None]], 1)
+    return {row.numpy().tobytes() for row in rows}
+
+
+def test_training_validation_and_heldout_levels_never_share_a_layout():
+    """Disjoint by content, not only by id: 100k training draws share no layout with 500 + 500 evaluation levels.
+
+    (With ids alone separating them, 13 of 500 held-out layouts also occurred among 100k training draws.)
+    """
+    train, validation, heldout = (GotoEnv(1, split=split) for split in ("train", "validation", "heldout"))
+    train_layouts = layouts_of(train, torch.randint(0, SPLIT_ID_BASE["validation"], (100_000,),
+                                                    generator=torch.Generator().manual_seed(0)))
+    validation_layouts = layouts_of(validation, SPLIT_ID_BASE["validation"] + torch.arange(500))
+    heldout_layouts = layouts_of(heldout, SPLIT_ID_BASE["heldout"] + torch.arange(500))
+    assert len(train_layouts) > 95_000 and len(validation_layouts) > 490 and len(heldout_layouts) > 490
+    assert not train_layouts & validation_layouts
+    assert not train_layouts & heldout_layouts
+    assert not validation_layouts & heldout_layouts
+
+
+def test_each_split_plays_its_own_ids():
     train = GotoEnv(256, num_train_levels=50)
     train.reset(seed=0)
-    heldout = GotoEnv(256, split="heldout")
-    heldout.reset(seed=0)
     assert int(train.level_id.max()) < 50
-    assert int(heldout.level_id.min()) >= HELDOUT_BASE
+    for split in ("validation", "heldout"):
+        env = GotoEnv(256, split=split)
+        env.reset(seed=0)
+        assert env.level_id.tolist() == list(range(SPLIT_ID_BASE[split], SPLIT_ID_BASE[split] + 256))
+    with pytest.raises(ValueError, match="split must be one of"):
+        GotoEnv(1, split="test")
+
+
+def test_the_number_of_distinct_levels_is_counted_and_too_few_are_refused():
+    from mmrl_cli.config import ConfigError, GotoDataConfig
+    from mmrl_cli.envs.goto import count_layouts
+
+    assert count_layouts(2, 0, 0) == 4 * 3 * 18  # agent cell, target cell, target kind
+    assert count_layouts(3, 1, 1) == 9 * 8 * 7 * 18 * 17 * 6
+    with pytest.raises(ConfigError, match="only 216 distinct levels"):
+        GotoDataConfig(grid_size=2, num_distractors=0).check()
 
 
 def test_state_dict_round_trip_continues_identically():

@@ -14,12 +14,12 @@ from mmrl_cli.cli import CONF_DIR, main
 from mmrl_cli.config import validate
 from mmrl_cli.evaluation import mean_interval, wilson_interval
 
-TINY = ["algo.n_envs=4", "algo.n_steps=16", "algo.batch_size=32", "algo.n_epochs=1", "eval.episodes=2",
+TINY = ["rollout.n_envs=4", "rollout.n_steps=16", "algo.batch_size=32", "algo.n_epochs=1", "eval.episodes=2",
         "monitor.progress=false", "monitor.tensorboard=false"]
 RUNS = {
-    "goto": ["algo.total_steps=128"],
-    "cartpole": ["data=cartpole", "model=mlp", "algo.total_steps=128"],
-    "babyai": ["data=gym", "data.env_id=BabyAI-GoToRedBallGrey-v0", "model=cnn", "algo.total_steps=64"],
+    "goto": ["total_steps=128"],
+    "cartpole": ["data=cartpole", "model=mlp", "total_steps=128"],
+    "babyai": ["data=gym", "data.env_id=BabyAI-GoToRedBallGrey-v0", "model=cnn", "total_steps=64"],
 }
 
 
@@ -75,6 +75,15 @@ def test_eval_sampled_actions_on_training_levels_is_reproducible(tmp_path_factor
     check_gif(run_dir / "eval" / "episodes.gif", 1)
 
 
+@pytest.mark.parametrize("episodes,split", [(100, "validation"), (97, "heldout")])
+def test_eval_plays_exactly_the_episodes_asked_for(tmp_path_factory, monkeypatch, episodes, split):
+    """CartPole evaluates on 64 envs: 100 and 97 are not multiples of that, and still exactly counted."""
+    run_dir = trained(tmp_path_factory, "cartpole")
+    monkeypatch.setattr(sys, "argv", ["mmrl"])
+    main(["eval", f"run={run_dir}", f"episodes={episodes}", f"split={split}", "gif.episodes=0"])
+    assert check_results(run_dir, episodes)["split"] == split
+
+
 def test_eval_of_a_gymnasium_run_with_missions(tmp_path_factory, monkeypatch):
     pytest.importorskip("minigrid")
     run_dir = trained(tmp_path_factory, "babyai")
@@ -93,3 +102,15 @@ def test_confidence_intervals():
 
     low, high = mean_interval(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
     assert (low + high) / 2 == pytest.approx(2.5) and high - low == pytest.approx(2 * 1.959964 * 1.2910 / 2, rel=1e-3)
+
+
+def test_a_checkpoint_of_mmrl_0_1_still_evaluates(tmp_path, monkeypatch, capsys):
+    """tests/data/run-format1 was written by mmrl 0.1 (format 1, loop settings under `algo`)."""
+    import shutil
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "run-format1", run_dir)
+    monkeypatch.setattr(sys, "argv", ["mmrl"])
+    main(["eval", f"run={run_dir}", "episodes=8", "gif.episodes=0"])
+    assert check_results(run_dir, 8)["checkpoint"] == "00000002"
+    assert "mmrl 0.1 checkpoint: its config was migrated" in capsys.readouterr().err

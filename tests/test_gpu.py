@@ -1,5 +1,7 @@
 """GPU path: env, rollouts and updates on CUDA with bf16. Skipped where there is no GPU."""
 
+import json
+
 import pytest
 import torch
 
@@ -17,7 +19,11 @@ def test_goto_env_steps_on_the_gpu():
     assert torch.equal(env.image, env.render(env.cells, env.agent))
 
 
-def test_short_train_on_the_gpu(run_mmrl):
-    out = run_mmrl("train", "hardware=gpu", "algo.total_steps=4096", "eval.episodes=16", "runs_root=out")
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_short_train_on_the_gpu(run_mmrl, algo):
+    out = run_mmrl("train", f"algo={algo}", "hardware=gpu", "total_steps=4096", "eval.episodes=16", "runs_root=out")
     assert out.returncode == 0, out.stderr
-    assert "cuda" in out.stdout
+    (summary,) = list(run_mmrl.cwd.glob("out/*/*/summary.json"))
+    summary = json.loads(summary.read_text())
+    assert summary["device"].startswith("cuda") and summary["steps"] == 4096 and summary["skipped_steps"] == 0
+    assert 0.0 <= summary["heldout_success_rate"] <= 1.0

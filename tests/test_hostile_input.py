@@ -33,7 +33,7 @@ def trained_run(tmp_path_factory) -> Path:
     """A real (tiny) CartPole run with one checkpoint."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = validate(compose("train", overrides=[
-            "data=cartpole", "model=mlp", "algo.total_steps=256", "algo.n_envs=4", "algo.n_steps=32", "algo.batch_size=64",
+            "data=cartpole", "model=mlp", "total_steps=256", "rollout.n_envs=4", "rollout.n_steps=32", "algo.batch_size=64",
             "eval.episodes=2", "checkpoint.keep_last=1", "monitor.progress=false", "monitor.tensorboard=false",
         ]))
     run_dir = tmp_path_factory.mktemp("source") / "run"
@@ -95,6 +95,10 @@ def tampered_config(cwd):
     rehash(checkpoint)
 
 
+def format1_run(cwd):
+    shutil.copytree(Path(__file__).parent / "data" / "run-format1", cwd / "oldrun")
+
+
 def empty_dir(cwd):
     (cwd / "emptydir").mkdir()
 
@@ -109,9 +113,17 @@ CASES = [
     ("train", ["algo.lrr=1"], None, "algo.lrr"),
     ("train", ["+algo.extra=1"], None, "algo.extra: unknown key"),
     ("train", ["algo.lr=abc"], None, "algo.lr"),
-    ("train", ["algo.n_envs=2.5"], None, "algo.n_envs"),
-    ("train", ["algo.n_envs=0"], None, "algo.n_envs: expected a value > 0"),
-    ("train", ["algo.lr=-1"], None, "algo.lr: expected a value > 0"),
+    ("train", ["rollout.n_envs=2.5"], None, "rollout.n_envs"),
+    ("train", ["rollout.n_envs=0"], None, "rollout.n_envs: expected a finite value > 0"),
+    ("train", ["algo.lr=-1"], None, "algo.lr: expected a finite value > 0"),
+    ("train", ["algo.lr=nan"], None, "algo.lr: expected a finite value > 0"),
+    ("train", ["algo=a2c", "algo.eps=inf"], None, "algo.eps: expected a finite value > 0"),
+    ("train", ["algo=a2c", "algo.optimizer=sgd"], None, "algo.optimizer: expected one of rmsprop, adam"),
+    ("train", ["algo=a2c", "algo.clip_range=0.2"], None, "algo.clip_range: unknown key"),
+    ("train", ["algo.ent_coef=nan"], None, "algo.ent_coef: expected a finite value >= 0"),
+    ("train", ["total_steps=0"], None, "total_steps: expected a finite value > 0"),
+    ("train", ["exp=nope"], None, "exp=nope: unknown option"),
+    ("train", ["data.grid_size=2", "data.num_distractors=0"], None, "data.grid_size: a 2x2 grid"),
     ("train", ["algo.gamma=1.5"], None, "algo.gamma"),
     ("train", ["algo.batch_size=100000"], None, "algo.batch_size"),
     ("train", ["algo.lr_schedule=cosine"], None, "algo.lr_schedule"),
@@ -133,7 +145,7 @@ CASES = [
     ("train", ["=1"], None, "malformed override"),
     ("train", ["--badflag"], None, "unknown flag"),
     ("train", ["-m", "seed=1,x"], None, "seed"),
-    ("train", ["-m", "algo.lr=0.1,-1"], None, "algo.lr: expected a value > 0"),
+    ("train", ["-m", "algo.lr=0.1,-1"], None, "algo.lr: expected a finite value > 0"),
     # --- devices, envs, models that do not fit
     ("train", ["hardware.device=cuda"], None, "hardware.device"),
     ("train", ["hardware.device=tpu"], None, "hardware.device"),
@@ -158,10 +170,12 @@ CASES = [
     ("train", ["resume=myrun"], garbage_meta, "meta.json is corrupted"),
     ("train", ["resume=myrun"], pickle_model, "not a valid safetensors file"),
     ("train", ["resume=myrun"], pickle_state, "not a valid safetensors file"),
-    ("train", ["resume=myrun"], tampered_config, "algo.n_envs: expected a value > 0"),
+    ("train", ["resume=myrun"], tampered_config, "rollout.n_envs: expected a finite value > 0"),
     ("train", ["resume=myrun", "model.hidden_sizes=[32,32]"], None, "does not match the configured model"),
     ("train", ["resume=myrun", "model=cnn"], None, "a resumed run keeps its config groups"),
-    ("train", ["resume=myrun", "algo.n_envs=8"], None, "algo.n_envs: cannot change when resuming"),
+    ("train", ["resume=myrun", "rollout.n_envs=8"], None, "rollout.n_envs: cannot change when resuming"),
+    ("train", ["resume=myrun", "exp=cartpole-a2c"], None, "a resumed run keeps its config groups"),
+    ("train", ["resume=oldrun"], format1_run, "mmrl 0.1 (format 1), which this version cannot continue"),
     ("train", ["resume=myrun", "data.max_steps=100"], None, "data.max_steps: cannot change when resuming"),
     # --- mmrl eval
     ("eval", [], None, "run: required"),
@@ -170,8 +184,8 @@ CASES = [
     ("eval", ["run=myrun", "checkpoint=nope"], None, "checkpoint: expected 'latest' or a checkpoint name"),
     ("eval", ["run=myrun", "checkpoint=../../etc"], None, "checkpoint: expected 'latest' or a checkpoint name"),
     ("eval", ["run=myrun", "checkpoint=00000099"], None, "no checkpoint '00000099'"),
-    ("eval", ["run=myrun", "episodes=0"], None, "episodes: expected a value > 0"),
-    ("eval", ["run=myrun", "split=test"], None, "split: expected one of heldout, train"),
+    ("eval", ["run=myrun", "episodes=0"], None, "episodes: expected a finite value > 0"),
+    ("eval", ["run=myrun", "split=test"], None, "split: expected one of train, validation, heldout"),
     ("eval", ["run=myrun", "deterministic=maybe"], None, "deterministic"),
     ("eval", ["run=myrun", "gif.fps=0"], None, "gif.fps"),
     ("eval", ["run=myrun", "model.hidden_sizes=[8]"], None, "model"),

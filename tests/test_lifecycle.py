@@ -15,17 +15,24 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
+from mmrl_cli import rollout as rollout_module
 from mmrl_cli import trainer
+from mmrl_cli.algos import a2c as a2c_module
 from mmrl_cli.algos import ppo as ppo_module
 from mmrl_cli.checkpoint import CheckpointError, find_checkpoint, load_state, save_checkpoint, verify
 from mmrl_cli.cli import CONF_DIR
 from mmrl_cli.config import validate
 
-GOTO = ["algo.total_steps=384", "algo.n_envs=8", "algo.n_steps=8", "algo.batch_size=32", "algo.n_epochs=2",
+GOTO = ["total_steps=384", "rollout.n_envs=8", "rollout.n_steps=8", "algo.batch_size=32", "algo.n_epochs=2",
         "eval.every_steps=192", "eval.episodes=8", "checkpoint.every_updates=2", "monitor.progress=false"]
-CARTPOLE = ["data=cartpole", "model=mlp", "algo.total_steps=1024", "algo.n_envs=4", "algo.n_steps=32", "algo.n_epochs=4",
+CARTPOLE = ["exp=cartpole-ppo", "total_steps=1024", "rollout.n_envs=4", "rollout.n_steps=32", "algo.n_epochs=4",
             "algo.batch_size=64", "eval.every_steps=512", "eval.episodes=4", "checkpoint.every_updates=3",
             "monitor.progress=false", "monitor.tensorboard=false"]
+A2C_GOTO = ["algo=a2c", "total_steps=400", "rollout.n_envs=8", "eval.every_steps=200", "eval.episodes=8",
+            "checkpoint.every_updates=3", "monitor.progress=false", "monitor.tensorboard=false"]
+A2C_CARTPOLE = ["exp=cartpole-a2c", "total_steps=2000", "eval.every_steps=1000", "eval.episodes=4",
+                "checkpoint.every_updates=7", "monitor.progress=false", "monitor.tensorboard=false"]
+CONFIGS = {"goto": GOTO, "cartpole": CARTPOLE, "a2c-goto": A2C_GOTO, "a2c-cartpole": A2C_CARTPOLE}
 
 
 def config(*overrides):
@@ -48,6 +55,10 @@ def same_numbers(a, b) -> bool:
     return a == b
 
 
+def without_wall_time(evaluations: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "wall_seconds"} for e in evaluations]
+
+
 def same_model(a: Path, b: Path) -> bool:
     ta, tb = load_file(str(a)), load_file(str(b))
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
@@ -55,9 +66,9 @@ def same_model(a: Path, b: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """Uninterrupted runs of both small configs."""
+    """Uninterrupted runs of the small configs."""
     runs = {}
-    for name, overrides in (("goto", GOTO), ("cartpole", CARTPOLE)):
+    for name, overrides in CONFIGS.items():
         run_dir = tmp_path_factory.mktemp(f"reference-{name}")
         trainer.train(config(*overrides), run_dir)
         runs[name] = run_dir
@@ -79,17 +90,20 @@ def signal_on_call(module, name: str, call, monkeypatch, signum=signal.SIGTERM):
     monkeypatch.setattr(module, name, hooked)
 
 
-# Where the stop lands: the n-th action sampled (mid-rollout) or the n-th PPO loss (mid-update).
+# Where the stop lands: the n-th action sampled (mid-rollout) or the n-th loss (mid-update). CartPole's
+# PPO takes the fast path (closed-form loss gradient), goto's plain autograd.
 STOP_POINTS = [
-    ("goto", trainer, "sample_actions", 3), ("goto", trainer, "sample_actions", 29),
-    ("goto", ppo_module, "ppo_losses", 5), ("goto", ppo_module, "ppo_losses", 18),
-    ("cartpole", trainer, "sample_actions", 70), ("cartpole", ppo_module, "ppo_losses", 9),
+    ("goto", rollout_module, "sample_actions", 3), ("goto", rollout_module, "sample_actions", 29),
+    ("goto", ppo_module, "ppo_loss", 5), ("goto", ppo_module, "ppo_loss", 18),
+    ("cartpole", rollout_module, "sample_actions", 70), ("cartpole", ppo_module, "ppo_loss_and_output_gradients", 9),
+    ("a2c-goto", rollout_module, "sample_actions", 17), ("a2c-goto", a2c_module, "a2c_loss", 6),
+    ("a2c-cartpole", rollout_module, "sample_actions", 61), ("a2c-cartpole", a2c_module, "a2c_loss", 22),
 ]
 
 
 @pytest.mark.parametrize("data,module,name,call", STOP_POINTS, ids=[f"{d}-{n}-{c}" for d, _, n, c in STOP_POINTS])
 def test_golden_resume_is_bit_identical(references, tmp_path, monkeypatch, data, module, name, call):
-    overrides = GOTO if data == "goto" else CARTPOLE
+    overrides = CONFIGS[data]
     signal_on_call(module, name, call, monkeypatch)
     stopped = trainer.train(config(*overrides), tmp_path)
     total_updates = json.loads((references[data] / "summary.json").read_text())["updates"]
@@ -101,19 +115,20 @@ def test_golden_resume_is_bit_identical(references, tmp_path, monkeypatch, data,
     assert finished["stopped_by"] is None
     assert same_numbers(metrics(tmp_path), metrics(references[data]))
     assert same_model(tmp_path / "model.safetensors", references[data] / "model.safetensors")
-    assert same_numbers(finished["evaluations"][-1]["heldout"],
-                        json.loads((references[data] / "summary.json").read_text())["evaluations"][-1]["heldout"])
+    reference_summary = json.loads((references[data] / "summary.json").read_text())
+    assert same_numbers(without_wall_time(finished["evaluations"]), without_wall_time(reference_summary["evaluations"]))
+    assert finished["heldout_success_rate"] == reference_summary["heldout_success_rate"]
 
 
 def test_ctrl_c_stops_after_the_update_and_a_second_one_stops_at_once(tmp_path, monkeypatch):
     (tmp_path / "once").mkdir()
     (tmp_path / "twice").mkdir()
-    signal_on_call(trainer, "sample_actions", 40, monkeypatch, signum=signal.SIGINT)  # in update 2's rollout
+    signal_on_call(rollout_module, "sample_actions", 40, monkeypatch, signum=signal.SIGINT)  # in update 2's rollout
     summary = trainer.train(config(*CARTPOLE), tmp_path / "once")
     assert summary["stopped_by"] == "SIGINT" and summary["updates"] == 2
     assert find_checkpoint(tmp_path / "once")[0].name == "00000002"
     monkeypatch.undo()
-    signal_on_call(trainer, "sample_actions", (40, 45), monkeypatch, signum=signal.SIGINT)
+    signal_on_call(rollout_module, "sample_actions", (40, 45), monkeypatch, signum=signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C does not wait for the update to end
         trainer.train(config(*CARTPOLE), tmp_path / "twice")
     assert not (tmp_path / "twice" / "checkpoints").exists()
@@ -132,7 +147,7 @@ def test_resume_continues_from_each_kept_checkpoint(references, tmp_path):
 
 
 # ------------------------------------------------------------------- through the real CLI
-CLI_RUN = ["data=cartpole", "model=mlp", "algo.total_steps=3072", "algo.n_envs=4", "algo.n_steps=32", "algo.n_epochs=4",
+CLI_RUN = ["exp=cartpole-ppo", "total_steps=3072", "rollout.n_envs=4", "rollout.n_steps=32", "algo.n_epochs=4",
            "algo.batch_size=64", "eval.every_steps=100000", "eval.episodes=4", "checkpoint.every_updates=1",
            "monitor.progress=false", "monitor.tensorboard=false", "hardware.threads=1"]
 
@@ -199,7 +214,7 @@ def test_kill_9_at_random_moments_then_resume_latest_matches(tmp_path, cli_refer
 
 # --------------------------------------------------------------- crash inside a write
 def checkpoint_args(update: int):
-    model = {"w": torch.full((4, 4), float(update))}
+    model = {"policy": {"w": torch.full((4, 4), float(update))}}
     state = {"counter": update, "optimizer": {0: {"step": torch.tensor(float(update))}}, "rng": torch.arange(5)}
     return model, state
 
@@ -264,6 +279,46 @@ def test_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path):
         find_checkpoint(tmp_path, "00000003")  # asked for by name: refused, no fallback
 
 
+class Pruned(torch.nn.Module):
+    """A module whose saved width may be smaller than its built one (as a structurally pruned layer's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(4, 4))
+
+    def check_checkpoint_shapes(self, saved):
+        rows, cols = saved.get("w", (0, 0))
+        return None if cols == 4 and 0 < rows <= 4 else f"w has shape {[rows, cols]}, expected [<=4, 4]"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.w = torch.nn.Parameter(state_dict[prefix + "w"].clone())
+
+
+def test_checkpoints_hold_named_modules_each_checked_by_its_own_rule(tmp_path):
+    from mmrl_cli.checkpoint import load_modules
+
+    teacher = torch.nn.Linear(3, 2)
+    modules = {"policy": {"w": torch.ones(2, 4)}, "teacher": teacher.state_dict()}
+    path = save_checkpoint(tmp_path, 3, modules, {"counter": 3}, "seed: 1\n", keep_last=2)
+    assert sorted(p.name for p in path.iterdir()) == ["config.yaml", "meta.json", "model.safetensors",
+                                                      "state.safetensors", "teacher.safetensors"]
+    pruned, fresh_teacher = Pruned(), torch.nn.Linear(3, 2)
+    load_modules(path, {"policy": pruned, "teacher": fresh_teacher})
+    assert pruned.w.shape == (2, 4) and torch.equal(fresh_teacher.weight, teacher.weight)
+    with pytest.raises(CheckpointError, match="does not match the configured model"):
+        load_modules(path, {"teacher": torch.nn.Linear(3, 5)})  # the default rule: exact names and shapes
+    with pytest.raises(CheckpointError, match="holds no 'world_model' module"):
+        load_modules(path, {"world_model": torch.nn.Linear(1, 1)})
+    save_checkpoint(tmp_path, 4, {"policy": {"w": torch.ones(6, 4)}}, {}, "seed: 1\n", keep_last=2)
+    with pytest.raises(CheckpointError, match=r"expected \[<=4, 4\]"):
+        load_modules(tmp_path / "00000004", {"policy": Pruned()})
+    meta = json.loads((path / "meta.json").read_text())
+    meta["modules"]["teacher"] = "../../evil.safetensors"  # a module file outside the checkpoint is refused
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not plain <name>.safetensors"):
+        verify(path)
+
+
 def test_keep_last_prunes_old_checkpoints_and_leftover_temp_dirs(tmp_path):
     root = tmp_path / "checkpoints"
     (root / ".tmp-00000009").mkdir(parents=True)  # a write that died
@@ -279,7 +334,7 @@ def test_state_round_trips_optimizer_and_rng_exactly(tmp_path):
     policy(torch.randn(4, 3)).sum().backward()
     optimizer.step()
     state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "plain": [1, 2.5, None, "x"]}
-    save_checkpoint(tmp_path / "checkpoints", 7, policy.state_dict(), state, "seed: 1\n", keep_last=1)
+    save_checkpoint(tmp_path / "checkpoints", 7, {"policy": policy.state_dict()}, state, "seed: 1\n", keep_last=1)
     loaded = load_state(tmp_path / "checkpoints" / "00000007")
     assert loaded["plain"] == [1, 2.5, None, "x"] and torch.equal(loaded["rng"], state["rng"])
     fresh = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
@@ -290,29 +345,25 @@ def test_state_round_trips_optimizer_and_rng_exactly(tmp_path):
 
 # ----------------------------------------------------------------------------- numerics
 def test_non_finite_step_leaves_parameters_and_optimizer_unchanged():
-    from mmrl_cli.algos.ppo import PPO
+    from mmrl_cli.algos import ALGOS
     from mmrl_cli.builders import build_env_and_policy
-    from mmrl_cli.rollout import RolloutBuffer
+    from mmrl_cli.rollout import Collector
 
-    cfg = config(*CARTPOLE)
-    env, policy = build_env_and_policy(cfg, 4, torch.device("cpu"))
-    algo = PPO(cfg.algo, policy, total_updates=10, autocast=contextlib.nullcontext)
-    buffer = RolloutBuffer(32, 4, env.observation_spec, torch.device("cpu"))
-    obs = env.reset(seed=0)
-    for t in range(32):
-        buffer.store_obs(t, obs)
-        obs, reward, terminated, truncated, _ = env.step(torch.randint(0, 2, (4,)))
-        buffer.store(t, torch.zeros(4, dtype=torch.int64), torch.full((4,), -0.69), torch.zeros(4), reward, terminated | truncated)
-    buffer.compute_advantages(torch.zeros(4), 0.98, 0.8)
-    algo.update(buffer)  # one good update, so the optimiser has state
-    params = {k: v.clone() for k, v in policy.state_dict().items()}
-    moments = {k: v.clone() for k, v in algo.optimizer.state_dict()["state"][0].items()}
-    buffer.rewards[3, 1] = float("nan")
-    buffer.compute_advantages(torch.zeros(4), 0.98, 0.8)
-    result = algo.update(buffer)
-    assert result["skipped_steps"] == cfg.algo.n_epochs * 2 and algo.skipped_in_a_row == cfg.algo.n_epochs * 2
-    assert all(torch.equal(params[k], v) for k, v in policy.state_dict().items())
-    assert all(torch.equal(moments[k], v) for k, v in algo.optimizer.state_dict()["state"][0].items())
+    for overrides in (CARTPOLE, A2C_CARTPOLE, [*CARTPOLE, "hardware.fast_path=false"]):
+        cfg = config(*overrides)
+        env, policy = build_env_and_policy(cfg, 4, torch.device("cpu"))
+        algo = ALGOS[cfg.algo.type](cfg.algo, policy, 10, contextlib.nullcontext, cfg.hardware.fast_path)
+        collector = Collector(env, policy, cfg.rollout.n_steps, torch.device("cpu"), 0, contextlib.nullcontext)
+        buffer = collector.collect()
+        algo.update(buffer)  # one good update, so the optimiser has state
+        params = {k: v.clone() for k, v in policy.state_dict().items()}
+        moments = {k: v.clone() for k, v in algo.gradient.optimizer.state_dict()["state"][0].items()}
+        buffer.rewards[3, 1] = float("nan")
+        result = algo.update(buffer)
+        steps = cfg.algo.n_epochs * 2 if cfg.algo.type == "ppo" else 1
+        assert result["skipped_steps"] == steps and algo.gradient.skipped_in_a_row == steps, overrides
+        assert all(torch.equal(params[k], v) for k, v in policy.state_dict().items())
+        assert all(torch.equal(moments[k], v) for k, v in algo.gradient.optimizer.state_dict()["state"][0].items())
 
 
 def test_nan_rewards_are_skipped_then_stop_the_run_keeping_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -336,7 +387,10 @@ def test_nan_rewards_are_skipped_then_stop_the_run_keeping_the_last_good_checkpo
     assert [row["skipped_steps"] for row in metrics(tmp_path)] == [0, 0, 0, 0, 8]
     found, _ = find_checkpoint(tmp_path)
     assert found.name == "00000004"  # the last checkpoint, from before the fault, is kept
-    assert list((tmp_path / "tb").iterdir())  # numerics/skipped_steps went to TensorBoard too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    skipped = EventAccumulator(str(tmp_path / "tb")).Reload().Scalars("numerics/skipped_steps")
+    assert [event.value for event in skipped] == [0, 0, 0, 0, 8]  # TensorBoard counts them too
 
 
 def test_a_generator_state_from_another_device_type_reseeds_instead_of_crashing():
@@ -349,3 +403,68 @@ def test_a_generator_state_from_another_device_type_reseeds_instead_of_crashing(
     again = torch.Generator()
     load_generator_state(again, cuda_like)
     assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=again))  # deterministic reseed
+
+
+# --------------------------------------------------------------------- callbacks and resume
+class StopAtUpdate:
+    """A callback that stops the run once it has made `update` updates (as an Optuna pruner would)."""
+
+    def __init__(self, update: int):
+        self.update, self.seen = update, []
+
+    def on_update(self, progress, metrics):
+        self.seen.append((progress.update, metrics["learning_rate"]))
+        if progress.update >= self.update:
+            raise trainer.StopTraining(f"stop at update {self.update}")
+
+
+class RecordEvaluations:
+    def __init__(self):
+        self.results = []
+
+    def on_evaluation(self, progress, results):
+        self.results.append((progress.steps, results["validation"]["success_rate"]))
+
+
+@pytest.mark.parametrize("data", ["cartpole", "a2c-goto"])
+def test_a_callback_stop_leaves_a_resumable_checkpoint_and_the_resumed_run_matches(references, tmp_path, data):
+    stopper, watcher = StopAtUpdate(5), RecordEvaluations()
+    summary = trainer.train(config(*CONFIGS[data]), tmp_path, callbacks=[stopper, watcher])
+    assert summary["stopped_by"] == "StopAtUpdate: stop at update 5" and summary["updates"] == 5
+    assert [u for u, _ in stopper.seen] == [1, 2, 3, 4, 5]
+    assert math.isnan(summary["heldout_success_rate"])  # held-out levels are for runs that got to their end
+    assert find_checkpoint(tmp_path)[0].name == "00000005"
+    finished = trainer.train(config(*CONFIGS[data]), tmp_path, resume_from=find_checkpoint(tmp_path)[0],
+                             callbacks=[watcher])
+    assert finished["stopped_by"] is None
+    assert same_numbers(metrics(tmp_path), metrics(references[data]))
+    assert same_model(tmp_path / "model.safetensors", references[data] / "model.safetensors")
+    evaluations = json.loads((references[data] / "summary.json").read_text())["evaluations"]
+    assert watcher.results == [(e["step"], e["validation"]["success_rate"]) for e in evaluations]
+
+
+def test_tensorboard_after_a_resume_has_each_update_once(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = [*CARTPOLE, "monitor.tensorboard=true"]
+    trainer.train(config(*overrides), tmp_path, callbacks=[StopAtUpdate(4)])
+    (tmp_path / "metrics.jsonl").write_text((tmp_path / "metrics.jsonl").read_text())
+    trainer.train(config(*overrides), tmp_path, resume_from=find_checkpoint(tmp_path)[0])
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    steps = [event.step for event in events.Scalars("losses/value")]
+    assert steps == [128 * u for u in range(1, 9)]  # 8 updates of 4 x 32 steps, each once, in order
+    assert [event.step for event in events.Scalars("eval/heldout_success_rate")] == [1024]
+
+
+def test_resuming_with_a_longer_total_continues_the_lr_schedule_smoothly(tmp_path, capsys):
+    short = [*CARTPOLE, "algo.lr_schedule=linear"]  # 8 updates
+    trainer.train(config(*short), tmp_path, callbacks=[StopAtUpdate(4)])
+    before = [r["learning_rate"] for r in metrics(tmp_path)]
+    assert before == pytest.approx([1e-3 * (8 - u) / 8 for u in range(4)])
+    # twice as long: from where it was (0.5 of the LR), falling linearly to 0 at the new end; no jump
+    trainer.train(config(*short, "total_steps=2048"), tmp_path, resume_from=find_checkpoint(tmp_path)[0])
+    after = [r["learning_rate"] for r in metrics(tmp_path)[4:]]
+    assert after == pytest.approx([1e-3 * 0.5 * (16 - u) / 12 for u in range(4, 16)])
+    # a finished run's linear schedule is at 0: training longer says so
+    trainer.train(config(*short, "total_steps=2560"), tmp_path, resume_from=find_checkpoint(tmp_path)[0])
+    assert "annealed to 0" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Live warnings: vanishing/exploding gradients, KL blow-ups, overfitting to training levels."""
+"""Live warnings (vanishing/exploding gradients, KL blow-ups, overfitting) and what gets logged where."""
 
 import json
 
@@ -6,47 +6,87 @@ import torch
 from rich.console import Console
 
 from mmrl_cli.config import TrainConfig
-from mmrl_cli.monitor import Monitor, module_grad_norms
+from mmrl_cli.monitor import Monitor, tag_for
+
+METRICS = {"approx_kl": 0.01, "explained_variance": 0.0, "learning_rate": 1e-3, "clip_range": 0.2, "grad_norm": 1.0,
+           "loss_value": 0.5}
 
 
-def make_monitor(tmp_path):
+def make_monitor(tmp_path, tensorboard=False):
     console = Console(record=True, width=200)
     cfg = TrainConfig()
-    cfg.monitor.tensorboard = False
+    cfg.monitor.tensorboard = tensorboard
     return Monitor(cfg, tmp_path, total_steps=100, console=console), console
 
 
 def test_vanishing_and_exploding_gradients_are_reported(tmp_path):
     monitor, console = make_monitor(tmp_path)
-    policy = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
-    for p in policy[0].parameters():
-        p.grad = torch.zeros_like(p)
-    for p in policy[1].parameters():
-        p.grad = torch.full_like(p, 1e6)
-    assert module_grad_norms(policy)["0"] == 0.0
-    monitor.check_gradients(policy)
+    monitor.check_gradients({"encoder": 0.0, "heads": 1e6, "trunk": 1.0})
     text = console.export_text()
-    assert "vanishing gradients in '0'" in text and "exploding gradients in '1'" in text
+    assert "vanishing gradients in 'encoder'" in text and "exploding gradients in 'heads'" in text
+    assert "trunk" not in text
 
 
 def test_kl_blow_up_and_generalization_gap_are_reported(tmp_path):
     monitor, console = make_monitor(tmp_path)
-    metrics = {"approx_kl": 0.5, "explained_variance": 0.0, "learning_rate": 1e-3, "clip_range": 0.2, "grad_norm": 1.0}
-    monitor.log_update(1, 10, metrics, skipped_total=0, sps=100.0, update_seconds=0.1)
-    monitor.log_eval(10, {"success_rate": 0.95, "return_mean": 0.9}, {"success_rate": 0.5, "return_mean": 0.4})
+    monitor.log_update(1, 10, {**METRICS, "approx_kl": 0.5}, [], skipped_total=0, sps=100.0, update_seconds=0.1)
+    monitor.log_eval(10, {"success_rate": 0.5, "return_mean": 0.4}, {"success_rate": 0.95, "return_mean": 0.9})
     text = console.export_text()
-    assert "KL blow-up" in text and "overfitting to training levels" in text
+    assert "KL blow-up" in text and "overfitting to training levels" in text and "validation" in text
+
+
+def test_no_generalization_gap_without_a_finite_training_subset(tmp_path):
+    monitor, console = make_monitor(tmp_path)
+    monitor.log_eval(10, {"success_rate": 0.1, "return_mean": 0.1})
+    assert "overfitting" not in console.export_text()
 
 
 def test_skipped_steps_are_reported_and_metrics_logged_per_update(tmp_path):
     monitor, console = make_monitor(tmp_path)
-    metrics = {"approx_kl": 0.01, "explained_variance": 0.0, "learning_rate": 1e-3, "clip_range": 0.2, "grad_norm": 1.0}
     with monitor:
-        monitor.log_update(1, 10, metrics, skipped_total=0, sps=100.0, update_seconds=0.1)
-        monitor.log_update(2, 20, metrics, skipped_total=3, sps=100.0, update_seconds=0.1)
+        monitor.log_update(1, 10, METRICS, [], skipped_total=0, sps=100.0, update_seconds=0.1)
+        monitor.log_update(2, 20, METRICS, [], skipped_total=3, sps=100.0, update_seconds=0.1)
     assert "skipped 3 gradient step(s)" in console.export_text()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["update"] for row in rows] == [1, 2] and rows[0]["approx_kl"] == 0.01
+
+
+def test_any_metric_an_algorithm_returns_reaches_tensorboard_under_a_stable_tag(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert tag_for("loss_policy") == "losses/policy" and tag_for("approx_kl") == "losses/approx_kl"
+    assert tag_for("entropy") == "policy/entropy" and tag_for("loss_distill") == "losses/distill"
+    assert tag_for("world_model_error") == "update/world_model_error"
+    monitor, _ = make_monitor(tmp_path, tensorboard=True)
+    episodes = [(torch.tensor([1.0, 3.0]), torch.tensor([5, 7]), torch.tensor([True, False]))]
+    with monitor:
+        monitor.log_update(1, 10, {**METRICS, "loss_distill": 0.25, "world_model_error": 2.0}, episodes, 2, 50.0, 0.1,
+                           lambda: {"heads": 0.5})
+        monitor.log_eval(10, {"success_rate": 0.5, "return_mean": 0.4}, {"success_rate": 0.75, "return_mean": 0.6})
+        monitor.log_heldout(10, {"success_rate": 0.25, "return_mean": 0.2})
+    scalars = EventAccumulator(str(tmp_path / "tb")).Reload()
+    value = lambda tag: scalars.Scalars(tag)[-1].value  # noqa: E731
+    assert value("losses/distill") == 0.25 and value("update/world_model_error") == 2.0
+    assert value("losses/value") == 0.5 and value("grad/global_norm") == 1.0 and value("grad/heads_norm") == 0.5
+    assert value("numerics/skipped_steps") == 2 and value("charts/episodic_return") == 2.0
+    assert value("charts/success_rate") == 0.5 and value("charts/episode_length") == 6.0
+    assert value("eval/validation_success_rate") == 0.5 and value("eval/success_rate") == 0.75
+    assert value("eval/generalization_gap") == 0.25 and value("eval/heldout_success_rate") == 0.25
+
+
+def test_tensorboard_every_n_updates_but_every_update_in_metrics_jsonl(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    console = Console(record=True, width=200)
+    cfg = TrainConfig()
+    cfg.monitor.log_every_updates = 3
+    monitor = Monitor(cfg, tmp_path, total_steps=100, console=console)
+    with monitor:
+        for update in range(1, 8):
+            monitor.log_update(update, 10 * update, METRICS, [], 0, 50.0, 0.1)
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "tb")).Reload().Scalars("losses/value")]
+    assert steps == [30, 60]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 7
 
 
 def test_resumed_monitor_drops_metrics_logged_after_the_checkpoint(tmp_path):

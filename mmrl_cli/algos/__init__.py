@@ -1,5 +1,12 @@
-"""RL algorithms. Each maps a name (`algo.type`) to a class with `update(buffer) -> metrics`."""
+"""RL algorithms: `ALGOS` maps each `algo.type` to its class.
 
+An algorithm owns its losses, its optimiser and its state; it is built as
+``ALGOS[type](algo_cfg, policy, total_updates, autocast, fast_path)`` and offers
+``update(rollout) -> metrics``, ``seed``, ``state_dict``/``load_state_dict`` and a ``gradient``
+(`GradientStep`: skip counters, gradient norms). The trainer's loop is the same for all of them.
+"""
+
+from .a2c import A2C
 from .ppo import PPO
 
-ALGOS = {"ppo": PPO}
+ALGOS = {"ppo": PPO, "a2c": A2C}

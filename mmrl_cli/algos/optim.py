@@ -26,18 +26,27 @@ def scale_gradients(grads: list[torch.Tensor], norm: float, max_norm: float) -> 
         torch._foreach_mul_(grads, scale)
 
 
-def adam_step(optimizer: torch.optim.Adam) -> None:
+def has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
+    """True when step hooks are registered on `optimizer` or on all optimisers (a shortcut would skip them)."""
+    from torch.optim import optimizer as optimizer_module
+
+    return bool(optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+                or optimizer_module._global_optimizer_pre_hooks or optimizer_module._global_optimizer_post_hooks)
+
+
+def adam_step(optimizer: torch.optim.Optimizer) -> None:
     """`optimizer.step()` for a fused Adam with one parameter group, calling the fused kernel directly.
 
     Parameters without a gradient are left alone, as `step()` does. The first step (which
-    creates the optimiser state) and any setting this shortcut does not cover (several groups,
-    AMSGrad, maximize, not fused) go through `optimizer.step()` itself.
+    creates the optimiser state) and anything this shortcut does not cover (another optimiser,
+    several groups, AMSGrad, maximize, not fused, registered step hooks) go through
+    `optimizer.step()` itself.
     """
     group = optimizer.param_groups[0]
     params = [p for p in group["params"] if p.grad is not None]
     states = [optimizer.state.get(p) for p in params]
-    if (len(optimizer.param_groups) > 1 or not group["fused"] or group["amsgrad"] or group["maximize"]
-            or not all(states)):
+    if (not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) > 1 or not group.get("fused")
+            or group["amsgrad"] or group["maximize"] or not all(states) or has_step_hooks(optimizer)):
         optimizer.step()
         return
     steps = [state["step"] for state in states]

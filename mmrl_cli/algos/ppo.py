@@ -1,27 +1,18 @@
 """Proximal Policy Optimisation with a clipped surrogate (Schulman et al. 2017).
 
-`ppo_losses` computes the loss terms for one minibatch together with the gradient of the
-total loss with respect to the policy's outputs (logits and values), in closed form. `PPO.update`
-runs the epochs over a rollout and passes that gradient on: through the policy's own
-hand-written backward where it has one (the MLP), through autograd otherwise; then gradient
-clipping, Adam, learning-rate and clip-range annealing and a target-KL early stop.
+`ppo_loss` is PPO's loss on one minibatch as a dict of named terms (the ``loss_*`` ones add up
+to what autograd differentiates). `PPO.update` runs the epochs of minibatches over a rollout,
+with learning-rate and clip-range annealing and an optional target-KL early stop; the step itself
+(backward, checks, clipping, Adam) is the shared `GradientStep`.
 """
 
 from __future__ import annotations
-
-import contextlib
-import math
 
 import torch
 from torch import nn
 
 from ..rollout import RolloutBuffer
-from .optim import adam_step, global_norm, scale_gradients
-
-# The rows of the tensor of loss terms `ppo_losses` returns (and of the update's metrics).
-TERM_NAMES = ("loss_policy", "loss_value", "loss_entropy", "approx_kl", "clipfrac")
-# Each term is this factor times the mean of a per-sample quantity (see `ppo_losses`).
-TERM_SCALES = (-1.0, 0.5, 1.0, 1.0, 1.0)
+from .gradient import GradientStep, TrainingClock, explained_variance, mean_metrics, scheduled
 
 
 def normalized(advantages: torch.Tensor) -> torch.Tensor:
@@ -31,22 +22,61 @@ def normalized(advantages: torch.Tensor) -> torch.Tensor:
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
 
-@torch.no_grad()
-def ppo_losses(
-    logits: torch.Tensor, values: torch.Tensor, batch: dict, clip_range: float, clip_value: float | None,
-    normalize_advantages: bool, vf_coef: float = 0.5, ent_coef: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's terms for one minibatch and the gradient of its total loss; returns (terms, d_logits, d_values).
+def ppo_loss(logits: torch.Tensor, values: torch.Tensor, batch: dict, clip_range: float, clip_value: float | None,
+             normalize_advantages: bool, vf_coef: float, ent_coef: float) -> dict[str, torch.Tensor]:
+    """PPO's loss terms for one minibatch.
 
-    `terms` holds `TERM_NAMES` in order:
-    - ``loss_policy``: negative clipped surrogate ``mean(min(r A, clip(r, 1-e, 1+e) A))``;
-    - ``loss_value``: ``0.5 * mean((V - R)^2)`` to the GAE returns R, or with `clip_value` the
-      larger of that and the error of V clipped to ``V_old +- clip_value``;
-    - ``loss_entropy``: negative mean entropy (minimising it raises entropy);
-    - ``approx_kl``: the low-variance estimator ``E[(r - 1) - log r]``; ``clipfrac``.
-    ``d_logits`` and ``d_values`` are the gradients of ``loss_policy + vf_coef * loss_value +
-    ent_coef * loss_entropy`` with respect to `logits` and `values`: exactly what autograd would
-    give (tests compare them), with a handful of kernels instead of a graph of them.
+    - ``loss_policy``: the negative clipped surrogate ``-mean(min(r A, clip(r, 1-e, 1+e) A))``;
+    - ``loss_value``: ``vf_coef * mean((V - R)^2)`` to the GAE returns R (the MSE, as
+      Stable-Baselines3 writes it); with `clip_value`, the larger of that error and the error of
+      V clipped to ``V_old +- clip_value`` (CleanRL's pessimistic form);
+    - ``loss_entropy``: ``-ent_coef * mean(entropy)`` (minimising it raises entropy);
+    - diagnostics (no gradient): ``entropy``, ``approx_kl`` (the low-variance estimator
+      ``E[(r - 1) - log r]``) and ``clipfrac``.
+    """
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    log_ratio = log_p.gather(1, batch["actions"].unsqueeze(1)).squeeze(1) - batch["logprobs"]
+    ratio = log_ratio.exp()
+    advantages = normalized(batch["advantages"]) if normalize_advantages else batch["advantages"]
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_range, 1 + clip_range) * advantages)
+
+    values = values.float()
+    value_error = (values - batch["returns"]).square()
+    if clip_value is not None:
+        clipped = batch["values"] + (values - batch["values"]).clamp(-clip_value, clip_value)
+        value_error = torch.max(value_error, (clipped - batch["returns"]).square())
+
+    entropy = -(log_p.exp() * log_p).sum(-1).mean()
+    with torch.no_grad():
+        ratio_minus_one = ratio - 1
+        approx_kl = (ratio_minus_one - log_ratio).mean()
+        clipfrac = (ratio_minus_one.abs() > clip_range).float().mean()
+    return {
+        "loss_policy": -surrogate.mean(),
+        "loss_value": vf_coef * value_error.mean(),
+        # Without an entropy bonus, its graph is not built (the term is a constant 0).
+        "loss_entropy": -ent_coef * entropy if ent_coef else entropy.detach() * 0.0,
+        "entropy": entropy.detach(), "approx_kl": approx_kl, "clipfrac": clipfrac,
+    }
+
+
+# The terms `ppo_loss_and_output_gradients` computes, in the order of its per-sample rows.
+CLOSED_FORM_TERMS = ("loss_policy", "loss_value", "loss_entropy", "approx_kl", "clipfrac")
+
+
+@torch.no_grad()
+def ppo_loss_and_output_gradients(
+    logits: torch.Tensor, values: torch.Tensor, batch: dict, clip_range: float, clip_value: float | None,
+    normalize_advantages: bool, vf_coef: float, ent_coef: float,
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """`ppo_loss`'s terms, and the gradient of their sum w.r.t. (logits, values) in closed form.
+
+    The fast path's shortcut for PPO (see `gradient.GradientStep`): one pass of a few dozen
+    kernels instead of the loss's autograd graph; tests compare it with autograd of `ppo_loss`.
+    For the clipped surrogate, ``-A r / n`` on the taken action's log-probability where the
+    unclipped term is the smaller one, times ``onehot(a) - p`` for the logits; ``2 vf_coef (V - R)
+    / n`` (or the clipped error inside its range) for the values; ``ent_coef p (log p + H) / n``
+    for the entropy bonus.
     """
     n = len(values)
     actions = batch["actions"].unsqueeze(1)
@@ -69,7 +99,7 @@ def ppo_losses(
     values_dtype, values = values.dtype, values.float()
     error = values - batch["returns"]
     squared = error.square()
-    d_values = error * (vf_coef / n)
+    d_values = error * (2 * vf_coef / n)
     if clip_value is not None:
         change = values - batch["values"]
         error_clipped = batch["values"] + change.clamp(-clip_value, clip_value) - batch["returns"]
@@ -77,7 +107,7 @@ def ppo_losses(
         use_clipped = error_clipped.square() > squared
         squared = torch.maximum(squared, error_clipped.square())
         inside = change.abs() <= clip_value
-        d_values = torch.where(use_clipped, error_clipped * inside, error) * (vf_coef / n)
+        d_values = torch.where(use_clipped, error_clipped * inside, error) * (2 * vf_coef / n)
 
     # Every term is a mean over the minibatch: stack the per-sample values, average once.
     ratio_minus_one = ratio - 1
@@ -86,131 +116,81 @@ def ppo_losses(
         ratio_minus_one - log_ratio,  # approx_kl
         ratio_minus_one.abs().gt_(clip_range),  # clipped (1.0) or not (0.0)
     ])
-    terms = per_sample.mean(1).mul_(per_sample.new_tensor(TERM_SCALES))
-    return terms, d_logits.to(logits.dtype), d_values.to(values_dtype)
+    means = per_sample.mean(1)
+    scaled = means * means.new_tensor([-1.0, vf_coef, ent_coef, 1.0, 1.0])
+    terms = dict(zip(CLOSED_FORM_TERMS, scaled.unbind()))
+    terms["entropy"] = -means[2]
+    return terms, (d_logits.to(logits.dtype), d_values.to(values_dtype))
 
 
 class PPO:
-    """PPO updates for one policy; holds the optimiser and the schedules."""
+    """PPO updates of one policy: Adam, LR and clip-range schedules, target-KL early stop."""
 
-    def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast):
-        self.cfg, self.policy, self.total_updates, self.autocast = cfg, policy, total_updates, autocast
+    def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
+        self.cfg, self.policy, self.total_updates = cfg, policy, total_updates
         # fused=True: one kernel for the whole Adam step instead of several per parameter.
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-        self.parameters = list(policy.parameters())
-        # The policy's hand-written backward (the MLP) skips autograd's per-kernel overhead,
-        # which dominates at small sizes; it computes in fp32, so it is used without autocast.
-        self.analytic = getattr(policy, "analytic_backward", False) and autocast is contextlib.nullcontext
+        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        self.gradient = GradientStep(policy, optimizer, cfg.max_grad_norm, autocast, fast_path)
         self.generator = torch.Generator()  # minibatch shuffling
-        self.updates_done = 0
-        # Gradient steps skipped for a non-finite loss or gradient: in total and in a row.
-        self.skipped_steps = 0
-        self.skipped_in_a_row = 0
+        self.clock = TrainingClock(total_updates)
+
+    def seed(self, seed: int) -> None:
+        """Seed the minibatch shuffling."""
+        self.generator.manual_seed(seed)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: optimiser, schedule position, shuffling RNG."""
-        return {
-            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-            "updates_done": self.updates_done, "skipped_steps": self.skipped_steps,
-            "skipped_in_a_row": self.skipped_in_a_row,
-        }
+        return {**self.gradient.state_dict(), "generator": self.generator.get_state(), "clock": self.clock.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state produced by `state_dict`."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.gradient.load_state_dict(state)
         self.generator.set_state(state["generator"])
-        self.updates_done = state["updates_done"]
-        self.skipped_steps = state["skipped_steps"]
-        self.skipped_in_a_row = state["skipped_in_a_row"]
+        self.clock.load_state_dict(state["clock"])
 
-    def progress_remaining(self) -> float:
-        """1 at the start of training, falling linearly towards 0 at the end."""
-        return 1.0 - self.updates_done / max(self.total_updates, 1)
+    def update(self, rollout: RolloutBuffer) -> dict[str, float]:
+        """Run `n_epochs` of minibatch steps over `rollout`; return the mean metrics.
 
-    def scheduled(self, value: float, schedule: str) -> float:
-        return value * self.progress_remaining() if schedule == "linear" else value
-
-    def forward(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor, list | None]:
-        """The policy's logits and values on `obs`, plus what `backward` needs.
-
-        With the policy's hand-written backward the activations are saved and no autograd graph
-        is built; otherwise the outputs carry autograd's graph (and the third item is None).
-        """
-        if self.analytic:
-            with torch.no_grad():
-                return self.policy.forward_saving_activations(obs)
-        with self.autocast():
-            logits, values = self.policy(obs)
-        return logits, values, None
-
-    def backward(self, logits: torch.Tensor, values: torch.Tensor, saved: list | None,
-                 d_logits: torch.Tensor, d_values: torch.Tensor) -> None:
-        """Set every parameter's ``.grad`` from the loss's gradient w.r.t. the policy's outputs."""
-        if self.analytic:
-            self.policy.backward_from_outputs(saved, d_logits, d_values)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward((logits, values), (d_logits, d_values))
-
-    def update(self, buffer: RolloutBuffer, on_gradients=None) -> dict[str, float]:
-        """Run `n_epochs` of minibatch updates over `buffer`; return mean metrics.
-
-        `on_gradients(policy)` is called after the last backward pass (for gradient monitoring).
-        A minibatch whose loss or gradient is not finite is skipped: no optimiser step, so the
-        parameters and the optimiser state stay as they were; `skipped_steps` counts them.
+        A minibatch whose loss or gradient is not finite is skipped (see `GradientStep`).
         """
         cfg = self.cfg
-        lr = self.scheduled(cfg.lr, cfg.lr_schedule)
-        clip_range = self.scheduled(cfg.clip_range, cfg.clip_schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        totals = None
-        count, skipped, grad_norm, stopped_early = 0, 0, 0.0, False
+        self.policy.train()
+        rollout.compute_advantages(cfg.gamma, cfg.gae_lambda)
+        lr = scheduled(cfg.lr, cfg.lr_schedule, self.clock.remaining())
+        clip_range = scheduled(cfg.clip_range, cfg.clip_schedule, self.clock.remaining())
+        self.gradient.set_lr(lr)
         normalize_each = cfg.normalize_advantages
-        if normalize_each and cfg.batch_size == buffer.n_steps * buffer.n_envs:
+        if normalize_each and cfg.batch_size == rollout.n_steps * rollout.n_envs:
             # One minibatch is the whole rollout: normalise its advantages once, not every epoch.
-            buffer.advantages = normalized(buffer.advantages)
+            rollout.advantages = normalized(rollout.advantages)
             normalize_each = False
+        skipped_before = self.gradient.skipped_steps
+        sums, names, count, stopped_early = None, [], 0, False
         for _epoch in range(cfg.n_epochs):
-            for batch in buffer.minibatches(cfg.batch_size, self.generator):
-                logits, values, saved = self.forward(batch["obs"])
-                terms, d_logits, d_values = ppo_losses(logits.detach(), values.detach(), batch, clip_range,
-                                                       cfg.clip_value, normalize_each, cfg.vf_coef, cfg.ent_coef)
-                if cfg.target_kl is not None and terms[TERM_NAMES.index("approx_kl")].item() > 1.5 * cfg.target_kl:
-                    stopped_early = True
+            for batch in rollout.minibatches(cfg.batch_size, self.generator):
+                outputs = self.gradient.forward(batch["obs"])
+                args = (*outputs, batch, clip_range, cfg.clip_value, normalize_each, cfg.vf_coef, cfg.ent_coef)
+                if self.gradient.fast:  # the same loss, its gradient w.r.t. the outputs in closed form
+                    terms, output_gradients = ppo_loss_and_output_gradients(*args)
+                else:
+                    terms, output_gradients = ppo_loss(*args), None
+                    self.gradient.add_extra_losses(terms, outputs, batch)
+                if cfg.target_kl is not None and terms["approx_kl"].item() > 1.5 * cfg.target_kl:
+                    stopped_early = True  # the policy already moved too far from the one that collected
                     break
-                self.backward(logits, values, saved, d_logits, d_values)
-                grads = [p.grad for p in self.parameters if p.grad is not None]
-                # One device sync per step: the loss and the gradient norm, checked, then clipping.
-                loss_sum, grad_norm = torch.stack([terms.sum(), global_norm(grads)]).tolist()
-                if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                    skipped += 1
-                    self.skipped_in_a_row += 1
-                    self.optimizer.zero_grad(set_to_none=True)  # drop the bad gradient
+                if not self.gradient.step(terms, outputs, output_gradients):
                     continue
-                self.skipped_in_a_row = 0
-                scale_gradients(grads, grad_norm, cfg.max_grad_norm)
-                adam_step(self.optimizer)
-                totals = terms if totals is None else totals + terms  # summed on the device: no sync
-                count += 1
+                step_metrics = torch.stack([value.detach().float() for value in terms.values()])
+                sums = step_metrics if sums is None else sums + step_metrics  # summed on the device: no sync
+                names, count = list(terms), count + 1
             if stopped_early:
                 break
-        if on_gradients is not None and count:
-            on_gradients(self.policy)
-        self.updates_done += 1
-        self.skipped_steps += skipped
-        metrics = dict(zip(TERM_NAMES, (totals / count).tolist())) if count else {}
+        self.clock.tick()
+        metrics = mean_metrics(sums, names, count)
         metrics.update(
-            grad_norm=grad_norm, learning_rate=lr, clip_range=clip_range,
-            explained_variance=explained_variance(buffer.values, buffer.returns),
-            minibatches=count, stopped_early=float(stopped_early), skipped_steps=skipped,
+            grad_norm=self.gradient.grad_norm if count else float("nan"), learning_rate=lr, clip_range=clip_range,
+            explained_variance=explained_variance(rollout.values, rollout.returns),
+            minibatches=count, stopped_early=float(stopped_early),
+            skipped_steps=self.gradient.skipped_steps - skipped_before,
         )
         return metrics
-
-
-def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
-    """1 - Var(target - predicted) / Var(target): 1 is a perfect critic, <= 0 a useless one."""
-    var = target.var()
-    return float("nan") if var == 0 else float(1 - (target - predicted).var() / var)
-
-

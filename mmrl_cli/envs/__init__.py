@@ -16,17 +16,23 @@ from .gym_api import GotoGymEnv, GotoVectorEnv, register
 
 register()
 
+# Envs without level ids (CartPole, gymnasium ids) play each split from its own range of seeds.
+SPLIT_SEED_OFFSETS = {"train": 0, "validation": 1_000_000, "heldout": 2_000_000}
+
 
 def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: str = "train"):
-    """Build the batched env of `data_cfg` (`split` picks training or held-out levels)."""
+    """Build the batched env of `data_cfg`; `split` picks training, validation or held-out levels.
+
+    The built-in task keeps the splits apart by level content (see envs/goto.py); the others
+    by seed range: split `s` seeds its envs from ``seed + SPLIT_SEED_OFFSETS[s]``.
+    """
     if data_cfg.type == "goto":
         return GotoEnv(
             num_envs, grid_size=data_cfg.grid_size, num_distractors=data_cfg.num_distractors,
             max_steps=data_cfg.max_steps, tile_size=data_cfg.tile_size, num_walls=data_cfg.num_walls,
             num_train_levels=data_cfg.num_train_levels, split=split, device=device, seed=seed,
         )
-    # Envs without levels: held-out evaluation uses seeds training never uses.
-    eval_offset = 1_000_000 if split == "heldout" else 0
+    eval_offset = SPLIT_SEED_OFFSETS[split]
     if data_cfg.type == "cartpole":
         return CartPoleEnv(num_envs, max_steps=data_cfg.max_steps, device=device, seed=seed + eval_offset)
     return GymVectorEnv(
@@ -35,4 +41,4 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
     )
 
 
-__all__ = ["CartPoleEnv", "GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]
+__all__ = ["SPLIT_SEED_OFFSETS", "CartPoleEnv", "GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]

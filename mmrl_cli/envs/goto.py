@@ -14,11 +14,18 @@ block movement. Finished sub-environments reset themselves in the same step (the
 returned for them is the first one of the next episode; the last one is in ``info``).
 
 Levels are generated from an integer level id by a stateless hash, so the same id always gives
-the same level on any device. Training levels use ids below ``HELDOUT_BASE``; held-out levels,
-used only for evaluation, use ids from ``HELDOUT_BASE`` upwards, so the two never overlap.
+the same level on any device. There are three splits of levels: training, validation (periodic
+evaluations choose on these) and held-out (the final report). They are disjoint by *content*,
+not only by id: a hash of the layout (every cell, the agent's position, the target) puts each
+possible layout in exactly one split (80% / 10% / 10% of all layouts), and a level id draws
+candidate layouts until one falls in its split. So a held-out level is never a training level
+that happens to come from another id. Ids are also kept apart (`SPLIT_ID_BASE`), so that the
+validation and held-out sets are fixed, sequential lists of ids.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -29,7 +36,14 @@ from .tokenizer import COLORS, OBJECT_TYPES, WordTokenizer
 EMPTY, WALL, OBJECT_BASE = 0, 1, 2
 NUM_OBJECT_KINDS = len(COLORS) * len(OBJECT_TYPES)
 AGENT = OBJECT_BASE + NUM_OBJECT_KINDS  # tile index used only for drawing the agent
-HELDOUT_BASE = 1 << 30
+SPLITS = ("train", "validation", "heldout")
+# Share of all possible layouts in each split, as a range of the layout hash's percentile.
+SPLIT_PERCENTILES = {"train": (0, 80), "validation": (80, 90), "heldout": (90, 100)}
+# Level ids of each split start here (training ids are drawn below 2^30; the others count up).
+SPLIT_ID_BASE = {"train": 0, "validation": 1 << 30, "heldout": 1 << 31}
+HELDOUT_BASE = SPLIT_ID_BASE["heldout"]
+# A config must allow at least this many distinct layouts, so each split has plenty.
+MIN_LAYOUTS = 2000
 MISSION_TOKENS = 8
 ACTION_NAMES = ("up", "down", "left", "right")
 _MOVES = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=torch.int64)
@@ -59,11 +73,38 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def level_random(level_ids: torch.Tensor, draws: int) -> torch.Tensor:
-    """(n, draws) pseudo-random 32-bit integers determined by each level id alone."""
-    base = _hash32(level_ids * 0x9E3779B1 + 0x7F4A7C15)
+def level_random(level_ids: torch.Tensor, attempts: torch.Tensor, draws: int) -> torch.Tensor:
+    """(n, draws) pseudo-random 32-bit integers determined by each (level id, attempt) pair alone."""
+    base = _hash32(_hash32(level_ids * 0x9E3779B1 + 0x7F4A7C15) ^ _hash32(attempts * 0x2545F491 + 0x3C6EF372))
     k = torch.arange(draws, device=level_ids.device, dtype=torch.int64)
     return _hash32(base[:, None] ^ _hash32(k * 0x85EBCA6B + 1)[None, :])
+
+
+def layout_percentile(cells: torch.Tensor, agent_cell: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(k,) value in [0, 100) given by a layout's content alone: which split the layout belongs to.
+
+    `cells` (k, g*g) cell codes, `agent_cell` (k,) the agent's flat cell index, `target` (k,) the
+    target's cell code. Each cell's hash depends on its position and code; their sum (mod 2^32)
+    hashed once more with the agent and target is the layout's hash.
+    """
+    positions = torch.arange(cells.shape[1], device=cells.device, dtype=torch.int64)
+    per_cell = _hash32(cells * 0x165667B1 + positions * 0x27D4EB2F + 0x61C88647)
+    combined = _hash32((per_cell.sum(1) & _MASK32) ^ _hash32(agent_cell * 0x9E3779B1 + target * 0x85EBCA6B))
+    return combined % 100
+
+
+def count_layouts(grid_size: int, num_distractors: int, num_walls: int) -> int:
+    """How many distinct levels a goto config can generate (a lower bound: wall placements collide).
+
+    Agent cell, target cell, distractor cells (unordered), target kind, distractor kinds, wall cells.
+    """
+    cells = grid_size * grid_size
+    objects = 1 + num_distractors
+    if 1 + objects + num_walls > cells:
+        return 0
+    placements = cells * math.perm(cells - 1, objects) // math.factorial(num_distractors)
+    kinds = NUM_OBJECT_KINDS * (NUM_OBJECT_KINDS - 1) ** num_distractors
+    return placements * kinds * math.comb(cells - 1 - objects, num_walls)
 
 
 def as_words(x: torch.Tensor) -> torch.Tensor:
@@ -129,15 +170,15 @@ class GotoEnv:
     ):
         if 2 + num_distractors + num_walls > grid_size * grid_size:
             raise ValueError("grid too small for the agent, target, distractors and walls")
-        if split not in ("train", "heldout"):
-            raise ValueError("split must be 'train' or 'heldout'")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.num_envs, self.grid_size, self.tile_size = num_envs, grid_size, tile_size
         self.num_distractors, self.num_walls, self.max_steps = num_distractors, num_walls, max_steps
         self.num_train_levels, self.split = num_train_levels, split
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
-        self.next_heldout = 0
+        self.next_level = 0  # validation and held-out splits play their ids in order
         self.tokenizer = WordTokenizer(MISSION_TOKENS)
         self.atlas = build_tile_atlas(tile_size).to(self.device)
         self.moves = _MOVES.to(self.device)
@@ -182,17 +223,17 @@ class GotoEnv:
     # ----------------------------------------------------------------------------- levels
     def sample_level_ids(self, count: int) -> torch.Tensor:
         """Level ids for `count` new episodes of this env's split."""
-        if self.split == "heldout":
-            ids = HELDOUT_BASE + self.next_heldout + torch.arange(count, device=self.device)
-            self.next_heldout += count
+        if self.split != "train":
+            ids = SPLIT_ID_BASE[self.split] + self.next_level + torch.arange(count, device=self.device)
+            self.next_level += count
             return ids
-        high = self.num_train_levels if self.num_train_levels > 0 else HELDOUT_BASE
+        high = self.num_train_levels if self.num_train_levels > 0 else SPLIT_ID_BASE["validation"]
         return torch.randint(0, high, (count,), generator=self.generator, device=self.device)
 
-    def generate_levels(self, level_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Lay out and draw the levels `level_ids`: a dict of `LEVEL_FIELDS` tensors."""
+    def layouts(self, level_ids: torch.Tensor, attempts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate layouts of (level id, attempt) pairs: flat cells (k, g*g), agent cell (k,), target kind (k,)."""
         g, n_obj, k = self.grid_size, 1 + self.num_distractors, len(level_ids)
-        rand = level_random(level_ids, 1 + n_obj + g * g)
+        rand = level_random(level_ids, attempts, 1 + n_obj + g * g)
         # A random permutation of the cells: agent first, then the objects, then the walls.
         order = torch.argsort(rand[:, 1 + n_obj :], dim=1)
         target_kind = rand[:, 0] % NUM_OBJECT_KINDS
@@ -203,8 +244,42 @@ class GotoEnv:
         cells.scatter_(1, order[:, 1 : 1 + n_obj], OBJECT_BASE + kinds)
         if self.num_walls:
             cells.scatter_(1, order[:, 1 + n_obj : 1 + n_obj + self.num_walls], WALL)
-        cells = cells.view(k, g, g)
-        agent = torch.stack([order[:, 0] // g, order[:, 0] % g], dim=1)
+        return cells, order[:, 0], target_kind
+
+    def split_layouts(self, level_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layout of each level id: its first candidate whose content belongs to this env's split.
+
+        Candidates are drawn several per id at a time (enough that nearly every id finds one in
+        the first round: 2 for training's 80% of layouts, 24 for the 10% splits).
+        """
+        low, high = SPLIT_PERCENTILES[self.split]
+        tries = 2 if high - low >= 50 else 24
+        count = len(level_ids)
+        cells = torch.zeros(count, self.grid_size**2, dtype=torch.int64, device=self.device)
+        agent_cell = torch.zeros(count, dtype=torch.int64, device=self.device)
+        target_kind = torch.zeros(count, dtype=torch.int64, device=self.device)
+        pending = torch.arange(count, device=self.device)
+        for first_attempt in range(0, 100_000, tries):
+            ids = level_ids.index_select(0, pending).repeat_interleave(tries)
+            attempts = torch.arange(first_attempt, first_attempt + tries, device=self.device).repeat(len(pending))
+            c_cells, c_agent, c_target = self.layouts(ids, attempts)
+            percentile = layout_percentile(c_cells, c_agent, OBJECT_BASE + c_target)
+            fits = ((percentile >= low) & (percentile < high)).view(-1, tries)
+            found = fits.any(1)
+            pick = (torch.arange(len(pending), device=self.device) * tries + fits.int().argmax(1))[found]
+            rows = pending[found]
+            cells[rows], agent_cell[rows], target_kind[rows] = c_cells[pick], c_agent[pick], c_target[pick]
+            pending = pending[~found]
+            if not len(pending):
+                return cells, agent_cell, target_kind
+        raise RuntimeError(f"no {self.split} layout found for some level ids (too few distinct layouts?)")
+
+    def generate_levels(self, level_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Lay out and draw the levels `level_ids`: a dict of `LEVEL_FIELDS` tensors."""
+        g, k = self.grid_size, len(level_ids)
+        flat_cells, agent_cell, target_kind = self.split_layouts(level_ids)
+        cells = flat_cells.view(k, g, g)
+        agent = torch.stack([agent_cell // g, agent_cell % g], dim=1)
         return {
             "cells": cells, "agent": agent, "target": OBJECT_BASE + target_kind,
             "mission": self.mission_table.index_select(0, target_kind), "level_id": level_ids.clone(),
@@ -292,7 +367,7 @@ class GotoEnv:
         """
         if seed is not None:
             self.generator.manual_seed(seed)
-            self.next_heldout = 0
+            self.next_level = 0  # validation and held-out splits play their ids in order
             self.pool_cursor = self.pool_size
         if level_ids is None:
             self.reset_from_pool(self.env_index)
@@ -345,7 +420,7 @@ class GotoEnv:
         state = {name: getattr(self, name) for name in self.LEVEL_FIELDS + ("steps", "episode_return")}
         state.update({f"pool.{name}": value for name, value in self.pool.items()})
         state["generator"] = self.generator.get_state()
-        state["counters"] = torch.tensor([self.next_heldout, self.pool_cursor])
+        state["counters"] = torch.tensor([self.next_level, self.pool_cursor])
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -354,4 +429,4 @@ class GotoEnv:
             getattr(self, name).copy_(state[name])
         self.pool = {name[5:]: value.to(self.device).clone() for name, value in state.items() if name.startswith("pool.")}
         load_generator_state(self.generator, state["generator"])  # reseeds if saved on another device type
-        self.next_heldout, self.pool_cursor = (int(x) for x in state["counters"])
+        self.next_level, self.pool_cursor = (int(x) for x in state["counters"])
