@@ -144,7 +144,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
                 results = run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed)
                 reason = notify(callbacks, "on_evaluation", progress, results)  # every callback sees every evaluation
                 stopped_by = stopped_by or reason
-            if last and not progress.heldout:  # the final report: held-out levels, once
+            if last:  # the final report: held-out levels, once per run (or per extension of it)
                 progress.heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic,
                                             autocast)
                 monitor.log_heldout(progress.steps, progress.heldout)

@@ -122,3 +122,12 @@ def test_cartpole_is_solved_with_rl_zoo_settings(run_mmrl):
     assert out.returncode == 0, out.stderr
     (summary,) = list(run_mmrl.cwd.glob("out/*/*/summary.json"))
     assert json.loads(summary.read_text())["heldout_return"] >= 475
+
+
+@pytest.mark.slow
+def test_the_default_goto_run_learns(run_mmrl):
+    """Half the default run (200k steps, ~3.5 minutes on 2 cores): validation success far above chance (~0.1)."""
+    out = run_mmrl("train", "total_steps=200000", "runs_root=out", timeout=900)
+    assert out.returncode == 0, out.stderr
+    (summary,) = list(run_mmrl.cwd.glob("out/*/*/summary.json"))
+    assert json.loads(summary.read_text())["validation_success_rate"] >= 0.8

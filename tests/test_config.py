@@ -32,7 +32,7 @@ def test_every_group_option_composes_and_validates(group):
 
 
 def test_there_are_exp_presets_for_both_algorithms():
-    assert {"cartpole-ppo", "cartpole-a2c"} <= set(group_options("exp"))
+    assert {"cartpole-ppo", "cartpole-a2c", "goto-a2c"} <= set(group_options("exp"))
 
 
 def test_an_algorithm_brings_its_reference_rollout_length_and_the_command_line_still_wins():
@@ -111,3 +111,16 @@ def test_yaml_keys_all_carry_comments():
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(composed(override))
+
+
+@pytest.mark.parametrize("preset", group_options("exp"))
+def test_every_exp_preset_runs_a_few_updates(preset, tmp_path):
+    from mmrl_cli.config import compose_train_config
+    from mmrl_cli.trainer import train
+
+    cfg = compose_train_config([f"exp={preset}", "eval.episodes=4", "monitor.progress=false",
+                                "monitor.tensorboard=false", "hardware.threads=1"])
+    cfg.total_steps = 2 * cfg.steps_per_update
+    summary = train(cfg, tmp_path)
+    assert summary["updates"] == 2 and summary["skipped_steps"] == 0 and summary["stopped_by"] is None
+    assert (tmp_path / "checkpoints" / "00000002").is_dir()

@@ -2,8 +2,9 @@
 
 An algorithm owns its losses, its optimiser and its state; it is built as
 ``ALGOS[type](algo_cfg, policy, total_updates, autocast, fast_path)`` and offers
-``update(rollout) -> metrics``, ``seed``, ``state_dict``/``load_state_dict`` and a ``gradient``
-(`GradientStep`: skip counters, gradient norms). The trainer's loop is the same for all of them.
+``update(rollout) -> metrics``, ``seed``, ``state_dict``/``load_state_dict``, a ``gradient``
+(`GradientStep`: skip counters, gradient norms, `extra_losses`) and a ``clock`` (`TrainingClock`:
+how much of training remains, for annealed hyperparameters). The trainer's loop is the same for all of them.
 """
 
 from .a2c import A2C

@@ -49,7 +49,7 @@ class A2C:
     """A2C updates of one policy: one gradient step per rollout, optional linear LR decay."""
 
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
-        self.cfg, self.policy, self.total_updates = cfg, policy, total_updates
+        self.cfg, self.policy = cfg, policy
         self.gradient = GradientStep(policy, make_optimizer(cfg, policy), cfg.max_grad_norm, autocast, fast_path)
         self.clock = TrainingClock(total_updates)
 

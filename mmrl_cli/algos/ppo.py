@@ -127,7 +127,7 @@ class PPO:
     """PPO updates of one policy: Adam, LR and clip-range schedules, target-KL early stop."""
 
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
-        self.cfg, self.policy, self.total_updates = cfg, policy, total_updates
+        self.cfg, self.policy = cfg, policy
         # fused=True: one kernel for the whole Adam step instead of several per parameter.
         optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         self.gradient = GradientStep(policy, optimizer, cfg.max_grad_norm, autocast, fast_path)
