@@ -116,7 +116,8 @@ class Collector:
         """Play `n_steps` steps in every env with the current policy; return the filled buffer."""
         policy, buffer = self.policy, self.buffer
         policy.eval()
-        buffer.truncation_values.zero_()
+        if self.bootstrap:  # only written when bootstrapping; otherwise it stays all zeros
+            buffer.truncation_values.zero_()
         obs = self.obs
         for t in range(self.n_steps):
             with self.autocast():

@@ -41,7 +41,6 @@ SPLITS = ("train", "validation", "heldout")
 SPLIT_PERCENTILES = {"train": (0, 80), "validation": (80, 90), "heldout": (90, 100)}
 # Level ids of each split start here (training ids are drawn below 2^30; the others count up).
 SPLIT_ID_BASE = {"train": 0, "validation": 1 << 30, "heldout": 1 << 31}
-HELDOUT_BASE = SPLIT_ID_BASE["heldout"]
 # A config must allow at least this many distinct layouts, so each split has plenty.
 MIN_LAYOUTS = 2000
 MISSION_TOKENS = 8
