@@ -30,6 +30,8 @@ def patch_size_for(env) -> int:
     """ViT patch size: the built-in env's tile (a patch is a cell), else the default for the image."""
     if hasattr(env, "tile_size"):
         return env.tile_size
+    if "grid" in env.observation_spec:
+        return 1  # a symbolic grid: a patch is a cell
     if "image" not in env.observation_spec:
         return 1  # no image: only non-ViT models get here
     height, width, _ = env.observation_spec["image"][0]

@@ -42,55 +42,82 @@ def group_options(group: str) -> list[str]:
 
 # ------------------------------------------------------------------------ validation
 def check_compatible(cfg: TrainConfig) -> None:
-    """Checks that need more than the schema: devices, gymnasium ids, model vs observations."""
+    """Checks that need more than the schema: numbers by kind, devices, gymnasium ids, model vs
+    observations, memory. Builds nothing big: the env's observations are described, the model is
+    built on torch's meta device."""
     import torch
 
+    from .preflight import check_memory, check_numbers
+
+    check_numbers(cfg)
     if cfg.hardware.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"hardware.device: {cfg.hardware.device} requested but no CUDA device is available (use hardware=cpu)")
     if cfg.run_name is not None and not RUN_NAME.match(cfg.run_name):
         raise ConfigError(f"run_name: expected letters, digits, '-', '_' or '.', got {cfg.run_name!r}")
-    image_shape = None
-    if cfg.data.type == "gym":
-        spec, image_shape = gym_observations(cfg.data)
-    else:
-        spec = {"goto": {"image", "mission"}, "cartpole": {"vector"}}[cfg.data.type]
-    needs = {"vit-gpt2": "image", "cnn": "image", "mlp": None}[cfg.model.type]
-    if needs and needs not in spec:
+    spec, num_actions = observation_spec_of(cfg.data)
+    if cfg.model.type in ("vit-gpt2", "cnn") and not spec.keys() & {"image", "grid"}:
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
-    if cfg.model.type == "vit-gpt2" and image_shape is not None:
-        height, width = image_shape[:2]
+    patch = cfg.data.tile_size if cfg.data.type == "goto" else 1
+    if cfg.model.type == "vit-gpt2" and cfg.data.type == "gym" and "image" in spec:
+        height, width = spec["image"][0][:2]
         patch = default_patch_size(height, width)
         if height % patch or width % patch:
             raise ConfigError(f"model: a {height}x{width} image is not a whole number of {patch}-pixel ViT patches (try model=cnn)")
 
+    def count_parameters() -> int:
+        from .models import build_policy
 
-def gym_observations(data_cfg) -> tuple[set[str], tuple[int, ...] | None]:
-    """Observation keys mmrl would feed from a gymnasium env id, and its image shape if any.
+        try:
+            with torch.device("meta"):
+                policy = build_policy(cfg.model, spec, num_actions, patch)
+        except ValueError as e:
+            raise ConfigError(str(e) if str(e).startswith("model") else f"model: {e}") from None
+        return sum(p.numel() for p in policy.parameters())
+
+    check_memory(cfg, spec, count_parameters)
+
+
+def observation_spec_of(data_cfg) -> tuple[dict, int]:
+    """The observation spec and number of actions of the env `data_cfg` names, without building it."""
+    import torch
+
+    if data_cfg.type == "goto":
+        from .envs.goto import ACTION_NAMES, MISSION_TOKENS
+
+        side = data_cfg.grid_size * data_cfg.tile_size
+        return {"image": ((side, side, 3), torch.uint8), "mission": ((MISSION_TOKENS,), torch.int64)}, len(ACTION_NAMES)
+    if data_cfg.type == "cartpole":
+        return {"vector": ((4,), torch.float32)}, 2
+    return gym_observations(data_cfg)
+
+
+def gym_observations(data_cfg) -> tuple[dict, int]:
+    """Observation spec mmrl would feed from a gymnasium env id, and its number of actions.
 
     Makes the env once to check the id, its kwargs, and that its spaces are ones mmrl handles.
     """
     import gymnasium as gym
 
-    from .envs.gym_adapter import _import_env_packages
+    from .envs.gym_adapter import GymObservations, UnsupportedEnvError, describe_observations, import_env_packages
 
-    _import_env_packages()
+    import_env_packages()
     if data_cfg.env_id not in gym.registry:
         raise ConfigError(f"data.env_id: {data_cfg.env_id!r} is not a registered gymnasium env id")
     try:
         env = gym.make(data_cfg.env_id, **dict(data_cfg.env_kwargs))
     except Exception as e:  # a bad kwarg, a missing dependency, ...
         raise ConfigError(f"data.env_kwargs: gymnasium could not make {data_cfg.env_id}: {str(e).splitlines()[0]}") from None
-    space, actions = env.observation_space, env.action_space
-    env.close()
-    if not isinstance(actions, gym.spaces.Discrete):
-        raise ConfigError(f"data.env_id: {data_cfg.env_id} has {type(actions).__name__} actions; mmrl needs Discrete")
-    if isinstance(space, gym.spaces.Dict) and "image" in space.spaces:
-        return {"image"} | ({"mission"} if "mission" in space.spaces else set()), space["image"].shape
-    if isinstance(space, gym.spaces.Box) and len(space.shape) == 3:
-        return {"image"}, space.shape
-    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-        return {"vector"}, None
-    raise ConfigError(f"data.env_id: {data_cfg.env_id} has an unsupported observation space {space}")
+    try:
+        actions = env.action_space
+        if not isinstance(actions, gym.spaces.Discrete):
+            raise ConfigError(f"data.env_id: {data_cfg.env_id} has {type(actions).__name__} actions; mmrl needs Discrete")
+        try:
+            layout = describe_observations(env, data_cfg.image)
+        except UnsupportedEnvError as e:
+            raise ConfigError(f"data.env_id: {data_cfg.env_id}: {e}") from None
+    finally:
+        env.close()
+    return GymObservations(layout, data_cfg.mission_tokens, "cpu").spec, int(actions.n)
 
 
 def compose_error(e: Exception) -> str:
@@ -145,9 +172,15 @@ def check_overrides(command: str, overrides: list[str]) -> None:
 
 def check_train(cfg: DictConfig, overrides: list[str]) -> None:
     """Everything `mmrl train` needs settled before it starts (resumed runs: the saved run too)."""
+    from .preflight import check_output_dir
+
     typed = validate(cfg)
     if typed.resume is not None:
-        typed = resumed_run(typed.resume, typed.runs_root, overrides).typed
+        run = resumed_run(typed.resume, typed.runs_root, overrides)
+        typed = run.typed
+        check_output_dir("resume", run.run_dir, probe=False)
+    else:
+        check_output_dir("runs_root", typed.runs_root)
     check_compatible(typed)
 
 
@@ -159,8 +192,12 @@ def resumed_run(resume: str, runs_root: str, overrides: list[str]):
 
 
 def check_eval(cfg: DictConfig, overrides: list[str]) -> None:
-    """Everything `mmrl eval` needs settled: a valid eval config, a run, an intact checkpoint."""
-    evaluated_run(validate_eval(cfg))
+    """Everything `mmrl eval` needs settled: a valid eval config, a run, an intact checkpoint, a
+    writable <run>/eval."""
+    from .preflight import check_output_dir
+
+    run = evaluated_run(validate_eval(cfg))
+    check_output_dir("run", run.run_dir / "eval", probe=False)
 
 
 def evaluated_run(typed):
@@ -196,6 +233,14 @@ def make_run_dir(cfg: TrainConfig) -> Path:
     raise RuntimeError(f"could not create a run directory next to {base}")
 
 
+def rate_with_interval(value: float | None, interval: list[float] | None) -> str:
+    """"0.950  (95% CI 0.930 to 0.965)", or why there is no figure."""
+    if value is None:
+        return "not defined for this env (see the return)"
+    low, high = interval
+    return f"{value:.3f}  (95% CI {low:.3f} to {high:.3f})"
+
+
 def print_summary(summary: dict) -> None:
     """The end-of-run table."""
     from rich.console import Console
@@ -204,11 +249,12 @@ def print_summary(summary: dict) -> None:
     table = Table(title="mmrl train: summary", show_header=False)
     table.add_column()
     table.add_column(overflow="fold")  # long paths wrap instead of being cut
-    low, high = summary["heldout_success_ci95"]
-    table.add_row("held-out success rate", f"{summary['heldout_success_rate']:.3f}  (95% CI {low:.3f} to {high:.3f})")
-    low, high = summary["heldout_return_ci95"]
-    table.add_row("held-out return", f"{summary['heldout_return']:.3f}  (95% CI {low:.3f} to {high:.3f})")
-    table.add_row("validation success rate", f"{summary['validation_success_rate']:.3f}  (last periodic evaluation)")
+    table.add_row("held-out success rate", rate_with_interval(summary["heldout_success_rate"], summary["heldout_success_ci95"]))
+    table.add_row("held-out return", rate_with_interval(summary["heldout_return"], summary["heldout_return_ci95"]))
+    if summary["validation_success_rate"] is None:
+        table.add_row("validation return", f"{summary['validation_return']:.3f}  (last periodic evaluation)")
+    else:
+        table.add_row("validation success rate", f"{summary['validation_success_rate']:.3f}  (last periodic evaluation)")
     table.add_row("env steps", f"{summary['steps']:,}")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s ({summary['steps_per_second']:,.0f} steps/s)")
     if summary["skipped_steps"]:
@@ -225,6 +271,8 @@ def train_task(cfg: DictConfig) -> float:
     from .checkpoint import CheckpointError, write_text_atomic
     from .trainer import NumericalFault, train
 
+    from .preflight import check_output_dir
+
     resume_from = None
     try:
         if cfg.get("resume") is not None:  # the config comes from the run's checkpoint
@@ -232,13 +280,18 @@ def train_task(cfg: DictConfig) -> float:
             typed, run_dir, resume_from = run.typed, run.run_dir, run.checkpoint_dir
             for note in run.notes:
                 print(f"mmrl train: warning: {note}", file=sys.stderr)
+            check_output_dir("resume", run_dir, probe=False)
         else:
             typed = validate(cfg)
+            check_output_dir("runs_root", typed.runs_root)
         check_compatible(typed)
     except ConfigError as e:
         fail("train", str(e))
     if resume_from is None:
-        run_dir = make_run_dir(typed)
+        try:
+            run_dir = make_run_dir(typed)
+        except OSError as e:
+            fail("train", f"runs_root: could not create a run directory under {typed.runs_root} ({e.strerror})")
     else:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(run.config))
         print(f"mmrl train: resuming {run_dir} from checkpoint {resume_from.name}", file=sys.stderr)
@@ -287,10 +340,8 @@ def print_eval(results: dict) -> None:
     table = Table(title=f"mmrl eval: {results['split']} levels, checkpoint {results['checkpoint']}", show_header=False)
     table.add_column()
     table.add_column(overflow="fold")
-    low, high = results["success_ci95"]
-    table.add_row("success rate", f"{results['success_rate']:.3f}  (95% CI {low:.3f} to {high:.3f})")
-    low, high = results["return_ci95"]
-    table.add_row("return", f"{results['return_mean']:.3f}  (95% CI {low:.3f} to {high:.3f})")
+    table.add_row("success rate", rate_with_interval(results["success_rate"], results["success_ci95"]))
+    table.add_row("return", rate_with_interval(results["return_mean"], results["return_ci95"]))
     table.add_row("episodes", f"{results['episodes']} ({'argmax' if results['deterministic'] else 'sampled'} actions)")
     table.add_row("mean episode length", f"{results['length_mean']:.1f}")
     table.add_row("results", str(Path(results["run"]) / "eval" / "results.json"))

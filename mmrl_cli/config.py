@@ -23,6 +23,9 @@ SCHEDULES = ("constant", "linear")
 # Level splits: training levels, validation levels (periodic evaluations pick on these) and
 # held-out levels (the final report only). Disjoint by level content; see envs/goto.py.
 SPLITS = ("train", "validation", "heldout")
+# Seeds: NumPy takes [0, 2**32); mmrl adds offsets (validation/held-out ranges, env index) to the
+# seed, so seeds stay at or below 2**31 - 1 and every derived seed stays valid.
+SEED_MAX = 2**31 - 1
 
 
 class ConfigError(ValueError):
@@ -107,10 +110,11 @@ class VitGpt2Config:
     activation: str = "relu"
     readout: str = "spatial"
     keypoints: int = 16
+    grid_embed: int = 8
 
     def check(self) -> None:
         positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden", "head_layers",
-                 "pos_init_std", "keypoints")
+                 "pos_init_std", "keypoints", "grid_embed")
         one_of("model", self, "activation", ("relu", "gelu", "gelu_new"))
         one_of("model", self, "readout", ("spatial", "flatten", "both"))
         if self.hidden_size % self.heads:
@@ -121,13 +125,19 @@ class VitGpt2Config:
 class CnnConfig:
     type: str = "cnn"
     channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 3
+    strides: list[int] = field(default_factory=lambda: [1, 2])
     hidden: int = 256
     mission_embed: int = 32
+    grid_embed: int = 8
 
     def check(self) -> None:
-        positive("model", self, "hidden", "mission_embed")
+        positive("model", self, "kernel_size", "hidden", "mission_embed", "grid_embed")
         if not self.channels or min(self.channels) <= 0:
             raise ConfigError(f"model.channels: expected a non-empty list of positive ints, got {self.channels}")
+        if len(self.strides) != len(self.channels) or min(self.strides) <= 0:
+            raise ConfigError(f"model.strides: expected one positive stride per conv layer ({len(self.channels)}), "
+                              f"got {self.strides}")
 
 
 @dataclass
@@ -136,9 +146,10 @@ class MlpConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
     mission_embed: int = 32
+    grid_embed: int = 8
 
     def check(self) -> None:
-        positive("model", self, "mission_embed")
+        positive("model", self, "mission_embed", "grid_embed")
         one_of("model", self, "activation", ("tanh", "relu"))
         if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
             raise ConfigError(f"model.hidden_sizes: expected a non-empty list of positive ints, got {self.hidden_sizes}")
@@ -190,10 +201,12 @@ class GymDataConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     mission_tokens: int = 16
     vectorization: str = "sync"
+    image: str = "auto"
 
     def check(self) -> None:
         positive("data", self, "mission_tokens")
         one_of("data", self, "vectorization", ("sync", "async"))
+        one_of("data", self, "image", ("auto", "pixels", "symbolic"))
 
 
 # ------------------------------------------------------------------- other groups
@@ -310,6 +323,7 @@ class TrainConfig:
             if type(section) not in options.values():
                 raise ConfigError(f"{group}: expected a config of type {', '.join(options)}, got {type(section).__name__}")
         positive("", self, "total_steps")
+        between("", self, "seed", 0, SEED_MAX)
         for section in (self.algo, self.model, self.data, self.compression, self.hardware, self.rollout, self.eval,
                         self.monitor, self.checkpoint, self.numerics):
             section.check()
@@ -346,6 +360,8 @@ class EvalCommandConfig:
     def check(self) -> None:
         positive("", self, "episodes")
         one_of("", self, "split", SPLITS)
+        if self.seed is not None:
+            between("", self, "seed", 0, SEED_MAX)
         if self.checkpoint != "latest" and not CHECKPOINT_NAME.match(self.checkpoint):
             raise ConfigError(f"checkpoint: expected 'latest' or a checkpoint name such as 00000050, got {self.checkpoint!r}")
         self.hardware.check()
@@ -383,10 +399,11 @@ def non_negative(section: str, obj: Any, *names: str) -> None:
 
 
 def between(section: str, obj: Any, name: str, low: float, high: float) -> None:
-    """Raise a ConfigError unless low <= field <= high."""
+    """Raise a ConfigError unless low <= field <= high (NaN is outside every range)."""
     value = getattr(obj, name)
     if not low <= value <= high:
-        raise ConfigError(f"{_key(section, name)}: expected a value in [{low}, {high}], got {value}")
+        kind = "an integer" if isinstance(low, int) and isinstance(high, int) else "a value"
+        raise ConfigError(f"{_key(section, name)}: expected {kind} in [{low}, {high}], got {value}")
 
 
 def one_of(section: str, obj: Any, name: str, choices: tuple[str, ...]) -> None:

@@ -76,18 +76,22 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
         keep = counts[index] < quota[index]
         returns.append(info["episode_return"][keep])
         lengths.append(info["episode_length"][keep])
-        successes.append(info["success"][keep])
+        if "success" in info:  # envs without a notion of success report none
+            successes.append(info["success"][keep])
         counts[index] += 1
     policy.train(was_training)
     if hasattr(env, "close"):
         env.close()
     returns_t = torch.cat(returns).double().cpu()
-    success_t = torch.cat(successes).double().cpu()
     n = len(returns_t)
+    success_rate, success_ci95 = None, None  # None: the env does not define success
+    if successes:
+        success_t = torch.cat(successes).double().cpu()
+        success_rate, success_ci95 = float(success_t.mean()), wilson_interval(float(success_t.sum()), len(success_t))
     return {
         "episodes": n,
-        "success_rate": float(success_t.mean()),
-        "success_ci95": wilson_interval(float(success_t.sum()), n),
+        "success_rate": success_rate,
+        "success_ci95": success_ci95,
         "return_mean": float(returns_t.mean()),
         "return_ci95": mean_interval(returns_t),
         "length_mean": float(torch.cat(lengths).double().mean()),

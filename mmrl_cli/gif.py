@@ -59,7 +59,7 @@ class BuiltinEpisodes:
         done = bool(terminated[0] | truncated[0])
         picture = self.picture(info["final_obs"] if done else obs)
         self.obs, self.finished = obs, done
-        return picture, float(reward[0]), done, bool(info["success"][0]) if done else False
+        return picture, float(reward[0]), done, bool(info["success"][0]) if done else None
 
 
 class GymEpisodes:
@@ -68,9 +68,9 @@ class GymEpisodes:
     def __init__(self, cfg: TrainConfig, device: torch.device, split: str, seed: int):
         import gymnasium as gym
 
-        from .envs.gym_adapter import GymObservations, _import_env_packages
+        from .envs.gym_adapter import GymObservations, SUCCESS_RULES, describe_observations, env_family, import_env_packages
 
-        _import_env_packages()
+        import_env_packages()
         self.env_id = cfg.data.env_id
         try:
             self.env = gym.make(self.env_id, render_mode="rgb_array", **dict(cfg.data.env_kwargs))
@@ -78,7 +78,9 @@ class GymEpisodes:
             self.env.render()
         except Exception as e:  # no renderer, a missing optional dependency, ...
             raise GifUnavailable(f"{self.env_id} cannot render rgb_array frames ({str(e).splitlines()[0]})") from None
-        self.converter = GymObservations(self.env.observation_space, cfg.data.mission_tokens, device, self.env_id)
+        layout = describe_observations(self.env, cfg.data.image)
+        self.converter = GymObservations(layout, cfg.data.mission_tokens, device)
+        self.success_rule = SUCCESS_RULES.get(env_family(self.env))
         self.finished = True
 
     @property
@@ -98,14 +100,23 @@ class GymEpisodes:
     def picture(self) -> np.ndarray:
         return np.asarray(self.env.render(), dtype=np.uint8)
 
-    def step(self, action: torch.Tensor) -> tuple[np.ndarray, float, bool, bool]:
-        self.raw, reward, terminated, truncated, _ = self.env.step(int(action[0]))
+    def step(self, action: torch.Tensor) -> tuple[np.ndarray, float, bool, bool | None]:
+        """Frame, reward, episode over, success (None: not over, or the env does not define it)."""
+        from .envs.gym_adapter import SUCCESS_INFO_KEYS
+
+        self.raw, reward, terminated, truncated, info = self.env.step(int(action[0]) + int(self.env.action_space.start))
         picture = self.picture()
         done = bool(terminated or truncated)
+        success = None
         if done:
+            flags = [bool(info[k]) for k in SUCCESS_INFO_KEYS if k in info]
+            if flags:
+                success = flags[0]
+            elif self.success_rule is not None:
+                success = bool(self.success_rule(np.array(terminated), np.array(truncated), np.array(reward)))
             self.raw, _ = self.env.reset()
         self.finished = done
-        return picture, float(reward), done, bool(terminated and reward > 0)
+        return picture, float(reward), done, success
 
 
 def draw_cartpole(state: list[float]) -> np.ndarray:
@@ -139,7 +150,12 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
             picture, reward, done, success = session.step(sample_actions(logits, deterministic, generator)[0])
             frames.append(picture)
             rewards.append(reward)
-        outcome = ("success" if success else "failed") if done else f"not finished after {max_steps} steps"
+        if not done:
+            outcome = f"not finished after {max_steps} steps"
+        elif success is None:  # the env does not define success
+            outcome = f"return {sum(rewards):.2f} in {len(rewards)} steps"
+        else:
+            outcome = "success" if success else "failed"
         recorded.append({"caption": caption, "frames": frames, "rewards": rewards, "outcome": outcome})
     return recorded
 

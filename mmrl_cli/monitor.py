@@ -47,6 +47,11 @@ def truncate_metrics(path: Path, last_update: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def headline(results: dict) -> float:
+    """An evaluation's headline figure: its success rate, or its mean return where success is undefined."""
+    return results["return_mean"] if results["success_rate"] is None else results["success_rate"]
+
+
 def tag_for(name: str) -> str:
     """TensorBoard tag of an update metric: known names by `METRIC_TAGS`, ``loss_x`` as ``losses/x``,
     anything else an algorithm reports as ``update/<name>``."""
@@ -133,7 +138,7 @@ class Monitor:
                 self.warn(f"exploding gradients in '{name}' (norm {norm:.2e})")
 
     def scalar(self, tag: str, value: float) -> None:
-        if self.writer is not None and value == value:  # skip NaN
+        if self.writer is not None and value is not None and value == value:  # skip undefined and NaN
             self.writer.add_scalar(tag, value, self.step)
 
     def log_update(self, update: int, step: int, metrics: dict[str, float], episodes: list, skipped_total: int,
@@ -157,10 +162,12 @@ class Monitor:
         if "approx_kl" in metrics:
             self.latest["kl"] = metrics["approx_kl"]
         if episodes:
-            returns, lengths, success = (torch.cat(x).float() for x in zip(*episodes))
+            returns = torch.cat([e[0] for e in episodes]).float()
+            lengths = torch.cat([e[1] for e in episodes]).float()
             self.latest.update(**{"return": float(returns.mean()), "ep_len": float(lengths.mean())})
-            if success.numel():
-                self.latest["success"] = float(success.mean())
+            successes = [e[2] for e in episodes if e[2] is not None]
+            if successes:  # envs without a notion of success report none
+                self.latest["success"] = float(torch.cat(successes).float().mean())
         if update % self.cfg.log_every_updates == 0:
             self.log_scalars(metrics, skipped_total, sps, update_seconds, episodes)
             if module_grad_norms is not None:
@@ -191,8 +198,8 @@ class Monitor:
         self.step = step
         self.scalar("eval/validation_success_rate", validation["success_rate"])
         self.scalar("eval/validation_return", validation["return_mean"])
-        self.latest["validation"] = validation["success_rate"]
-        if train is not None:
+        self.latest["validation"] = headline(validation)
+        if train is not None and train["success_rate"] is not None:
             self.scalar("eval/success_rate", train["success_rate"])
             self.scalar("eval/return", train["return_mean"])
             gap = train["success_rate"] - validation["success_rate"]
@@ -207,7 +214,7 @@ class Monitor:
         self.step = step
         self.scalar("eval/heldout_success_rate", heldout["success_rate"])
         self.scalar("eval/heldout_return", heldout["return_mean"])
-        self.latest["heldout"] = heldout["success_rate"]
+        self.latest["heldout"] = headline(heldout)
         self._refresh(force=True)
 
     def _refresh(self, force: bool = False) -> None:

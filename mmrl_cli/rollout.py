@@ -127,7 +127,7 @@ class Collector:
             obs, reward, terminated, truncated, info = self.env.step(action)
             buffer.store(t, action, logprob, value.float(), reward, terminated | truncated)
             if "final_obs" in info:
-                self.episodes.append((info["episode_return"], info["episode_length"], info["success"]))
+                self.episodes.append((info["episode_return"], info["episode_length"], info.get("success")))
                 if self.bootstrap:
                     self.store_truncation_values(t, terminated, truncated, info)
         with self.autocast():
@@ -150,7 +150,8 @@ class Collector:
         self.buffer.truncation_values[t].index_put_((done_index[cut],), values)
 
     def take_episodes(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(returns, lengths, successes) of the episodes finished since the last call."""
+        """(returns, lengths, successes) of the episodes finished since the last call (successes: None where
+        the env does not define success)."""
         episodes, self.episodes = self.episodes, []
         return episodes
 

@@ -55,6 +55,7 @@ class Progress:
     steps: int = 0
     next_eval: int = 0
     wall_seconds: float = 0.0  # training time spent by earlier sessions of this run
+    eval_seconds: float = 0.0  # the part of it spent in evaluations
     evaluations: list = dataclasses.field(default_factory=list)  # periodic evaluations (validation levels)
     heldout: dict = dataclasses.field(default_factory=dict)  # the final held-out evaluation, once done
 
@@ -141,12 +142,16 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
             last = progress.update == cfg.total_updates
             if progress.steps >= progress.next_eval or last:
                 progress.next_eval += cfg.eval.every_steps
+                eval_start = time.perf_counter()
                 results = run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed)
+                progress.eval_seconds += time.perf_counter() - eval_start
                 reason = notify(callbacks, "on_evaluation", progress, results)  # every callback sees every evaluation
                 stopped_by = stopped_by or reason
             if last:  # the final report: held-out levels, once per run (or per extension of it)
+                eval_start = time.perf_counter()
                 progress.heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic,
                                             autocast)
+                progress.eval_seconds += time.perf_counter() - eval_start
                 monitor.log_heldout(progress.steps, progress.heldout)
 
             # 4. Checkpoint now and then, at the end, and before any early stop.
@@ -181,6 +186,7 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
     validation = progress.evaluations[-1]["validation"] if progress.evaluations else {}
     nan = float("nan")
     return {
+        # success: None where the env does not define it; NaN where no held-out evaluation ran
         "heldout_success_rate": heldout.get("success_rate", nan),
         "heldout_success_ci95": heldout.get("success_ci95", [nan, nan]),
         "heldout_return": heldout.get("return_mean", nan),
@@ -191,6 +197,8 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
         "updates": progress.update,
         "wall_seconds": wall,
         "steps_per_second": progress.steps / wall if wall else nan,
+        "eval_seconds": progress.eval_seconds,
+        "train_steps_per_second": progress.steps / (wall - progress.eval_seconds) if wall > progress.eval_seconds else nan,
         "skipped_steps": algo.gradient.skipped_steps,
         "device": str(device),
         "run_dir": str(run_dir),

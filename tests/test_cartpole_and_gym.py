@@ -59,6 +59,6 @@ def test_gym_adapter_tokenizes_minigrid_missions():
     pytest.importorskip("minigrid")
     env = GymVectorEnv("BabyAI-GoToRedBallGrey-v0", 2, torch.device("cpu"), seed=0, mission_tokens=8)
     obs = env.reset()
-    assert set(obs) == {"image", "mission"} and obs["image"].dtype == torch.uint8
+    assert set(obs) == {"grid", "mission", "vector"} and obs["grid"].dtype == torch.uint8
     assert obs["mission"][0].tolist()[:5] == env.observations.tokenizer.encode("go to the red ball")[:5]
     env.close()

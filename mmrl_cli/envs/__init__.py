@@ -37,7 +37,7 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
         return CartPoleEnv(num_envs, max_steps=data_cfg.max_steps, device=device, seed=seed + eval_offset)
     return GymVectorEnv(
         data_cfg.env_id, num_envs, device, seed=seed + eval_offset, env_kwargs=dict(data_cfg.env_kwargs),
-        mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization,
+        mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization, image_kind=data_cfg.image,
     )
 
 

@@ -1,15 +1,35 @@
 """Any gymnasium env id as a batched torch env, through gymnasium's vector API.
 
-Supported observations: a Box image (H, W, C) -> ``image``; a Box vector -> ``vector``; a Dict
-holding an ``image`` and a text ``mission`` (MiniGrid/BabyAI) -> ``image`` + ``mission`` token
-ids from the download-free word tokenizer. Actions must be Discrete.
+What an observation becomes (decided once per observation space, see `ObservationLayout`):
 
-Sub-environments auto-reset in the same step (gymnasium's SAME_STEP mode), so the adapter
-speaks exactly like the built-in env: the last observation of a finished episode comes back in
-``info["final_obs"]``.
+- ``image``: RGB pixels, uint8 (H, W, C); policies scale them to [0, 1].
+- ``grid``: a *symbolic* image, uint8 (H, W, C) of category indices (MiniGrid/BabyAI's
+  object, colour and state ids); policies embed each channel's index, never divide by 255.
+  MiniGrid envs are symbolic when their image is the agent's view or the whole grid (RGB
+  wrappers such as ``RGBImgPartialObsWrapper`` make them pixels again); any other integer
+  image whose dtype is not uint8 is symbolic; ``data.image=pixels|symbolic`` overrides.
+- ``mission``: a text instruction as token ids (download-free word tokenizer, cached).
+- ``vector``: everything else, concatenated as floats: Box vectors (flattened), Discrete
+  values one-hot (MiniGrid's ``direction``), MultiBinary as 0/1. No Dict key is dropped.
+
+Float images are refused with one line (wrap the env to give uint8 pixels). Actions must be
+Discrete.
+
+Episode ends: sub-environments auto-reset in the same step (gymnasium's SAME_STEP mode); the
+last observation of a finished episode comes back in ``info["final_obs"]``. A step that is
+both terminated and truncated is an episode end (the collector never bootstraps it).
+
+Success: what the env says when it says it (an ``is_success`` or ``success`` flag in the
+final step's info); otherwise the documented rule of the env's family (`SUCCESS_RULES`:
+MiniGrid/BabyAI: the mission was completed, i.e. terminated with a positive reward, as those
+envs reward only completion; CartPole: balanced until the time limit; MountainCar/Acrobot:
+reached the goal); otherwise undefined, and no success rate is reported (return is the
+headline).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,12 +38,15 @@ from gymnasium.vector import AutoresetMode
 
 from .tokenizer import WordTokenizer
 
+IMAGE_KINDS = ("auto", "pixels", "symbolic")
+SUCCESS_INFO_KEYS = ("is_success", "success")  # SB3's / gymnasium-robotics' flag, and a plain one
+
 
 class UnsupportedEnvError(ValueError):
     """The gymnasium env's spaces are not ones mmrl can feed to a policy."""
 
 
-def _import_env_packages() -> None:
+def import_env_packages() -> None:
     """Register optional env families (MiniGrid/BabyAI) if they are installed."""
     try:
         import minigrid  # noqa: F401
@@ -31,45 +54,191 @@ def _import_env_packages() -> None:
         pass
 
 
-class GymObservations:
-    """Turns gymnasium observations of one space into mmrl's torch observation dict."""
+def is_minigrid(env: gym.Env) -> bool:
+    """True for MiniGrid/BabyAI envs (their image is symbolic, their reward means success)."""
+    try:
+        from minigrid.minigrid_env import MiniGridEnv
+    except ImportError:
+        return False
+    return isinstance(env.unwrapped, MiniGridEnv)
 
-    def __init__(self, space: gym.Space, mission_tokens: int, device: torch.device, env_id: str = "env"):
-        self.device = torch.device(device)
-        self.tokenizer = None
-        if isinstance(space, gym.spaces.Dict) and "image" in space.spaces:
-            self.kind = "dict"
-            spec = {"image": (space["image"].shape, torch.uint8)}
-            if "mission" in space.spaces:
-                self.tokenizer = WordTokenizer(mission_tokens)
-                spec["mission"] = ((mission_tokens,), torch.int64)
-        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8:
-            self.kind, spec = "image", {"image": (space.shape, torch.uint8)}
-        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-            self.kind, spec = "vector", {"vector": (space.shape, torch.float32)}
+
+def minigrid_symbolic_shapes(env: gym.Env) -> set[tuple[int, int, int]]:
+    """Image shapes of a MiniGrid env that are symbolic: its partial view and its whole grid."""
+    inner = env.unwrapped
+    view = inner.agent_view_size
+    return {(view, view, 3), (inner.width, inner.height, 3), (inner.height, inner.width, 3)}
+
+
+def _is_text(space: gym.Space) -> bool:
+    """A text space: gymnasium's Text, or MiniGrid's MissionSpace (and BabyAI's subclass of it)."""
+    return isinstance(space, gym.spaces.Text) or any(cls.__name__ == "MissionSpace" for cls in type(space).__mro__)
+
+
+@dataclass
+class ObservationLayout:
+    """How one gymnasium observation space maps to mmrl's observation keys.
+
+    `image_key` is the Dict key (or None for a bare Box) of the image and `image_as` is
+    "image" (pixels) or "grid" (symbolic); `vector_parts` lists (key, space) pairs that make
+    up the float vector, in order.
+    """
+
+    image_key: str | None = None
+    image_as: str | None = None
+    image_shape: tuple[int, ...] | None = None
+    mission_key: str | None = None
+    vector_parts: list[tuple[str | None, gym.Space]] = field(default_factory=list)
+    vector_size: int = 0
+
+    @property
+    def keys(self) -> set[str]:
+        """The observation keys a policy receives."""
+        keys = {self.image_as} if self.image_as else set()
+        keys |= {"mission"} if self.mission_key else set()
+        return keys | ({"vector"} if self.vector_size else set())
+
+
+def _vector_width(space: gym.Space, name: str) -> int:
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, (gym.spaces.Box, gym.spaces.MultiBinary)):
+        if isinstance(space, gym.spaces.Box) and not np.issubdtype(space.dtype, np.number):
+            raise UnsupportedEnvError(f"observation {name!r}: non-numeric Box {space}")
+        return int(np.prod(space.shape))
+    raise UnsupportedEnvError(f"observation {name!r}: unsupported space {space} (mmrl takes Box, Discrete, "
+                              "MultiBinary, Text, and Dicts of them)")
+
+
+def describe_observations(env: gym.Env, image_kind: str = "auto") -> ObservationLayout:
+    """Decide what each part of `env`'s observation space is (see the module docstring)."""
+    space = env.observation_space
+    layout = ObservationLayout()
+    items = list(space.spaces.items()) if isinstance(space, gym.spaces.Dict) else [(None, space)]
+    for key, sub in items:
+        name = key or "observation"
+        if _is_text(sub):
+            if layout.mission_key is not None:
+                raise UnsupportedEnvError(f"observation {name!r}: a second text observation ({layout.mission_key!r} is the first)")
+            layout.mission_key = key
+        elif isinstance(sub, gym.spaces.Box) and len(sub.shape) == 3 and layout.image_key is None:
+            layout.image_key, layout.image_shape = key, tuple(sub.shape)
+            layout.image_as = _image_kind(env, sub, image_kind, name)
         else:
-            raise UnsupportedEnvError(f"{env_id}: unsupported observation space {space}")
-        self.spec = spec
+            layout.vector_parts.append((key, sub))
+            layout.vector_size += _vector_width(sub, name)
+    if image_kind != "auto" and layout.image_key is None:
+        raise UnsupportedEnvError(f"data.image={image_kind} but the env has no (H, W, C) image observation")
+    return layout
 
-    def to_torch(self, obs) -> dict[str, torch.Tensor]:
-        """Convert a batched gymnasium observation."""
-        if self.kind == "vector":
-            return {"vector": torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)}
-        if self.kind == "image":
-            return {"image": torch.as_tensor(obs, device=self.device)}
-        out = {"image": torch.as_tensor(obs["image"], device=self.device)}
+
+def _image_kind(env: gym.Env, space: gym.spaces.Box, image_kind: str, name: str) -> str:
+    """"image" (RGB pixels) or "grid" (symbolic categories) for a 3-D Box observation."""
+    if np.issubdtype(space.dtype, np.floating):
+        raise UnsupportedEnvError(f"observation {name!r}: float images ({space}) are not supported; wrap the env to "
+                                  "give uint8 pixels (or integer category ids)")
+    if np.issubdtype(space.dtype, np.integer) and space.dtype != np.uint8 and (space.low.min() < 0 or space.high.max() > 255):
+        raise UnsupportedEnvError(f"observation {name!r}: integer images must lie in [0, 255], got {space}")
+    if image_kind == "pixels":
+        return "image"
+    if image_kind == "symbolic":
+        return "grid"
+    if is_minigrid(env) and tuple(space.shape) in minigrid_symbolic_shapes(env):
+        return "grid"
+    return "image" if space.dtype == np.uint8 else "grid"
+
+
+class GymObservations:
+    """Turns batched gymnasium observations of one layout into mmrl's torch observation dict."""
+
+    def __init__(self, layout: ObservationLayout, mission_tokens: int, device: torch.device):
+        self.layout, self.device = layout, torch.device(device)
+        self.spec: dict = {}
+        if layout.image_as:
+            self.spec[layout.image_as] = (layout.image_shape, torch.uint8)
+        self.tokenizer = WordTokenizer(mission_tokens) if layout.mission_key else None
+        self.mission_cache: dict[str, list[int]] = {}  # an env has few distinct missions: tokenize each once
         if self.tokenizer is not None:
-            out["mission"] = self.tokenizer.encode_batch(list(obs["mission"])).to(self.device)
+            self.spec["mission"] = ((mission_tokens,), torch.int64)
+        if layout.vector_size:
+            self.spec["vector"] = ((layout.vector_size,), torch.float32)
+
+    def _part(self, obs, key):
+        return obs if key is None else obs[key]
+
+    def _tokens(self, missions) -> torch.Tensor:
+        cache = self.mission_cache
+        rows = []
+        for text in missions:
+            ids = cache.get(text)
+            if ids is None:
+                ids = cache[text] = self.tokenizer.encode(text)
+            rows.append(ids)
+        return torch.tensor(rows, dtype=torch.int64)
+
+    def _vector(self, obs, batch: int) -> np.ndarray:
+        parts = []
+        for key, space in self.layout.vector_parts:
+            value = np.asarray(self._part(obs, key))
+            if isinstance(space, gym.spaces.Discrete):
+                one_hot = np.zeros((batch, int(space.n)), dtype=np.float32)
+                one_hot[np.arange(batch), value.reshape(batch) - space.start] = 1.0
+                parts.append(one_hot)
+            else:
+                parts.append(value.reshape(batch, -1).astype(np.float32))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def to_torch(self, obs, batch: int) -> dict[str, torch.Tensor]:
+        """Convert a batch of `batch` gymnasium observations (copies: gymnasium reuses its buffers)."""
+        layout, out = self.layout, {}
+        if layout.image_as:
+            image = np.asarray(self._part(obs, layout.image_key))
+            out[layout.image_as] = torch.from_numpy(image.astype(np.uint8, copy=True)).to(self.device)
+        if self.tokenizer is not None:
+            out["mission"] = self._tokens(self._part(obs, layout.mission_key)).to(self.device)
+        if layout.vector_size:
+            out["vector"] = torch.from_numpy(self._vector(obs, batch)).to(self.device)
         return out
+
+    def stack(self, observations: list) -> dict | np.ndarray:
+        """Batch single-env observations (e.g. the final observations of finished episodes)."""
+        if isinstance(observations[0], dict):
+            return {k: np.stack([o[k] for o in observations]) for k in observations[0]}
+        return np.stack(observations)
 
     def single_to_torch(self, obs) -> dict[str, torch.Tensor]:
         """Convert the observation of one (unbatched) env, as a batch of one."""
-        if self.kind == "dict":
-            batch = {"image": np.asarray(obs["image"])[None]}
-            if self.tokenizer is not None:
-                batch["mission"] = [obs["mission"]]
-            return self.to_torch(batch)
-        return self.to_torch(np.asarray(obs)[None])
+        return self.to_torch(self.stack([obs]), 1)
+
+
+# Success of finished episodes from (terminated, truncated, reward), per env family (the
+# gymnasium id's name, or "MiniGrid" for every MiniGrid/BabyAI env).
+SUCCESS_RULES = {
+    "MiniGrid": lambda terminated, truncated, reward: terminated & (reward > 0),  # mission completed
+    "CartPole": lambda terminated, truncated, reward: truncated & ~terminated,   # balanced until the time limit
+    "MountainCar": lambda terminated, truncated, reward: terminated,             # reached the flag
+    "Acrobot": lambda terminated, truncated, reward: terminated,                 # swung above the line
+}
+
+
+def env_family(env: gym.Env) -> str | None:
+    """The key of `SUCCESS_RULES` that applies to `env`, if any."""
+    if is_minigrid(env):
+        return "MiniGrid"
+    if env.spec is None:
+        return None
+    _, name, _ = gym.envs.registration.parse_env_id(env.spec.id)
+    return name if name in SUCCESS_RULES else None
+
+
+def info_flag_success(final_info: dict, index: np.ndarray) -> np.ndarray | None:
+    """The env's own success flag of the episodes in `index`, if the env reports one for all of them."""
+    for key in SUCCESS_INFO_KEYS:
+        if key in final_info:
+            present = final_info.get(f"_{key}", np.ones(len(final_info[key]), dtype=bool))
+            if bool(np.all(present[index])):
+                return np.asarray(final_info[key])[index].astype(bool)
+    return None
 
 
 class GymVectorEnv:
@@ -78,26 +247,34 @@ class GymVectorEnv:
     bootstrap_time_limit = True  # gymnasium's truncation means "cut by a time limit"
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device, seed: int = 0,
-                 env_kwargs: dict | None = None, mission_tokens: int = 16, vectorization: str = "sync"):
-        _import_env_packages()
+                 env_kwargs: dict | None = None, mission_tokens: int = 16, vectorization: str = "sync",
+                 image_kind: str = "auto"):
+        import_env_packages()
         self.env_id, self.device, self.seed = env_id, torch.device(device), seed
+        probe = gym.make(env_id, **(env_kwargs or {}))
+        try:
+            layout = describe_observations(probe, image_kind)
+            self.success_rule = SUCCESS_RULES.get(env_family(probe))
+            actions = probe.action_space
+        finally:
+            probe.close()
+        if not isinstance(actions, gym.spaces.Discrete):
+            raise UnsupportedEnvError(f"{env_id}: mmrl needs a Discrete action space, got {actions}")
         self.vec = gym.make_vec(
             env_id, num_envs=num_envs, vectorization_mode=vectorization,
-            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **(env_kwargs or {}),
+            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False}, **(env_kwargs or {}),
         )
         self.num_envs = num_envs
-        space = self.vec.single_observation_space
-        if not isinstance(self.vec.single_action_space, gym.spaces.Discrete):
-            raise UnsupportedEnvError(f"{env_id}: mmrl needs a Discrete action space, got {self.vec.single_action_space}")
-        self.num_actions = int(self.vec.single_action_space.n)
-        self.observations = GymObservations(space, mission_tokens, self.device, env_id)
+        self.num_actions = int(actions.n)
+        self.action_start = int(actions.start)
+        self.observations = GymObservations(layout, mission_tokens, self.device)
         self.observation_spec = self.observations.spec
         self.episode_return = np.zeros(num_envs, dtype=np.float64)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
     def to_torch(self, obs) -> dict[str, torch.Tensor]:
         """Convert a (batched) gymnasium observation to the torch observation dict."""
-        return self.observations.to_torch(obs)
+        return self.observations.to_torch(obs, self.num_envs)
 
     def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
         """Reset every sub-environment (seeded with seed, seed + 1, ...)."""
@@ -106,28 +283,33 @@ class GymVectorEnv:
         self.episode_length[:] = 0
         return self.to_torch(obs)
 
+    def success(self, terminated: np.ndarray, truncated: np.ndarray, reward: np.ndarray, info: dict,
+                index: np.ndarray) -> np.ndarray | None:
+        """Success of the episodes that ended at `index`, or None where the env does not define it."""
+        flags = info_flag_success(info.get("final_info", {}), index)
+        if flags is not None:
+            return flags
+        if self.success_rule is None:
+            return None
+        return self.success_rule(terminated[index], truncated[index], reward[index])
+
     def step(self, actions: torch.Tensor):
         """Step all sub-environments; same return convention as the built-in env."""
-        obs, reward, terminated, truncated, info = self.vec.step(actions.cpu().numpy())
+        obs, reward, terminated, truncated, info = self.vec.step(actions.cpu().numpy() + self.action_start)
         self.episode_return += reward
         self.episode_length += 1
-        done = np.logical_or(terminated, truncated)
-        done_index = np.flatnonzero(done)
+        done_index = np.flatnonzero(terminated | truncated)
         out = {
             "done_index": torch.as_tensor(done_index, device=self.device),
             "episode_return": torch.as_tensor(self.episode_return[done_index], dtype=torch.float32, device=self.device),
             "episode_length": torch.as_tensor(self.episode_length[done_index], device=self.device),
-            "success": torch.as_tensor(terminated[done_index] & (reward[done_index] > 0), device=self.device),
         }
         if len(done_index):
-            finals = [info["final_obs"][i] for i in done_index]
-            if self.observations.kind == "dict":
-                batched = {"image": np.stack([f["image"] for f in finals])}
-                if self.observations.tokenizer is not None:
-                    batched["mission"] = [f["mission"] for f in finals]
-                out["final_obs"] = self.to_torch(batched)
-            else:
-                out["final_obs"] = self.to_torch(np.stack(finals))
+            success = self.success(terminated, truncated, reward, info, done_index)
+            if success is not None:
+                out["success"] = torch.as_tensor(success, device=self.device)
+            finals = self.observations.stack([info["final_obs"][i] for i in done_index])
+            out["final_obs"] = self.observations.to_torch(finals, len(done_index))
             self.episode_return[done_index] = 0
             self.episode_length[done_index] = 0
         to = lambda x, dt: torch.as_tensor(x, dtype=dt, device=self.device)  # noqa: E731

@@ -1,35 +1,43 @@
-"""CNN policy for image observations; a mission, if present, is joined as a bag of words."""
+"""CNN policy for image observations (RGB pixels or symbolic grids); a mission, if present, is
+joined as a bag of words and a ``vector`` observation (e.g. MiniGrid's direction) as is."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .heads import ActorCriticHeads, MissionBagOfWords, image_to_float, orthogonal
+from .heads import ActorCriticHeads, ImageInput, MissionBagOfWords, orthogonal, vector_size
 
 
 class CnnPolicy(nn.Module):
-    """3x3 conv stack (stride 2 after the first layer) -> MLP -> actor and critic heads."""
+    """Conv stack (`channels`, `kernel_size`, `strides`) -> one hidden layer -> actor and critic heads."""
 
     def __init__(self, cfg, observation_spec: dict, num_actions: int):
         super().__init__()
-        if "image" not in observation_spec:
-            raise ValueError("model=cnn needs an 'image' observation")
-        height, width, channels = observation_spec["image"][0]
-        layers, in_channels = [], channels
-        for i, out_channels in enumerate(cfg.channels):
-            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU()]
+        self.pixels = ImageInput(observation_spec, cfg.grid_embed)
+        layers, in_channels = [], self.pixels.channels
+        for out_channels, stride in zip(cfg.channels, cfg.strides):
+            layers += [nn.Conv2d(in_channels, out_channels, cfg.kernel_size, stride=stride, padding=(cfg.kernel_size - 1) // 2),
+                       nn.ReLU()]
             in_channels = out_channels
         self.conv = nn.Sequential(*layers, nn.Flatten())
-        with torch.no_grad():
-            conv_out = self.conv(torch.zeros(1, channels, height, width)).shape[1]
+        try:
+            with torch.no_grad():
+                conv_out = self.conv(torch.zeros(1, self.pixels.channels, self.pixels.height, self.pixels.width)).shape[1]
+        except RuntimeError:
+            raise ValueError(f"model.channels: a {self.pixels.height}x{self.pixels.width} image is too small for "
+                             f"{len(cfg.channels)} conv layers of kernel {cfg.kernel_size}, strides {cfg.strides}") from None
         self.mission = MissionBagOfWords(cfg.mission_embed) if "mission" in observation_spec else None
-        features = conv_out + (cfg.mission_embed if self.mission is not None else 0)
+        self.has_vector = "vector" in observation_spec
+        features = conv_out + (cfg.mission_embed if self.mission is not None else 0) + vector_size(observation_spec)
         self.trunk = nn.Sequential(orthogonal(nn.Linear(features, cfg.hidden)), nn.ReLU())
         self.heads = ActorCriticHeads(cfg.hidden, num_actions)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv(image_to_float(obs["image"]))
+        parts = [self.conv(self.pixels(obs))]
         if self.mission is not None:
-            x = torch.cat([x, self.mission(obs["mission"])], dim=1)
+            parts.append(self.mission(obs["mission"]))
+        if self.has_vector:
+            parts.append(obs["vector"])
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return self.heads(self.trunk(x))

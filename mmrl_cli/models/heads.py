@@ -1,4 +1,5 @@
-"""Pieces the policies share: orthogonal init, actor-critic heads, mission bag-of-words."""
+"""Pieces the policies share: orthogonal init, actor-critic heads, image inputs (RGB pixels or
+symbolic grids), mission bag-of-words."""
 
 from __future__ import annotations
 
@@ -47,3 +48,50 @@ class MissionBagOfWords(nn.Module):
 def image_to_float(image: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) uint8 -> (B, C, H, W) float in [0, 1]."""
     return image.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# A symbolic image (observation key ``grid``) is uint8: each channel holds one of 256 category ids.
+GRID_VALUES = 256
+
+
+class GridEmbedding(nn.Module):
+    """Embeds each channel's category id of a symbolic image (MiniGrid: object, colour, state).
+
+    (B, H, W, C) uint8 -> (B, C * dim, H, W) float: one learned vector per (channel, id), so
+    "door" and "key" are different directions, not the numbers 4 and 5 divided by 255.
+    """
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(channels * GRID_VALUES, dim)
+        self.register_buffer("offsets", torch.arange(channels) * GRID_VALUES, persistent=False)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        x = self.embed(grid.long() + self.offsets)  # (B, H, W, C, dim)
+        return x.flatten(3).permute(0, 3, 1, 2)
+
+
+class ImageInput(nn.Module):
+    """The image observation as a float feature map (B, channels, H, W).
+
+    RGB pixels (``image``) are scaled to [0, 1]; a symbolic ``grid`` goes through `GridEmbedding`.
+    """
+
+    def __init__(self, observation_spec: dict, grid_embed: int):
+        super().__init__()
+        self.key = "grid" if "grid" in observation_spec else "image"
+        if self.key not in observation_spec:
+            raise ValueError("this model needs an 'image' or 'grid' observation")
+        self.height, self.width, channels = observation_spec[self.key][0]
+        self.grid = GridEmbedding(channels, grid_embed) if self.key == "grid" else None
+        self.channels = channels * grid_embed if self.grid is not None else channels
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.grid is not None:
+            return self.grid(obs["grid"])
+        return image_to_float(obs["image"])
+
+
+def vector_size(observation_spec: dict) -> int:
+    """Width of the ``vector`` observation (0 when there is none)."""
+    return observation_spec["vector"][0][0] if "vector" in observation_spec else 0

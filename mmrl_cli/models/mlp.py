@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .heads import ActorCriticHeads, MissionBagOfWords
+from .heads import ActorCriticHeads, GridEmbedding, MissionBagOfWords
 
 # CPU tensors with at least this many elements take tanh through sigmoid (see `tanh`).
 TANH_VIA_SIGMOID_FROM = 16_384
@@ -65,10 +65,11 @@ class MlpPolicy(nn.Module):
 
     def __init__(self, cfg, observation_spec: dict, num_actions: int):
         super().__init__()
-        self.keys = [k for k in ("vector", "image") if k in observation_spec]
+        self.keys = [k for k in ("vector", "image", "grid") if k in observation_spec]
         if not self.keys:
-            raise ValueError("model=mlp needs a 'vector' or 'image' observation")
-        inputs = sum(math.prod(observation_spec[k][0]) for k in self.keys)
+            raise ValueError("model=mlp needs a 'vector', 'image' or 'grid' observation")
+        self.grid = GridEmbedding(observation_spec["grid"][0][2], cfg.grid_embed) if "grid" in observation_spec else None
+        inputs = sum(math.prod(observation_spec[k][0]) * (cfg.grid_embed if k == "grid" else 1) for k in self.keys)
         self.mission = MissionBagOfWords(cfg.mission_embed) if "mission" in observation_spec else None
         inputs += cfg.mission_embed if self.mission is not None else 0
         self.activation, self.activation_backward = ACTIVATIONS[cfg.activation]
@@ -78,12 +79,20 @@ class MlpPolicy(nn.Module):
 
     @property
     def analytic_backward(self) -> bool:
-        """True when `backward_from_outputs` reaches every parameter (not the mission embedding)."""
-        return self.mission is None
+        """True when `backward_from_outputs` reaches every parameter (not the mission or grid embeddings)."""
+        return self.mission is None and self.grid is None
 
     def inputs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One flat float vector per observation: the vector, the image (scaled to [0, 1]), the mission."""
-        parts = [obs[k].flatten(1).float() / 255.0 if k == "image" else obs[k].flatten(1) for k in self.keys]
+        """One flat float vector per observation: the vector, the image (scaled to [0, 1]), the embedded
+        grid, the mission."""
+        parts = []
+        for key in self.keys:
+            if key == "image":
+                parts.append(obs[key].flatten(1).float() / 255.0)
+            elif key == "grid":
+                parts.append(self.grid(obs[key]).flatten(1))
+            else:
+                parts.append(obs[key].flatten(1))
         if self.mission is not None:
             parts.append(self.mission(obs["mission"]))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from ..envs.tokenizer import PAD_ID, VOCAB_SIZE
-from .heads import ActorCriticHeads, image_to_float, orthogonal
+from .heads import ActorCriticHeads, ImageInput, orthogonal, vector_size
 
 
 class VitGpt2Policy(nn.Module):
@@ -36,9 +36,8 @@ class VitGpt2Policy(nn.Module):
         super().__init__()
         from transformers import GPT2Config, GPT2Model, ViTConfig, ViTModel  # ~2 s import: only when used
 
-        if "image" not in observation_spec:
-            raise ValueError("model=vit-gpt2 needs an 'image' observation")
-        height, width, channels = observation_spec["image"][0]
+        self.pixels = ImageInput(observation_spec, cfg.grid_embed)  # a symbolic grid: one patch per cell
+        height, width, channels = self.pixels.height, self.pixels.width, self.pixels.channels
         if height % patch_size or width % patch_size:
             raise ValueError(f"image {height}x{width} is not a whole number of {patch_size}-pixel patches")
         d = cfg.hidden_size
@@ -77,6 +76,8 @@ class VitGpt2Policy(nn.Module):
             features += 2 * cfg.keypoints + cfg.keypoints * d + d
         if self.readout in ("flatten", "both"):
             features += rows * cols * d
+        self.has_vector = "vector" in observation_spec  # e.g. MiniGrid's direction, joined to the readout
+        features += vector_size(observation_spec)
         layers = []
         for _ in range(cfg.head_layers):
             layers += [orthogonal(nn.Linear(features, cfg.head_hidden)), nn.ReLU()]
@@ -85,7 +86,7 @@ class VitGpt2Policy(nn.Module):
         self.heads = ActorCriticHeads(cfg.head_hidden, num_actions)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.vit.embeddings(image_to_float(obs["image"]))  # (B, 1 + P, d)
+        tokens = self.vit.embeddings(self.pixels(obs))  # (B, 1 + P, d)
         if self.gpt is not None:
             ids = obs["mission"]
             valid = ids != PAD_ID
@@ -107,4 +108,6 @@ class VitGpt2Policy(nn.Module):
             features += [coords.flatten(1), local_at_keypoints.flatten(1), patches.mean(1)]
         if self.readout in ("flatten", "both"):
             features.append(patches.flatten(1))
+        if self.has_vector:
+            features.append(obs["vector"])
         return self.heads(self.trunk(torch.cat(features, dim=1)))

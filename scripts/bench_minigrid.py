@@ -1,0 +1,167 @@
+"""MiniGrid/BabyAI: mmrl vs Stable-Baselines3 side by side, and mmrl's transformer policy.
+
+Part 1 (`--part cnn`): MiniGrid-DoorKey-5x5-v0 and MiniGrid-Empty-8x8-v0, seeds 1-3, 200k steps,
+the same PPO hyperparameters on both sides (8 envs x 128 steps, batch 256, 4 epochs, lr 1e-3,
+gamma 0.99, lambda 0.95, clip 0.2, entropy 0.01; SB3's defaults otherwise: vf 0.5, grad clip
+0.5, Adam eps 1e-5). mmrl: `mmrl train exp=minigrid-ppo` (CNN over the embedded symbolic view +
+mission + direction). SB3: the MiniGrid docs' recipe (`ImgObsWrapper`, a 3-layer 2x2 CNN
+over the raw symbolic view, `normalize_images=False`, 128 features, SB3's 64-64 heads). Each
+mmrl run is paired with the SB3 run of the same env and seed, the two running at the same time
+on the two cores (one torch thread each), so both see the same machine load. Success: held-out
+episodes (env seeds neither trained on), argmax actions, MiniGrid's rule (terminated with a
+positive reward). Steps/s: SB3's `model.learn` alone; mmrl's training time without its
+periodic evaluations (`train_steps_per_second`), and the whole run's too.
+
+Part 2 (`--part transformer`): the default transformer policy (`model=vit-gpt2`) with the same
+preset, 300k steps, on both envs and a BabyAI level with a real instruction; reports the first
+step at which validation success reached 0.9 and the held-out success at the end.
+
+    python scripts/bench_minigrid.py --part cnn [--seeds 1 2 3] [--out docs/bench/minigrid.json]
+    python scripts/bench_minigrid.py --part transformer [--envs ...] [--out docs/bench/minigrid_vit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from _common import ROOT, mmrl_train, print_table, write_json
+
+CNN_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0"]
+TRANSFORMER_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0", "BabyAI-GoToLocalS6N4-v0"]
+EVAL_EPISODES = 100
+HELDOUT_SEED_OFFSET = 2_000_000  # mmrl's held-out env seeds: seed + 2,000,000 (envs.SPLIT_SEED_OFFSETS)
+
+
+def sb3_run(env_id: str, seed: int, steps: int) -> dict:
+    """Stable-Baselines3 PPO with the MiniGrid docs' small CNN; success on held-out seeds."""
+    import numpy as np
+    import torch
+    from torch import nn
+    import minigrid  # noqa: F401  (registers the envs)
+    from minigrid.wrappers import ImgObsWrapper
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    torch.set_num_threads(1)
+
+    class MinigridFeatures(BaseFeaturesExtractor):
+        def __init__(self, observation_space, features_dim: int = 128):
+            super().__init__(observation_space, features_dim)
+            channels = observation_space.shape[0]
+            self.cnn = nn.Sequential(
+                nn.Conv2d(channels, 16, (2, 2)), nn.ReLU(), nn.Conv2d(16, 32, (2, 2)), nn.ReLU(),
+                nn.Conv2d(32, 64, (2, 2)), nn.ReLU(), nn.Flatten(),
+            )
+            with torch.no_grad():
+                n_flatten = self.cnn(torch.as_tensor(observation_space.sample()[None]).float()).shape[1]
+            self.linear = nn.Sequential(nn.Linear(n_flatten, features_dim), nn.ReLU())
+
+        def forward(self, observations):
+            return self.linear(self.cnn(observations))
+
+    env = make_vec_env(env_id, n_envs=8, seed=seed, wrapper_class=ImgObsWrapper)
+    model = PPO("CnnPolicy", env, n_steps=128, batch_size=256, n_epochs=4, learning_rate=1e-3, gamma=0.99,
+                gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, seed=seed, device="cpu", verbose=0,
+                policy_kwargs=dict(features_extractor_class=MinigridFeatures,
+                                   features_extractor_kwargs=dict(features_dim=128), normalize_images=False))
+    start = time.perf_counter()
+    model.learn(steps)
+    wall = time.perf_counter() - start
+    eval_env = make_vec_env(env_id, n_envs=8, seed=seed + HELDOUT_SEED_OFFSET, wrapper_class=ImgObsWrapper)
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True,
+                                 return_episode_rewards=True)
+    return {"runner": "sb3", "env": env_id, "seed": seed, "heldout_success": float(np.mean(np.array(returns) > 0)),
+            "heldout_return": float(np.mean(returns)), "wall_seconds": wall, "train_steps_per_second": steps / wall,
+            "steps_per_second": steps / wall}
+
+
+def mmrl_run(env_id: str, seed: int, steps: int, runs_root: Path, extra: list[str], threads: int = 1) -> dict:
+    """`mmrl train exp=minigrid-ppo` as a user would run it."""
+    s = mmrl_train(["exp=minigrid-ppo", f"data.env_id={env_id}", f"total_steps={steps}", f"seed={seed}",
+                    f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", *extra], runs_root)
+    first_09 = next((e["step"] for e in s["evaluations"] if (e["validation"]["success_rate"] or 0) >= 0.9), None)
+    return {"runner": "mmrl", "env": env_id, "seed": seed, "heldout_success": s["heldout_success_rate"],
+            "heldout_return": s["heldout_return"], "wall_seconds": s["wall_seconds"],
+            "train_steps_per_second": s["train_steps_per_second"], "steps_per_second": s["steps_per_second"],
+            "first_step_validation_0.9": first_09, "steps": s["steps"], "run_dir": s["run_dir"]}
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def part_cnn(args, runs_root: Path) -> dict:
+    jobs = []
+    with ProcessPoolExecutor(2) as pool:  # the pair (mmrl, SB3) of one env and seed runs at the same time
+        for env_id in args.envs or CNN_ENVS:
+            for seed in args.seeds:
+                jobs.append(pool.submit(mmrl_run, env_id, seed, args.steps, runs_root, []))
+                jobs.append(pool.submit(sb3_run, env_id, seed, args.steps))
+        results = [job.result() for job in jobs]
+    rows, summary = [], {}
+    for env_id in args.envs or CNN_ENVS:
+        by = {r: [x for x in results if x["env"] == env_id and x["runner"] == r] for r in ("mmrl", "sb3")}
+        for seed in args.seeds:
+            m, s = (next(x for x in by[r] if x["seed"] == seed) for r in ("mmrl", "sb3"))
+            rows.append([env_id, seed, m["heldout_success"], s["heldout_success"], m["train_steps_per_second"],
+                         s["train_steps_per_second"], m["train_steps_per_second"] / s["train_steps_per_second"]])
+        ms, ss = (mean([x["heldout_success"] for x in by[r]]) for r in ("mmrl", "sb3"))
+        msps, ssps = (mean([x["train_steps_per_second"] for x in by[r]]) for r in ("mmrl", "sb3"))
+        whole = mean([x["steps_per_second"] for x in by["mmrl"]])
+        summary[env_id] = {"mmrl_success": ms, "sb3_success": ss, "mmrl_steps_per_second": msps,
+                           "mmrl_steps_per_second_with_evaluations": whole, "sb3_steps_per_second": ssps,
+                           "speed_ratio": msps / ssps}
+        rows.append([f"{env_id} mean", "", ms, ss, msps, ssps, msps / ssps])
+    print_table(f"MiniGrid, PPO {args.steps:,} steps: mmrl (CNN) vs Stable-Baselines3 (CNN), same hyperparameters",
+                ["env", "seed", "mmrl held-out success", "SB3 held-out success", "mmrl steps/s", "SB3 steps/s",
+                 "speed ratio"], rows)
+    return {"part": "cnn", "steps": args.steps, "seeds": args.seeds, "results": results, "summary": summary}
+
+
+def part_transformer(args, runs_root: Path) -> dict:
+    envs = args.envs or TRANSFORMER_ENVS
+    with ProcessPoolExecutor(2) as pool:
+        jobs = [pool.submit(mmrl_run, env_id, seed, args.steps, runs_root, ["model=vit-gpt2", *args.overrides])
+                for env_id in envs for seed in args.seeds]
+        results = [job.result() for job in jobs]
+    rows, summary = [], {}
+    for env_id in envs:
+        runs = [x for x in results if x["env"] == env_id]
+        for r in runs:
+            rows.append([env_id, r["seed"], r["heldout_success"], r["first_step_validation_0.9"] or "never",
+                         r["wall_seconds"], r["train_steps_per_second"]])
+        summary[env_id] = {"heldout_success_mean": mean([r["heldout_success"] for r in runs]),
+                           "first_step_validation_0.9": [r["first_step_validation_0.9"] for r in runs]}
+    print_table(f"model=vit-gpt2, exp=minigrid-ppo, {args.steps:,} steps", ["env", "seed", "held-out success",
+                "first step with validation >= 0.9", "wall s", "steps/s (training)"], rows)
+    return {"part": "transformer", "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides,
+            "results": results, "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["cnn", "transformer"], required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--envs", nargs="+", default=None)
+    parser.add_argument("--steps", type=int, default=None, help="default: 200k (cnn), 300k (transformer)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra mmrl overrides (transformer part)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    args.steps = args.steps or (200_000 if args.part == "cnn" else 300_000)
+    runs_root = Path(tempfile.mkdtemp(prefix="mmrl-bench-minigrid-"))
+    data = part_cnn(args, runs_root) if args.part == "cnn" else part_transformer(args, runs_root)
+    name = "minigrid.json" if args.part == "cnn" else "minigrid_vit.json"
+    write_json(args.out or ROOT / "docs/bench" / name, data)
+    print(json.dumps(data["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
