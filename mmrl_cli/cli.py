@@ -64,17 +64,18 @@ def check_compatible(cfg: TrainConfig) -> None:
         if height % patch or width % patch:
             raise ConfigError(f"model: a {height}x{width} image is not a whole number of {patch}-pixel ViT patches (try model=cnn)")
 
-    def count_parameters() -> int:
+    def measure_model() -> tuple[int, int]:
         from .models import build_policy
+        from .preflight import activation_elements_per_sample
 
         try:
             with torch.device("meta"):
                 policy = build_policy(cfg.model, spec, num_actions, patch)
         except ValueError as e:
             raise ConfigError(str(e) if str(e).startswith("model") else f"model: {e}") from None
-        return sum(p.numel() for p in policy.parameters())
+        return sum(p.numel() for p in policy.parameters()), activation_elements_per_sample(policy, spec)
 
-    check_memory(cfg, spec, count_parameters)
+    check_memory(cfg, spec, measure_model)
 
 
 def observation_spec_of(data_cfg) -> tuple[dict, int]:

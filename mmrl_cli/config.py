@@ -169,6 +169,9 @@ class GotoDataConfig:
     def check(self) -> None:
         positive("data", self, "grid_size", "max_steps", "tile_size")
         non_negative("data", self, "num_distractors", "num_walls", "num_train_levels")
+        if self.grid_size**2 > 2:  # on a grid with room to spare, a count that alone overflows it is that key's fault
+            for name in ("num_distractors", "num_walls"):
+                between("data", self, name, 0, self.grid_size**2 - 2)
         if 2 + self.num_distractors + self.num_walls > self.grid_size**2:
             raise ConfigError(
                 f"data.grid_size: {self.grid_size}x{self.grid_size} has no room for the agent, target, "

@@ -109,6 +109,8 @@ def _blame(cfg: TrainConfig, keys: list[str]) -> str:
 
     def ratio(key: str) -> float:
         value, base = _get(cfg, key), _get(default, key)
+        if isinstance(value, (list, tuple)):  # a list of sizes counts by its largest
+            value, base = max(value, default=0), max(base, default=0)
         return value / base if base else float(value)
 
     return max(keys, key=ratio)
@@ -124,11 +126,11 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def check_memory(cfg: TrainConfig, observation_spec: dict, count_parameters) -> None:
+def check_memory(cfg: TrainConfig, observation_spec: dict, measure_model) -> None:
     """Refuse a run whose largest allocations cannot fit in the available memory.
 
-    `observation_spec` is the env's; `count_parameters()` builds the policy on the meta device
-    (no memory) and counts its parameters. Estimates are lower bounds of what the run allocates.
+    `observation_spec` is the env's; `measure_model()` builds the policy on the meta device (no
+    memory) and returns its parameter count and its layer-output elements per observation. Estimates are lower bounds of what the run allocates.
     """
     available = available_memory()
     per_obs = observation_bytes(observation_spec)
@@ -149,11 +151,50 @@ def check_memory(cfg: TrainConfig, observation_spec: dict, count_parameters) -> 
     if eval_envs * env_bytes > available:
         raise ConfigError(f"eval.episodes: evaluating {cfg.eval.episodes:,} episodes at once needs "
                           f"{_gib(eval_envs * env_bytes)}, more than the {_gib(available)} of memory available")
-    parameters = count_parameters()
+    parameters, activations_per_sample = measure_model()
+    model_keys = [f"model.{f.name}" for f in dataclasses.fields(cfg.model) if _is_size(getattr(cfg.model, f.name))]
     # weights, gradients and two Adam moments in float32
     model_bytes = 16 * parameters
     if model_bytes > available:
-        model_keys = [f"model.{f.name}" for f in dataclasses.fields(cfg.model)
-                      if isinstance(getattr(cfg.model, f.name), int) and not isinstance(getattr(cfg.model, f.name), bool)]
         raise ConfigError(f"{_blame(cfg, model_keys)}: the model has {parameters:,} parameters, needing "
                           f"{_gib(model_bytes)} to train, more than the {_gib(available)} of memory available")
+    # float32 layer outputs of the largest batch one forward pass sees (kept for the backward pass)
+    largest_batch = max(getattr(cfg.algo, "batch_size", 0), cfg.rollout.n_envs, eval_envs)
+    activation_bytes = 4 * activations_per_sample * largest_batch
+    if model_bytes + activation_bytes > available:
+        raise ConfigError(f"{_blame(cfg, model_keys)}: one forward pass over {largest_batch:,} observations needs "
+                          f"{_gib(activation_bytes)} of layer outputs besides {_gib(model_bytes)} for the weights, "
+                          f"more than the {_gib(available)} of memory available")
+
+
+def _is_size(value) -> bool:
+    """An integer (or list of integers) config value: a size the memory estimate may blame."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def activation_elements_per_sample(policy, observation_spec: dict) -> int:
+    """Elements of every leaf module's output for one observation, measured by running `policy`
+    on the meta device (shapes only, no memory). 0 when the model cannot run there."""
+    import torch
+
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel()
+
+    leaves = [m for m in policy.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        obs = {key: torch.zeros((1, *shape), dtype=dtype, device="meta") for key, (shape, dtype) in observation_spec.items()}
+        with torch.no_grad():
+            policy(obs)
+    except Exception:  # a model with data-dependent steps cannot run on meta: no estimate
+        total = 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total

@@ -99,6 +99,10 @@ def format1_run(cwd):
     shutil.copytree(Path(__file__).parent / "data" / "run-format1", cwd / "oldrun")
 
 
+def eval_dir_is_a_file(cwd):
+    (cwd / "myrun" / "eval").write_text("not a directory")
+
+
 def empty_dir(cwd):
     (cwd / "emptydir").mkdir()
 
@@ -154,6 +158,45 @@ CASES = [
     ("train", ["data=gym", "data.env_id=os:system", "model=mlp"], None, "data.env_id"),
     ("train", ["data=cartpole", "model=cnn"], None, "model: model=cnn needs image observations"),
     ("train", ["data=cartpole"], None, "model: model=vit-gpt2 needs image observations"),
+    # --- sizes that cannot be allocated (checked before anything is built)
+    ("train", ["data.grid_size=100000"], None, "data.grid_size: one env's observation needs"),
+    ("train", ["data.tile_size=100000"], None, "data.tile_size: one env's observation needs"),
+    ("train", ["rollout.n_envs=100000000"], None, "rollout.n_envs: the rollout"),
+    ("train", ["rollout.n_steps=100000000"], None, "rollout.n_steps: the rollout"),
+    ("train", ["eval.episodes=1000000000"], None, "eval.episodes: evaluating"),
+    ("train", ["model.hidden_size=10000000"], None, "model.hidden_size: the model has"),
+    ("train", ["model=cnn", "model.hidden=2000000000"], None, "model.hidden: the model has"),
+    ("train", ["data=cartpole", "model=mlp", "model.hidden_sizes=[100000000]"], None,
+     "model.hidden_sizes: one forward pass over"),
+    ("train", ["data=cartpole", "model=mlp", "model.hidden_sizes=[100000,100000]"], None, "model.hidden_sizes: the model has"),
+    # --- paths that cannot be written
+    ("train", ["runs_root=/proc/mmrl-runs"], None, "runs_root: /proc/mmrl-runs is not writable"),
+    ("train", ["runs_root=/dev/null/runs"], None, "runs_root: /dev/null/runs cannot be created"),
+    ("train", ["runs_root=somefile.txt"], a_file, "runs_root: somefile.txt exists and is not a directory"),
+    ("train", ["runs_root=somefile.txt/deeper"], a_file, "runs_root: somefile.txt/deeper cannot be created"),
+    # --- non-finite floats, on keys with and without a range of their own
+    ("train", ["algo.gamma=nan"], None, "algo.gamma"),
+    ("train", ["algo.clip_value=inf"], None, "algo.clip_value"),
+    ("train", ["algo.target_kl=nan"], None, "algo.target_kl"),
+    ("train", ["model.pos_init_std=inf"], None, "model.pos_init_std"),
+    ("train", ["monitor.grad_explode_above=nan"], None, "monitor.grad_explode_above"),
+    ("train", ["algo=a2c", "algo.rmsprop_alpha=nan"], None, "algo.rmsprop_alpha"),
+    # --- integers outside what their consumer accepts
+    ("train", ["seed=-1"], None, "seed: expected an integer in [0, 2147483647]"),
+    ("train", ["seed=4294967296"], None, "seed: expected an integer in [0, 2147483647]"),
+    ("train", ["seed=99999999999999999999"], None, "seed"),
+    ("train", ["model.keypoints=3000000000"], None, "model.keypoints: expected an integer of at most"),
+    ("train", ["checkpoint.keep_last=1099511627776"], None, "checkpoint.keep_last: expected an integer of at most"),
+    ("train", ["hardware.threads=-1"], None, "hardware.threads"),
+    ("train", ["data=gym", "data.env_id=CartPole-v1", "model=mlp", "data.mission_tokens=0"], None, "data.mission_tokens"),
+    # --- observation kinds that do not fit
+    ("train", ["data=gym", "data.env_id=CartPole-v1", "model=mlp", "data.image=symbolic"], None,
+     "data.image=symbolic but the env has no (H, W, C) image"),
+    ("train", ["data=gym", "data.env_id=CartPole-v1", "model=mlp", "data.image=rgb"], None, "data.image: expected one of"),
+    ("train", ["model=cnn", "model.strides=[1]"], None, "model.strides: expected one positive stride per conv layer"),
+    ("train", ["model=cnn", "model.channels=[8,8,8,8,8,8]", "model.strides=[1,1,1,1,1,1]", "model.kernel_size=4",
+              "data.tile_size=1"], None,
+     "model.channels: a 5x5 image is too small"),
     # --- run names that would escape the runs root
     ("train", ["run_name=../escape"], None, "run_name"),
     ("train", ["run_name=/abs/path"], None, "run_name"),
@@ -188,6 +231,9 @@ CASES = [
     ("eval", ["run=myrun", "split=test"], None, "split: expected one of train, validation, heldout"),
     ("eval", ["run=myrun", "deterministic=maybe"], None, "deterministic"),
     ("eval", ["run=myrun", "gif.fps=0"], None, "gif.fps"),
+    ("eval", ["run=myrun", "seed=-1"], None, "seed: expected an integer in [0, 2147483647]"),
+    ("eval", ["run=myrun", "seed=4294967296"], None, "seed: expected an integer in [0, 2147483647]"),
+    ("eval", ["run=myrun"], eval_dir_is_a_file, "run: "),
     ("eval", ["run=myrun", "model.hidden_sizes=[8]"], None, "model"),
     ("eval", ["run=myrun"], truncate_model, "truncated or corrupted"),
     ("eval", ["run=myrun"], pickle_model, "not a valid safetensors file"),
@@ -221,5 +267,5 @@ def test_hostile_input_is_one_line_exit_2_and_creates_nothing(trained_run, tmp_p
     assert not (tmp_path / MARKER).exists()
 
 
-def test_there_are_at_least_40_hostile_cases():
-    assert len(CASES) >= 40
+def test_there_are_at_least_100_hostile_cases():
+    assert len(CASES) >= 100

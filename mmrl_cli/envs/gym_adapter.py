@@ -121,13 +121,13 @@ def describe_observations(env: gym.Env, image_kind: str = "auto") -> Observation
             if layout.mission_key is not None:
                 raise UnsupportedEnvError(f"observation {name!r}: a second text observation ({layout.mission_key!r} is the first)")
             layout.mission_key = key
-        elif isinstance(sub, gym.spaces.Box) and len(sub.shape) == 3 and layout.image_key is None:
+        elif isinstance(sub, gym.spaces.Box) and len(sub.shape) == 3 and layout.image_as is None:
             layout.image_key, layout.image_shape = key, tuple(sub.shape)
             layout.image_as = _image_kind(env, sub, image_kind, name)
         else:
             layout.vector_parts.append((key, sub))
             layout.vector_size += _vector_width(sub, name)
-    if image_kind != "auto" and layout.image_key is None:
+    if image_kind != "auto" and layout.image_as is None:
         raise UnsupportedEnvError(f"data.image={image_kind} but the env has no (H, W, C) image observation")
     return layout
 
