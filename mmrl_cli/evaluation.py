@@ -18,7 +18,7 @@ from .actions import sample_actions
 from .builders import autocast_for, build_env_and_policy, pick_device
 from .checkpoint import load_model, write_text_atomic
 from .config import EvalCommandConfig, TrainConfig
-from .envs import make_env
+from .envs import make_env, split_seed
 
 Z95 = 1.959964  # two-sided 95% quantile of the standard normal
 
@@ -65,7 +65,7 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
     returns, lengths, successes = [], [], []
     was_training = policy.training
     policy.eval()
-    obs = env.reset(seed=seed)
+    obs = env.reset(seed=split_seed(cfg.data, seed, split))
     while bool((counts < quota).any()):
         with autocast():
             logits, _ = policy(obs)

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .actions import sample_actions
 from .checkpoint import publish, temp_path
 from .config import TrainConfig
-from .envs import SPLIT_SEED_OFFSETS, make_env
+from .envs import make_env, split_seed
 
 MIN_SIDE = 240  # frames are upscaled (nearest neighbour) to at least this many pixels a side
 BAND = 22       # height of the text bands above and below the picture
@@ -35,7 +35,7 @@ class BuiltinEpisodes:
     def __init__(self, cfg: TrainConfig, device: torch.device, split: str, seed: int):
         self.kind = cfg.data.type
         self.env = make_env(cfg.data, 1, device, seed, split)
-        self.obs = self.env.reset(seed=seed)
+        self.obs = self.env.reset(seed=split_seed(cfg.data, seed, split))
         self.finished = True
 
     def new_episode(self) -> None:
@@ -74,7 +74,7 @@ class GymEpisodes:
         self.env_id = cfg.data.env_id
         try:
             self.env = gym.make(self.env_id, render_mode="rgb_array", **dict(cfg.data.env_kwargs))
-            self.raw, _ = self.env.reset(seed=seed + SPLIT_SEED_OFFSETS[split])
+            self.raw, _ = self.env.reset(seed=split_seed(cfg.data, seed, split))
             self.env.render()
         except Exception as e:  # no renderer, a missing optional dependency, ...
             raise GifUnavailable(f"{self.env_id} cannot render rgb_array frames ({str(e).splitlines()[0]})") from None

@@ -8,8 +8,10 @@ mission + direction). SB3: the MiniGrid docs' recipe (`ImgObsWrapper`, a 3-layer
 over the raw symbolic view, `normalize_images=False`, 128 features, SB3's 64-64 heads). Each
 mmrl run is paired with the SB3 run of the same env and seed, the two running at the same time
 on the two cores (one torch thread each), so both see the same machine load. Success: held-out
-episodes (env seeds neither trained on), argmax actions, MiniGrid's rule (terminated with a
-positive reward). Steps/s: SB3's `model.learn` alone; mmrl's training time without its
+episodes (env seeds neither trained on), MiniGrid's rule (terminated with a positive reward),
+with argmax actions (the headline, as SB3's `evaluate_policy(deterministic=True)`) and with
+sampled actions (rl-starter-files' default; an argmax policy can loop forever where the
+sampled one does not). Steps/s: SB3's `model.learn` alone; mmrl's training time without its
 periodic evaluations (`train_steps_per_second`), and the whole run's too.
 
 Part 2 (`--part transformer`): the default transformer policy (`model=vit-gpt2`) with the same
@@ -25,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -78,20 +82,37 @@ def sb3_run(env_id: str, seed: int, steps: int) -> dict:
     eval_env = make_vec_env(env_id, n_envs=8, seed=seed + HELDOUT_SEED_OFFSET, wrapper_class=ImgObsWrapper)
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True,
                                  return_episode_rewards=True)
+    eval_env = make_vec_env(env_id, n_envs=8, seed=seed + HELDOUT_SEED_OFFSET, wrapper_class=ImgObsWrapper)
+    sampled, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=False,
+                                 return_episode_rewards=True)
     return {"runner": "sb3", "env": env_id, "seed": seed, "heldout_success": float(np.mean(np.array(returns) > 0)),
+            "heldout_success_sampled": float(np.mean(np.array(sampled) > 0)),
             "heldout_return": float(np.mean(returns)), "wall_seconds": wall, "train_steps_per_second": steps / wall,
             "steps_per_second": steps / wall}
 
 
 def mmrl_run(env_id: str, seed: int, steps: int, runs_root: Path, extra: list[str], threads: int = 1) -> dict:
-    """`mmrl train exp=minigrid-ppo` as a user would run it."""
+    """`mmrl train exp=minigrid-ppo` as a user would run it (in its own runs root: runs go in parallel)."""
+    own_root = runs_root / f"{env_id}-seed{seed}-{'-'.join(extra) or 'cnn'}"
     s = mmrl_train(["exp=minigrid-ppo", f"data.env_id={env_id}", f"total_steps={steps}", f"seed={seed}",
-                    f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", *extra], runs_root)
+                    f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", *extra], own_root)
+    sampled = mmrl_eval_sampled(Path(s["run_dir"]), threads)
     first_09 = next((e["step"] for e in s["evaluations"] if (e["validation"]["success_rate"] or 0) >= 0.9), None)
     return {"runner": "mmrl", "env": env_id, "seed": seed, "heldout_success": s["heldout_success_rate"],
             "heldout_return": s["heldout_return"], "wall_seconds": s["wall_seconds"],
             "train_steps_per_second": s["train_steps_per_second"], "steps_per_second": s["steps_per_second"],
-            "first_step_validation_0.9": first_09, "steps": s["steps"], "run_dir": s["run_dir"]}
+            "heldout_success_sampled": sampled, "first_step_validation_0.9": first_09, "steps": s["steps"],
+            "run_dir": s["run_dir"]}
+
+
+def mmrl_eval_sampled(run_dir: Path, threads: int) -> float:
+    """`mmrl eval` of the final checkpoint on held-out seeds with sampled (not argmax) actions."""
+    cmd = [sys.executable, "-m", "mmrl_cli.cli", "eval", f"run={run_dir}", "deterministic=false",
+           f"episodes={EVAL_EPISODES}", "gif.episodes=0", f"hardware.threads={threads}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    return json.loads((run_dir / "eval" / "results.json").read_text())["success_rate"]
 
 
 def mean(values: list[float]) -> float:
@@ -111,18 +132,21 @@ def part_cnn(args, runs_root: Path) -> dict:
         by = {r: [x for x in results if x["env"] == env_id and x["runner"] == r] for r in ("mmrl", "sb3")}
         for seed in args.seeds:
             m, s = (next(x for x in by[r] if x["seed"] == seed) for r in ("mmrl", "sb3"))
-            rows.append([env_id, seed, m["heldout_success"], s["heldout_success"], m["train_steps_per_second"],
-                         s["train_steps_per_second"], m["train_steps_per_second"] / s["train_steps_per_second"]])
+            rows.append([env_id, seed, m["heldout_success"], s["heldout_success"], m["heldout_success_sampled"],
+                         s["heldout_success_sampled"], m["train_steps_per_second"], s["train_steps_per_second"],
+                         m["train_steps_per_second"] / s["train_steps_per_second"]])
         ms, ss = (mean([x["heldout_success"] for x in by[r]]) for r in ("mmrl", "sb3"))
+        ms_sampled, ss_sampled = (mean([x["heldout_success_sampled"] for x in by[r]]) for r in ("mmrl", "sb3"))
         msps, ssps = (mean([x["train_steps_per_second"] for x in by[r]]) for r in ("mmrl", "sb3"))
         whole = mean([x["steps_per_second"] for x in by["mmrl"]])
-        summary[env_id] = {"mmrl_success": ms, "sb3_success": ss, "mmrl_steps_per_second": msps,
+        summary[env_id] = {"mmrl_success": ms, "sb3_success": ss, "mmrl_success_sampled": ms_sampled,
+                           "sb3_success_sampled": ss_sampled, "mmrl_steps_per_second": msps,
                            "mmrl_steps_per_second_with_evaluations": whole, "sb3_steps_per_second": ssps,
                            "speed_ratio": msps / ssps}
-        rows.append([f"{env_id} mean", "", ms, ss, msps, ssps, msps / ssps])
+        rows.append([f"{env_id} mean", "", ms, ss, ms_sampled, ss_sampled, msps, ssps, msps / ssps])
     print_table(f"MiniGrid, PPO {args.steps:,} steps: mmrl (CNN) vs Stable-Baselines3 (CNN), same hyperparameters",
-                ["env", "seed", "mmrl held-out success", "SB3 held-out success", "mmrl steps/s", "SB3 steps/s",
-                 "speed ratio"], rows)
+                ["env", "seed", "mmrl success (argmax)", "SB3 success (argmax)", "mmrl success (sampled)",
+                 "SB3 success (sampled)", "mmrl steps/s", "SB3 steps/s", "speed ratio"], rows)
     return {"part": "cnn", "steps": args.steps, "seeds": args.seeds, "results": results, "summary": summary}
 
 
@@ -136,12 +160,13 @@ def part_transformer(args, runs_root: Path) -> dict:
     for env_id in envs:
         runs = [x for x in results if x["env"] == env_id]
         for r in runs:
-            rows.append([env_id, r["seed"], r["heldout_success"], r["first_step_validation_0.9"] or "never",
-                         r["wall_seconds"], r["train_steps_per_second"]])
+            rows.append([env_id, r["seed"], r["heldout_success"], r["heldout_success_sampled"],
+                         r["first_step_validation_0.9"] or "never", r["wall_seconds"], r["train_steps_per_second"]])
         summary[env_id] = {"heldout_success_mean": mean([r["heldout_success"] for r in runs]),
+                           "heldout_success_sampled_mean": mean([r["heldout_success_sampled"] for r in runs]),
                            "first_step_validation_0.9": [r["first_step_validation_0.9"] for r in runs]}
-    print_table(f"model=vit-gpt2, exp=minigrid-ppo, {args.steps:,} steps", ["env", "seed", "held-out success",
-                "first step with validation >= 0.9", "wall s", "steps/s (training)"], rows)
+    print_table(f"model=vit-gpt2, exp=minigrid-ppo, {args.steps:,} steps", ["env", "seed", "held-out success (argmax)",
+                "held-out success (sampled)", "first step with validation >= 0.9", "wall s", "steps/s (training)"], rows)
     return {"part": "transformer", "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides,
             "results": results, "summary": summary}
 

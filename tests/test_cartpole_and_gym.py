@@ -40,6 +40,22 @@ def test_batched_cartpole_truncates_at_the_time_limit():
     assert env.steps.tolist() == [0, 0, 0, 0]
 
 
+def test_batched_cartpole_success_is_balancing_until_the_time_limit():
+    """The built-in CartPole: a fallen pole is a failure, a full episode a success (as the gym path)."""
+    env = CartPoleEnv(1, max_steps=500, seed=0)
+    env.reset(seed=0)
+    for _ in range(200):  # always push right: the pole falls
+        _, _, terminated, _, info = env.step(torch.tensor([1]))
+        if terminated.any():
+            break
+    assert terminated.all() and info["success"].tolist() == [False]
+    short = CartPoleEnv(2, max_steps=3, seed=0)
+    short.reset(seed=0)
+    for _ in range(3):
+        _, _, terminated, truncated, info = short.step(torch.tensor([0, 1]))
+    assert truncated.all() and not terminated.any() and info["success"].tolist() == [True, True]
+
+
 def test_gym_adapter_vector_env_with_final_obs():
     env = GymVectorEnv("CartPole-v1", 3, torch.device("cpu"), seed=0)
     obs = env.reset()

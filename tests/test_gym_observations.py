@@ -173,3 +173,25 @@ def test_a_termination_on_the_time_limits_step_is_not_bootstrapped():
     cut = GymVectorEnv(register("EndsAt3", space=box), 2, torch.device("cpu"), env_kwargs={"max_episode_steps": 2})
     cut_buffer = Collector(cut, policy, 4, torch.device("cpu"), 0, contextlib.nullcontext).collect()
     assert bool((cut_buffer.truncation_values[1] != 0).all())  # cut by the limit alone: bootstrapped
+
+
+def test_each_split_evaluates_on_its_own_env_seeds(monkeypatch):
+    """Validation and held-out episodes of a gymnasium env start from different seed ranges."""
+    from mmrl_cli import evaluation
+    from mmrl_cli.config import GymDataConfig, TrainConfig
+    from mmrl_cli.envs import SPLIT_SEED_OFFSETS
+
+    seeds = {}
+    original = GymVectorEnv.reset
+
+    def recording_reset(self, seed=None):
+        seeds.setdefault(current_split, []).append(self.seed if seed is None else seed)
+        return original(self, seed)
+
+    monkeypatch.setattr(GymVectorEnv, "reset", recording_reset)
+    cfg = TrainConfig()
+    cfg.data = GymDataConfig(env_id="CartPole-v1")
+    policy = build_policy(MlpConfig(), {"vector": ((4,), torch.float32)}, 2, 1)
+    for current_split in ("validation", "heldout"):
+        evaluation.evaluate(policy, cfg, torch.device("cpu"), current_split, 2, True, seed=7)
+    assert seeds == {"validation": [7 + SPLIT_SEED_OFFSETS["validation"]], "heldout": [7 + SPLIT_SEED_OFFSETS["heldout"]]}

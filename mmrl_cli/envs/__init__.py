@@ -20,11 +20,17 @@ register()
 SPLIT_SEED_OFFSETS = {"train": 0, "validation": 1_000_000, "heldout": 2_000_000}
 
 
+def split_seed(data_cfg, seed: int, split: str) -> int:
+    """The seed `split`'s envs start from: `seed` itself for the built-in task (its splits differ
+    by level content), else ``seed + SPLIT_SEED_OFFSETS[split]`` (splits differ by seed range)."""
+    return seed if data_cfg.type == "goto" else seed + SPLIT_SEED_OFFSETS[split]
+
+
 def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: str = "train"):
     """Build the batched env of `data_cfg`; `split` picks training, validation or held-out levels.
 
     The built-in task keeps the splits apart by level content (see envs/goto.py); the others
-    by seed range: split `s` seeds its envs from ``seed + SPLIT_SEED_OFFSETS[s]``.
+    by seed range (`split_seed`). Reset it with ``seed=split_seed(...)``, never the bare seed.
     """
     if data_cfg.type == "goto":
         return GotoEnv(
@@ -32,13 +38,12 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
             max_steps=data_cfg.max_steps, tile_size=data_cfg.tile_size, num_walls=data_cfg.num_walls,
             num_train_levels=data_cfg.num_train_levels, split=split, device=device, seed=seed,
         )
-    eval_offset = SPLIT_SEED_OFFSETS[split]
     if data_cfg.type == "cartpole":
-        return CartPoleEnv(num_envs, max_steps=data_cfg.max_steps, device=device, seed=seed + eval_offset)
+        return CartPoleEnv(num_envs, max_steps=data_cfg.max_steps, device=device, seed=split_seed(data_cfg, seed, split))
     return GymVectorEnv(
-        data_cfg.env_id, num_envs, device, seed=seed + eval_offset, env_kwargs=dict(data_cfg.env_kwargs),
+        data_cfg.env_id, num_envs, device, seed=split_seed(data_cfg, seed, split), env_kwargs=dict(data_cfg.env_kwargs),
         mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization, image_kind=data_cfg.image,
     )
 
 
-__all__ = ["SPLIT_SEED_OFFSETS", "CartPoleEnv", "GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]
+__all__ = ["SPLIT_SEED_OFFSETS", "split_seed", "CartPoleEnv", "GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]
