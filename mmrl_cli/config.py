@@ -130,11 +130,14 @@ class CnnConfig:
     hidden: int = 256
     mission_embed: int = 32
     grid_embed: int = 8
+    head_hidden: list[int] = field(default_factory=list)
 
     def check(self) -> None:
         positive("model", self, "kernel_size", "hidden", "mission_embed", "grid_embed")
         if not self.channels or min(self.channels) <= 0:
             raise ConfigError(f"model.channels: expected a non-empty list of positive ints, got {self.channels}")
+        if self.head_hidden and min(self.head_hidden) <= 0:
+            raise ConfigError(f"model.head_hidden: expected a list of positive ints (or []), got {self.head_hidden}")
         if len(self.strides) != len(self.channels) or min(self.strides) <= 0:
             raise ConfigError(f"model.strides: expected one positive stride per conv layer ({len(self.channels)}), "
                               f"got {self.strides}")

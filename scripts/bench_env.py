@@ -1,6 +1,10 @@
-"""Raw env throughput: the built-in batched `goto` env vs one MiniGrid DoorKey-5x5 env.
+"""Raw env throughput: the built-in batched `goto` env vs one MiniGrid DoorKey-5x5 env; and
+what mmrl's gymnasium path costs on top of the env itself.
 
-Random actions, images rendered every step, measured side by side in one run.
+Random actions, images rendered every step, measured side by side in one run. The second table
+steps 8 MiniGrid/BabyAI envs: bare gymnasium vector env (the floor), Stable-Baselines3's
+DummyVecEnv with ImgObsWrapper (image only, as its MiniGrid example), and mmrl's `GymVectorEnv`
+(every Dict key to torch: symbolic grid, tokenised mission, one-hot direction) sync and async.
 
     python scripts/bench_env.py [--seconds 3] [--out docs/bench/env_throughput.json]
 """
@@ -61,6 +65,40 @@ def minigrid_sps(wrapper_name: str, seconds: float) -> float:
     return calls / elapsed
 
 
+GYM_PATH_ENVS = ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToLocalS6N4-v0"]
+
+
+def gym_path_sps(env_id: str, runner: str, seconds: float, num_envs: int = 8) -> float:
+    """Steps/s of `num_envs` copies of `env_id` through `runner`, random actions."""
+    import gymnasium as gym
+    import numpy as np
+    import minigrid  # noqa: F401
+    from gymnasium.vector import AutoresetMode
+
+    rng = np.random.default_rng(0)
+    if runner == "sb3 DummyVecEnv + ImgObsWrapper":
+        from minigrid.wrappers import ImgObsWrapper
+        from stable_baselines3.common.env_util import make_vec_env
+
+        env = make_vec_env(env_id, n_envs=num_envs, seed=0, wrapper_class=ImgObsWrapper)
+        env.reset()
+        step = lambda: env.step(rng.integers(0, 7, num_envs))  # noqa: E731
+    elif runner == "gymnasium SyncVectorEnv (bare)":
+        env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                           vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False})
+        env.reset(seed=0)
+        step = lambda: env.step(rng.integers(0, 7, num_envs))  # noqa: E731
+    else:
+        from mmrl_cli.envs import GymVectorEnv
+
+        env = GymVectorEnv(env_id, num_envs, torch.device("cpu"), seed=0, vectorization=runner.split()[-1])
+        env.reset()
+        step = lambda: env.step(torch.as_tensor(rng.integers(0, 7, num_envs)))  # noqa: E731
+    calls, elapsed = time_steps(step, seconds)
+    env.close()
+    return calls * num_envs / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
@@ -78,6 +116,15 @@ def main() -> None:
     results["goto_1024_over_minigrid"] = results["goto"][1024] / anchor
     print_table("env steps per second (random actions, CPU, torch threads=%d)" % torch.get_num_threads(),
                 ["env", "steps/s", "x MiniGrid ImgObs"], rows)
+    runners = ["gymnasium SyncVectorEnv (bare)", "sb3 DummyVecEnv + ImgObsWrapper", "mmrl GymVectorEnv sync",
+               "mmrl GymVectorEnv async"]
+    rows, results["gym_path"] = [], {}
+    for env_id in GYM_PATH_ENVS:
+        measured = {runner: gym_path_sps(env_id, runner, args.seconds) for runner in runners}
+        results["gym_path"][env_id] = measured
+        floor = measured[runners[0]]
+        rows += [[env_id, runner, sps, sps / floor] for runner, sps in measured.items()]
+    print_table("the gymnasium path: 8 envs, random actions", ["env", "runner", "steps/s", "x bare gymnasium"], rows)
     write_json(args.out, results)
 
 

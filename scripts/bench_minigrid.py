@@ -93,7 +93,7 @@ def sb3_run(env_id: str, seed: int, steps: int) -> dict:
 
 def mmrl_run(env_id: str, seed: int, steps: int, runs_root: Path, extra: list[str], threads: int = 1) -> dict:
     """`mmrl train exp=minigrid-ppo` as a user would run it (in its own runs root: runs go in parallel)."""
-    own_root = runs_root / f"{env_id}-seed{seed}-{'-'.join(extra) or 'cnn'}"
+    own_root = runs_root / f"{env_id}-seed{seed}-{'-'.join(extra).replace('=', '_') or 'cnn'}"
     s = mmrl_train(["exp=minigrid-ppo", f"data.env_id={env_id}", f"total_steps={steps}", f"seed={seed}",
                     f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", *extra], own_root)
     sampled = mmrl_eval_sampled(Path(s["run_dir"]), threads)

@@ -195,3 +195,15 @@ def test_each_split_evaluates_on_its_own_env_seeds(monkeypatch):
     for current_split in ("validation", "heldout"):
         evaluation.evaluate(policy, cfg, torch.device("cpu"), current_split, 2, True, seed=7)
     assert seeds == {"validation": [7 + SPLIT_SEED_OFFSETS["validation"]], "heldout": [7 + SPLIT_SEED_OFFSETS["heldout"]]}
+
+
+def test_async_vectorization_handles_text_missions():
+    """MiniGrid's MissionSpace has no shared-memory form: async runs without it, same observations."""
+    sync = GymVectorEnv("MiniGrid-DoorKey-5x5-v0", 2, torch.device("cpu"), seed=3)
+    parallel = GymVectorEnv("MiniGrid-DoorKey-5x5-v0", 2, torch.device("cpu"), seed=3, vectorization="async")
+    try:
+        for a, b in [(sync.reset(), parallel.reset()), (sync.step(torch.tensor([2, 1]))[0], parallel.step(torch.tensor([2, 1]))[0])]:
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        sync.close()
+        parallel.close()

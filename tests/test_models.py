@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmrl_cli.config import MlpConfig, VitGpt2Config
+from mmrl_cli.config import CnnConfig, MlpConfig, VitGpt2Config
 from mmrl_cli.envs import GotoEnv
 from mmrl_cli.models import build_policy
 from mmrl_cli.models.mlp import PairedLinear
@@ -26,6 +26,22 @@ def test_mlp_actor_and_critic_do_not_share_parameters():
     assert policy.heads.actor.weight.grad is None or policy.heads.actor.weight.grad.abs().sum() == 0
     # the critic's loss reaches only the critic member of each paired layer
     assert policy.layers[0].weight.grad[0].abs().sum() == 0 and policy.layers[0].weight.grad[1].abs().sum() > 0
+
+
+def test_cnn_head_mlps_keep_value_gradients_out_of_the_actor():
+    """model.head_hidden gives actor and critic their own MLPs; [] keeps linear heads."""
+    spec = {"grid": ((7, 7, 3), torch.uint8), "vector": ((4,), torch.float32)}
+    obs = {"grid": torch.randint(0, 11, (5, 7, 7, 3), dtype=torch.uint8), "vector": torch.eye(4)[[0, 1, 2, 3, 0]]}
+    linear = build_policy(CnnConfig(channels=[16, 32, 64], kernel_size=2, strides=[1, 1, 1], hidden=128), spec, 7)
+    assert isinstance(linear.heads.actor, torch.nn.Linear)
+    policy = build_policy(CnnConfig(channels=[16, 32, 64], kernel_size=2, strides=[1, 1, 1], hidden=128,
+                                    head_hidden=[64, 64]), spec, 7)
+    logits, value = policy(obs)
+    assert logits.shape == (5, 7) and value.shape == (5,)
+    assert [m.out_features for m in policy.heads.actor if isinstance(m, torch.nn.Linear)] == [64, 64, 7]
+    value.sum().backward()
+    assert all(p.grad is None for p in policy.heads.actor.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.heads.critic.parameters())
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

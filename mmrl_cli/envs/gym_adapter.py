@@ -260,10 +260,11 @@ class GymVectorEnv:
             probe.close()
         if not isinstance(actions, gym.spaces.Discrete):
             raise UnsupportedEnvError(f"{env_id}: mmrl needs a Discrete action space, got {actions}")
-        self.vec = gym.make_vec(
-            env_id, num_envs=num_envs, vectorization_mode=vectorization,
-            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False}, **(env_kwargs or {}),
-        )
+        vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False}
+        if vectorization == "async" and layout.mission_key is not None:
+            vector_kwargs["shared_memory"] = False  # text (MiniGrid's MissionSpace) has no shared-memory form
+        self.vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
+                                vector_kwargs=vector_kwargs, **(env_kwargs or {}))
         self.num_envs = num_envs
         self.num_actions = int(actions.n)
         self.action_start = int(actions.start)
@@ -299,12 +300,10 @@ class GymVectorEnv:
         self.episode_return += reward
         self.episode_length += 1
         done_index = np.flatnonzero(terminated | truncated)
-        out = {
-            "done_index": torch.as_tensor(done_index, device=self.device),
-            "episode_return": torch.as_tensor(self.episode_return[done_index], dtype=torch.float32, device=self.device),
-            "episode_length": torch.as_tensor(self.episode_length[done_index], device=self.device),
-        }
+        out = {"done_index": torch.as_tensor(done_index, device=self.device)}
         if len(done_index):
+            out["episode_return"] = torch.as_tensor(self.episode_return[done_index], dtype=torch.float32, device=self.device)
+            out["episode_length"] = torch.as_tensor(self.episode_length[done_index], device=self.device)
             success = self.success(terminated, truncated, reward, info, done_index)
             if success is not None:
                 out["success"] = torch.as_tensor(success, device=self.device)

@@ -10,7 +10,8 @@ from .heads import ActorCriticHeads, ImageInput, MissionBagOfWords, orthogonal, 
 
 
 class CnnPolicy(nn.Module):
-    """Conv stack (`channels`, `kernel_size`, `strides`) -> one hidden layer -> actor and critic heads."""
+    """Conv stack (`channels`, `kernel_size`, `strides`) -> one hidden layer -> actor and critic
+    heads (linear, or each its own MLP of widths `head_hidden`)."""
 
     def __init__(self, cfg, observation_spec: dict, num_actions: int):
         super().__init__()
@@ -31,7 +32,7 @@ class CnnPolicy(nn.Module):
         self.has_vector = "vector" in observation_spec
         features = conv_out + (cfg.mission_embed if self.mission is not None else 0) + vector_size(observation_spec)
         self.trunk = nn.Sequential(orthogonal(nn.Linear(features, cfg.hidden)), nn.ReLU())
-        self.heads = ActorCriticHeads(cfg.hidden, num_actions)
+        self.heads = ActorCriticHeads(cfg.hidden, num_actions, cfg.head_hidden)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [self.conv(self.pixels(obs))]

@@ -21,13 +21,27 @@ def orthogonal(layer: nn.Linear, gain: float = math.sqrt(2)) -> nn.Linear:
 class ActorCriticHeads(nn.Module):
     """Action logits and a state value from one feature vector.
 
-    The actor's last layer starts near zero (gain 0.01) so the first policy is almost uniform.
+    With `hidden` widths, actor and critic each get their own tanh MLP first (Stable-Baselines3's
+    ``net_arch=dict(pi=hidden, vf=hidden)``), so value gradients do not reshape the policy's last
+    features; without, both are linear. The actor's last layer starts near zero (gain 0.01) so
+    the first policy is almost uniform.
     """
 
-    def __init__(self, features: int, num_actions: int):
+    def __init__(self, features: int, num_actions: int, hidden: list[int] | tuple[int, ...] = ()):
         super().__init__()
-        self.actor = orthogonal(nn.Linear(features, num_actions), gain=0.01)
-        self.critic = orthogonal(nn.Linear(features, 1), gain=1.0)
+        self.actor = self.mlp(features, hidden, orthogonal(nn.Linear(hidden[-1] if hidden else features, num_actions), gain=0.01))
+        self.critic = self.mlp(features, hidden, orthogonal(nn.Linear(hidden[-1] if hidden else features, 1), gain=1.0))
+
+    @staticmethod
+    def mlp(features: int, hidden, last: nn.Linear) -> nn.Module:
+        """`last` alone, or tanh layers of widths `hidden` then `last`."""
+        if not hidden:
+            return last
+        layers, width = [], features
+        for size in hidden:
+            layers += [orthogonal(nn.Linear(width, size)), nn.Tanh()]
+            width = size
+        return nn.Sequential(*layers, last)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor(features), self.critic(features).squeeze(-1)
