@@ -106,6 +106,7 @@ class VitGpt2Config:
     ff_size: int = 96
     head_hidden: int = 256
     head_layers: int = 2
+    separate_heads: bool = False
     pos_init_std: float = 1.0
     activation: str = "relu"
     readout: str = "spatial"

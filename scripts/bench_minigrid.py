@@ -14,9 +14,10 @@ sampled actions (rl-starter-files' default; an argmax policy can loop forever wh
 sampled one does not). Steps/s: SB3's `model.learn` alone; mmrl's training time without its
 periodic evaluations (`train_steps_per_second`), and the whole run's too.
 
-Part 2 (`--part transformer`): the default transformer policy (`model=vit-gpt2`) with the same
-preset, 300k steps, on both envs and a BabyAI level with a real instruction; reports the first
-step at which validation success reached 0.9 and the held-out success at the end.
+Part 2 (`--part transformer`): the default transformer policy (`model=vit-gpt2`, with
+`model.separate_heads=true`: actor and critic MLPs of their own) with the same preset, 300k
+steps, on both envs and a BabyAI level with a real instruction; reports the first step at which
+validation success reached 0.9 and the held-out success at the end.
 
     python scripts/bench_minigrid.py --part cnn [--seeds 1 2 3] [--out docs/bench/minigrid.json]
     python scripts/bench_minigrid.py --part transformer [--envs ...] [--out docs/bench/minigrid_vit.json]
@@ -177,7 +178,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--envs", nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="default: 200k (cnn), 300k (transformer)")
-    parser.add_argument("--overrides", nargs="*", default=[], help="extra mmrl overrides (transformer part)")
+    parser.add_argument("--overrides", nargs="*", default=["model.separate_heads=true"],
+                        help="extra mmrl overrides (transformer part)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.steps = args.steps or (200_000 if args.part == "cnn" else 300_000)

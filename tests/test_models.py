@@ -44,6 +44,18 @@ def test_cnn_head_mlps_keep_value_gradients_out_of_the_actor():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.heads.critic.parameters())
 
 
+def test_vit_separate_heads_keep_value_gradients_out_of_the_actor():
+    spec = {"grid": ((7, 7, 3), torch.uint8), "mission": ((16,), torch.int64), "vector": ((4,), torch.float32)}
+    obs = {"grid": torch.randint(0, 11, (3, 7, 7, 3), dtype=torch.uint8), "mission": torch.randint(1, 50, (3, 16)),
+           "vector": torch.eye(4)[[0, 1, 2]]}
+    policy = build_policy(VitGpt2Config(separate_heads=True, head_hidden=32), spec, 7, 1)
+    logits, value = policy(obs)
+    assert logits.shape == (3, 7) and value.shape == (3,)
+    value.sum().backward()
+    assert all(p.grad is None for p in policy.heads.actor.parameters())
+    assert policy.vit.layers[0].attention.q_proj.weight.grad.abs().sum() > 0  # the transformer is shared
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("hidden,batch", [([16, 8, 12], 9), ([64, 64], 256)])  # small, and a PPO-sized minibatch
 def test_mlp_hand_written_backward_equals_autograd(activation, hidden, batch):

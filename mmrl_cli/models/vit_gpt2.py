@@ -78,12 +78,16 @@ class VitGpt2Policy(nn.Module):
             features += rows * cols * d
         self.has_vector = "vector" in observation_spec  # e.g. MiniGrid's direction, joined to the readout
         features += vector_size(observation_spec)
-        layers = []
-        for _ in range(cfg.head_layers):
-            layers += [orthogonal(nn.Linear(features, cfg.head_hidden)), nn.ReLU()]
-            features = cfg.head_hidden
-        self.trunk = nn.Sequential(*layers)
-        self.heads = ActorCriticHeads(cfg.head_hidden, num_actions)
+        if cfg.separate_heads:  # actor and critic each get their own tanh MLP (value gradients stay out of the actor's)
+            self.trunk = nn.Sequential()
+            self.heads = ActorCriticHeads(features, num_actions, [cfg.head_hidden] * cfg.head_layers)
+        else:  # one shared ReLU MLP, then linear actor and critic
+            layers = []
+            for _ in range(cfg.head_layers):
+                layers += [orthogonal(nn.Linear(features, cfg.head_hidden)), nn.ReLU()]
+                features = cfg.head_hidden
+            self.trunk = nn.Sequential(*layers)
+            self.heads = ActorCriticHeads(cfg.head_hidden, num_actions)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.vit.embeddings(self.pixels(obs))  # (B, 1 + P, d)
