@@ -18,8 +18,10 @@ class CnnPolicy(nn.Module):
         self.pixels = ImageInput(observation_spec, cfg.grid_embed)
         layers, in_channels = [], self.pixels.channels
         for out_channels, stride in zip(cfg.channels, cfg.strides):
-            layers += [nn.Conv2d(in_channels, out_channels, cfg.kernel_size, stride=stride, padding=(cfg.kernel_size - 1) // 2),
-                       nn.ReLU()]
+            conv = nn.Conv2d(in_channels, out_channels, cfg.kernel_size, stride=stride, padding=(cfg.kernel_size - 1) // 2)
+            nn.init.orthogonal_(conv.weight, 2 ** 0.5)
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.ReLU()]
             in_channels = out_channels
         self.conv = nn.Sequential(*layers, nn.Flatten())
         try:
