@@ -157,11 +157,12 @@ class GymObservations:
         if layout.image_as:
             self.spec[layout.image_as] = (layout.image_shape, torch.uint8)
         self.tokenizer = WordTokenizer(mission_tokens) if layout.mission_key else None
-        self.mission_cache: dict[str, list[int]] = {}  # an env has few distinct missions: tokenize each once
+        self.mission_cache: dict[str, np.ndarray] = {}  # an env has few distinct missions: tokenize each once
         if self.tokenizer is not None:
             self.spec["mission"] = ((mission_tokens,), torch.int64)
         if layout.vector_size:
             self.spec["vector"] = ((layout.vector_size,), torch.float32)
+        self.one_hot_tables: dict[int, np.ndarray] = {}
 
     def _part(self, obs, key):
         return obs if key is None else obs[key]
@@ -172,18 +173,22 @@ class GymObservations:
         for text in missions:
             ids = cache.get(text)
             if ids is None:
-                ids = cache[text] = self.tokenizer.encode(text)
+                ids = cache[text] = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
             rows.append(ids)
-        return torch.tensor(rows, dtype=torch.int64)
+        return torch.from_numpy(np.stack(rows))
+
+    def _one_hot(self, space: gym.spaces.Discrete) -> np.ndarray:
+        table = self.one_hot_tables.get(int(space.n))
+        if table is None:
+            table = self.one_hot_tables[int(space.n)] = np.eye(int(space.n), dtype=np.float32)
+        return table
 
     def _vector(self, obs, batch: int) -> np.ndarray:
         parts = []
         for key, space in self.layout.vector_parts:
             value = np.asarray(self._part(obs, key))
             if isinstance(space, gym.spaces.Discrete):
-                one_hot = np.zeros((batch, int(space.n)), dtype=np.float32)
-                one_hot[np.arange(batch), value.reshape(batch) - space.start] = 1.0
-                parts.append(one_hot)
+                parts.append(self._one_hot(space)[value.reshape(batch) - space.start])
             else:
                 parts.append(value.reshape(batch, -1).astype(np.float32))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
