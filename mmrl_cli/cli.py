@@ -22,7 +22,8 @@ from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate, validate_
 from .models.patches import default_patch_size
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-GROUPS = ("algo", "model", "data", "hardware", "compression", "exp")
+GROUPS = ("algo", "model", "data", "hardware", "compression", "exp")  # groups of `mmrl train`
+SWEEP_GROUPS = ("hpo",)  # groups of `mmrl sweep` (the study: space, objective, sampler, pruner, budget)
 # Flags that ask Hydra for information rather than a run: no validation needed before them.
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve", "-p", "--package"}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
@@ -125,7 +126,7 @@ def compose_error(e: Exception) -> str:
     """One line out of a Hydra composition error."""
     text = str(e)
     missing = re.search(r"Could not find '([\w-]+)/([^']*)'", text)
-    if missing and missing.group(1) in GROUPS:
+    if missing and missing.group(1) in GROUPS + SWEEP_GROUPS:
         group, option = missing.groups()
         return f"{group}={option}: unknown option (expected one of: {', '.join(group_options(group))})"
     not_struct = re.search(r"Could not override '([\w.]+)'", text)
@@ -208,6 +209,42 @@ def evaluated_run(typed):
     run = load_run_checkpoint(typed.run, typed.runs_root, typed.checkpoint, "run")
     check_compatible(run.typed)
     return run
+
+
+def check_sweep(cfg: DictConfig, overrides: list[str]) -> None:
+    """Everything `mmrl sweep` needs settled: a valid study config, a base `mmrl train` config and
+    a valid, runnable config at every bound and choice of the search space, a writable sweep
+    directory, and (when resuming) the same study as before."""
+    from .preflight import check_output_dir
+    from .sweep.run import check_resumable
+    from .sweep.settings import validate_sweep
+
+    typed = validate_sweep(cfg)
+    check_trial_configs(typed)
+    check_output_dir("sweep_dir" if typed.sweep_dir else "runs_root", typed.directory)
+    check_resumable(typed)
+
+
+def check_trial_configs(config) -> None:
+    """The base trial config, and the config at each bound or choice of each searched key, are valid."""
+    from .config import compose_train_config
+    from .sweep.settings import parse_space
+
+    base = list(config.hpo.train)
+    storage = config.hpo.storage
+    if storage not in (None, "sqlite", "journal") and "://" not in storage:
+        raise ConfigError(f"hpo.storage: expected null, sqlite, journal or an RDB URL such as "
+                          f"postgresql://user@host/db, got {storage!r}")
+    try:
+        check_compatible(compose_train_config(base))
+    except ConfigError as e:
+        raise ConfigError(f"hpo.train: {e}") from None
+    for param in parse_space(config.hpo.space):
+        for value in param.extremes():
+            try:
+                check_compatible(compose_train_config(base + [param.override(value)]))
+            except ConfigError as e:
+                raise ConfigError(f"hpo.space.{param.key}: the value {value!r} gives an invalid run: {e}") from None
 
 
 # ---------------------------------------------------------------------------- train
@@ -333,6 +370,47 @@ def eval_task(cfg: DictConfig) -> float:
     return results["success_rate"]
 
 
+def sweep_task(cfg: DictConfig) -> float:
+    """Hydra task of `mmrl sweep`: validate, run (or resume) the study, retrain the best, report."""
+    from .sweep import run_sweep, validate_sweep
+
+    try:
+        typed = validate_sweep(cfg)
+        check_sweep(cfg, [])
+    except ConfigError as e:
+        fail("sweep", str(e))
+    results = run_sweep(typed)
+    print_sweep(results)
+    best = results["best"]
+    return best["validation_mean"] if best else float("nan")
+
+
+def print_sweep(results: dict) -> None:
+    """The table `mmrl sweep` ends with."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"mmrl sweep: {results['study_name']}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
+    table.add_row("trials", ", ".join(f"{n} {state}" for state, n in results["counts"].items()))
+    table.add_row("env steps spent", f"{results['steps_spent']:,}")
+    if results["best_trial"]:
+        best = results["best_trial"]
+        table.add_row("best trial (validation)", f"{best['number']}: {', '.join(f'{v:.4g}' for v in best['values'])}")
+    for r in results["retrained"]:
+        success = (f"held-out success {r['heldout_success_mean']:.3f} (95% CI over seeds "
+                   f"{r['heldout_success_ci95_over_seeds'][0]:.3f} to {r['heldout_success_ci95_over_seeds'][1]:.3f}), "
+                   if "heldout_success_mean" in r else "")
+        table.add_row(f"retrained #{r['rank_in_sweep']} (trial {r['trial']})",
+                      f"{success}held-out return {r['heldout_return_mean']:.3f}, validation {r['validation_mean']:.3f}, "
+                      f"{r['seeds']} fresh seeds")
+    if results["preset"]:
+        table.add_row("best config", f"mmrl train exp={results['preset_name']}  ({results['preset']})")
+    table.add_row("report", str(Path(results["sweep_dir"]) / "report.md"))
+    Console().print(table)
+
+
 def print_eval(results: dict) -> None:
     """The table `mmrl eval` prints."""
     from rich.console import Console
@@ -365,6 +443,7 @@ class Command:
 COMMANDS = {
     "train": Command(train_task, check_train, "train a policy with RL (PPO by default); resume=<run dir> continues one"),
     "eval": Command(eval_task, check_eval, "evaluate a run's checkpoint: success rate, return (95% CIs), GIF of episodes"),
+    "sweep": Command(sweep_task, check_sweep, "Optuna hyperparameter search over train runs (hpo=<preset>); re-run to resume"),
 }
 
 
@@ -375,6 +454,7 @@ def print_help() -> None:
     lines += [f"  {name:<10} {command.help}" for name, command in COMMANDS.items()]
     lines += ["", "config groups (pick one with group=option, e.g. model=cnn):"]
     lines += [f"  {group:<12} {', '.join(group_options(group))}" for group in GROUPS]
+    lines += [f"  {group:<12} {', '.join(group_options(group))}   (mmrl sweep)" for group in SWEEP_GROUPS]
     lines += [
         "", "examples:",
         "  mmrl train                                   # ViT-GPT2 + PPO on the built-in goto task",
@@ -384,6 +464,8 @@ def print_help() -> None:
         "  mmrl train --cfg job                         # print the composed config",
         "  mmrl train resume=runs/2026-11-24/10-00-00   # continue a stopped run (resume=latest: the newest)",
         "  mmrl eval run=runs/2026-11-24/10-00-00       # success rate with 95% CIs + a GIF of episodes",
+        "  mmrl sweep hpo=cartpole-ppo hpo.n_workers=2  # TPE + median pruning, 2 workers; re-run to resume",
+        "  mmrl train exp=cartpole-ppo-best             # the best config that sweep found (runs/sweeps/*/exp/)",
         "  eval \"$(mmrl -sc install=bash)\"              # tab completion in bash",
         "", "`mmrl <command> --help` shows that command's config and Hydra's flags.",
     ]
@@ -402,6 +484,24 @@ def shell_completion(argv: list[str]) -> None:
     if line:
         os.environ["COMP_LINE"] = " ".join(["mmrl"] + words[2:]) + (" " if line.endswith(" ") else "")
     run_hydra(command, ["--shell-completion", *argv])
+
+
+def sweep_preset_dirs(runs_root: str) -> list[Path]:
+    """Sweep directories under `runs_root` that hold an exported `exp` preset."""
+    root = Path(runs_root) / "sweeps"
+    return sorted({p.parent.parent.resolve() for p in root.glob("*/exp/*.yaml")}) if root.is_dir() else []
+
+
+def sweep_preset_searchpath(args: list[str]) -> list[str]:
+    """The override that lets `mmrl train exp=<study>-best` find presets exported by `mmrl sweep`
+    (the sweeps under the runs_root given on the command line, else ./runs); none if there are none."""
+    if any(a.startswith("hydra.searchpath=") for a in args):
+        return []
+    runs_root = next((a.split("=", 1)[1] for a in args if a.startswith("runs_root=")), "runs")
+    dirs = sweep_preset_dirs(runs_root)
+    if not dirs:
+        return []
+    return ["hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in dirs) + "]"]
 
 
 def run_hydra(command: str, args: list[str]) -> None:
@@ -423,6 +523,8 @@ def main(argv: list[str] | None = None) -> None:
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
         fail(command, f"unknown command (expected one of: {', '.join(COMMANDS)}); see `mmrl --help`")
+    if command == "train":
+        args += sweep_preset_searchpath(args)
     if not INFO_FLAGS.intersection(args):
         overrides = [a for a in args if a not in MULTIRUN_FLAGS]
         bad_flag = next((a for a in overrides if a.startswith("-")), None)

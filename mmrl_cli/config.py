@@ -465,13 +465,21 @@ def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainCo
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    conf_dir = Path(__file__).resolve().parent / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+    from .cli import compose_error
+
+    def composed():
         try:
-            cfg = compose("train", overrides=list(overrides))
-        except OmegaConfBaseException as e:
-            raise ConfigError(str(e).splitlines()[0]) from None
+            return compose("train", overrides=list(overrides))
+        except Exception as e:  # Hydra's and OmegaConf's errors: one line naming the key or option
+            raise ConfigError(compose_error(e)) from None
+
+    if GlobalHydra.instance().is_initialized():  # inside an mmrl command: its search path holds train.yaml
+        cfg = composed()
+    else:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
+            cfg = composed()
     return validate(cfg)
 
 

@@ -1,0 +1,193 @@
+"""Run one Optuna trial as an `mmrl train` run, and the worker loop that runs trials until the
+sweep's budget is used up.
+
+A trial is a normal run directory (`<sweep>/trials/<number>/`, readable by `mmrl eval` and
+TensorBoard) trained by `train()` with two callbacks: `Reporter` hands every validation
+evaluation to Optuna and stops the run when the pruner says so; `Heartbeat` stamps the trial so
+that a dead worker is noticed (see `study.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import ConfigError, TrainConfig, compose_train_config
+from ..trainer import NumericalFault, StopTraining, train
+from .settings import Param, SweepConfig, parse_space
+from .study import HOST, set_attr, budget_left, counted_trials, fail_stale_trials, open_study
+
+TRIALS_DIR = "trials"
+
+
+def trial_dir(sweep_dir: Path, number: int) -> Path:
+    """The run directory of trial `number`."""
+    return sweep_dir / TRIALS_DIR / f"{number:04d}"
+
+
+def metric_of(results: dict, metric: str) -> float:
+    """The objective's value in one evaluation's results (validation levels)."""
+    validation = results["validation"]
+    if metric == "validation_success":
+        if validation.get("success_rate") is None:
+            raise ConfigError("hpo.objective.metric: success is not defined for this env; use "
+                              "hpo.objective.metric=validation_return")
+        return float(validation["success_rate"])
+    return float(validation["return_mean"])
+
+
+class Reporter:
+    """Reports each validation evaluation to Optuna (step = env steps); stops a pruned trial."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, prune: bool):
+        self.trial, self.metric, self.prune = trial, metric, prune
+        self.pruned_at: int | None = None
+
+    def on_evaluation(self, progress, results: dict) -> None:
+        value = metric_of(results, self.metric)
+        if not self.prune:
+            return
+        self.trial.report(value if math.isfinite(value) else float("-inf"), progress.steps)
+        if self.trial.should_prune():
+            self.pruned_at = progress.steps
+            raise StopTraining(f"pruned by Optuna at step {progress.steps:,}")
+
+
+class Heartbeat:
+    """Stamps the running trial (steps, time) every `seconds`; exits when the sweep process died."""
+
+    def __init__(self, study: optuna.Study, number: int, seconds: float, parent_pid: int | None):
+        self.study, self.number, self.seconds, self.parent_pid = study, number, seconds, parent_pid
+        self.last = 0.0
+
+    def on_update(self, progress, metrics: dict) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            os._exit(137)  # the sweep was killed: die like it, leaving the trial for the next run to retry
+        now = time.time()
+        if now - self.last >= self.seconds:
+            self.last = now
+            set_attr(self.study, self.number, "heartbeat", now)
+            set_attr(self.study, self.number, "steps", progress.steps)
+
+
+def trial_config(config: SweepConfig, params: list[Param], values: dict, seed: int) -> tuple[list[str], TrainConfig]:
+    """The `mmrl train` overrides and config of one trial."""
+    overrides = list(config.hpo.train) + [p.override(values[p.key]) for p in params] + [f"seed={seed}"]
+    if config.hpo.n_workers > 1 and not any(o.startswith("hardware.threads=") for o in overrides):
+        overrides.append(f"hardware.threads={max(1, (os.cpu_count() or 1) // config.hpo.n_workers)}")
+    overrides.append(f"runs_root={config.runs_root}")
+    return overrides, compose_train_config(overrides)
+
+
+def parameter_count(cfg: TrainConfig) -> int:
+    """Parameters of the policy `cfg` builds (on the meta device: nothing allocated)."""
+    import torch
+
+    from ..cli import observation_spec_of
+    from ..models import build_policy
+    from ..models.patches import default_patch_size
+
+    spec, actions = observation_spec_of(cfg.data)
+    patch = cfg.data.tile_size if cfg.data.type == "goto" else 1
+    if cfg.model.type == "vit-gpt2" and "image" in spec and cfg.data.type == "gym":
+        patch = default_patch_size(*spec["image"][0][:2])
+    with torch.device("meta"):
+        policy = build_policy(cfg.model, spec, actions, patch)
+    return sum(p.numel() for p in policy.parameters())
+
+
+def write_trial_json(path: Path, data: dict) -> None:
+    from ..checkpoint import write_text_atomic
+
+    write_text_atomic(path / "trial.json", json.dumps(data, indent=2, default=str))
+
+
+def run_trial(study: optuna.Study, config: SweepConfig, params: list[Param], sweep_dir: Path,
+              parent_pid: int | None = None) -> TrialState:
+    """Ask Optuna for a trial, train it, tell Optuna how it went; returns its final state."""
+    hpo = config.hpo
+    trial = study.ask()
+    earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+    if counted_trials(earlier) >= hpo.budget.trials:  # another worker took the last slot meanwhile
+        trial.set_user_attr("surplus", True)
+        trial.set_user_attr("failed_because", "not run: other workers had used up the trial budget")
+        study.tell(trial, state=TrialState.FAIL)
+        return TrialState.FAIL
+    for key, value in (("worker_host", HOST), ("worker_pid", os.getpid()), ("heartbeat", time.time())):
+        trial.set_user_attr(key, value)
+    values = {p.key: p.suggest(trial) for p in params}
+    run_dir = trial_dir(sweep_dir, trial.number)
+    trial.set_user_attr("run_dir", str(run_dir))
+    record = {"number": trial.number, "params": values, "run_dir": str(run_dir)}
+    try:
+        overrides, cfg = trial_config(config, params, values, hpo.first_seed + trial.number)
+    except ConfigError as e:
+        trial.set_user_attr("failed_because", str(e))
+        study.tell(trial, state=TrialState.FAIL)
+        return TrialState.FAIL
+    trial.set_user_attr("overrides", overrides)
+    reporter = Reporter(trial, hpo.objective.metric, prune=len(hpo.directions) == 1)
+    heartbeat = Heartbeat(study, trial.number, hpo.heartbeat_seconds, parent_pid)
+    print(f"trial {trial.number}: {' '.join(overrides)}", flush=True)
+    try:
+        summary = train(cfg, run_dir, callbacks=[heartbeat, reporter])
+    except (NumericalFault, ConfigError) as e:
+        trial.set_user_attr("failed_because", str(e))
+        study.tell(trial, state=TrialState.FAIL)
+        write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": str(e)})
+        return TrialState.FAIL
+    trial.set_user_attr("steps", summary["steps"])
+    trial.set_user_attr("wall_seconds", summary["wall_seconds"])
+    if summary["stopped_by"] and reporter.pruned_at is None:  # SIGTERM / Ctrl-C: run it again later
+        trial.set_user_attr("failed_because", f"interrupted ({summary['stopped_by']})")
+        trial.set_user_attr("retried_as", "next enqueued trial")
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(values, user_attrs={"retry_of": trial.number, "retries": 0})
+        write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": "interrupted"})
+        return TrialState.FAIL
+    if reporter.pruned_at is not None:
+        trial.set_user_attr("pruned_at_step", reporter.pruned_at)
+        study.tell(trial, state=TrialState.PRUNED)
+        write_trial_json(run_dir, {**record, "state": "PRUNED", "pruned_at_step": reporter.pruned_at,
+                                   "steps": summary["steps"]})
+        return TrialState.PRUNED
+    objective = metric_of(summary["evaluations"][-1], hpo.objective.metric)
+    objectives = [objective]
+    if hpo.objective.second == "wall_seconds":
+        objectives.append(summary["wall_seconds"])
+    elif hpo.objective.second == "parameters":
+        objectives.append(float(parameter_count(cfg)))
+    study.tell(trial, objectives)
+    write_trial_json(run_dir, {**record, "state": "COMPLETE", "values": objectives, "steps": summary["steps"],
+                               "heldout_success_rate": summary["heldout_success_rate"],
+                               "heldout_return": summary["heldout_return"]})
+    return TrialState.COMPLETE
+
+
+def work(sweep_dir: Path, deadline: float | None, parent_pid: int | None) -> None:
+    """A worker: run trials of the sweep in `sweep_dir` until its budget is used up."""
+    from .run import load_sweep_config
+
+    config = load_sweep_config(sweep_dir)
+    params = parse_space(config.hpo.space)
+    study = open_study(config.hpo, sweep_dir)
+    while True:
+        for note in fail_stale_trials(study, config.hpo):
+            print(note, flush=True)
+        reason = budget_left(study, config.hpo, deadline)
+        if reason is not None:
+            print(f"worker {os.getpid()}: done: {reason}", flush=True)
+            return
+        run_trial(study, config, params, sweep_dir, parent_pid)
+
+
+if __name__ == "__main__":  # python -m mmrl_cli.sweep.trial <sweep dir> <deadline|none> <parent pid>
+    directory, deadline_arg, parent = sys.argv[1:4]
+    work(Path(directory), None if deadline_arg == "none" else float(deadline_arg), int(parent))

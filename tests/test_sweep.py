@@ -1,0 +1,254 @@
+"""`mmrl sweep`: search-space parsing, every bad space, trials, pruning, budgets, dead workers,
+resuming, several workers, the exported preset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mmrl_cli.config import ConfigError
+from mmrl_cli.sweep.settings import HpoConfig, SweepConfig, parse_space
+from mmrl_cli.sweep.study import budget_left, counted_trials, fail_stale_trials, open_study, pid_alive, stale_reason
+from mmrl_cli.sweep.trial import run_trial
+
+# A CartPole PPO trial of 2,048 env steps with two validation evaluations: ~1-2 s.
+TINY_TRAIN = ["exp=cartpole-ppo", "total_steps=2048", "eval.every_steps=1024", "eval.episodes=4",
+              "monitor.tensorboard=false", "checkpoint.every_updates=4"]
+
+
+def train_list(overrides: list[str]) -> str:
+    """`hpo.train=[...]` as on a command line (each override quoted: they contain '=')."""
+    return "hpo.train=[" + ",".join(f"'{o}'" for o in overrides) + "]"
+
+
+TINY_SWEEP = ["hpo=cartpole-ppo", "hpo.study_name=tiny", train_list(TINY_TRAIN),
+              "hpo.retrain.top_k=1", "hpo.retrain.seeds=1", "hpo.sampler.n_startup_trials=2"]
+
+
+# ------------------------------------------------------------------------ search space
+def test_space_parses_every_kind_of_distribution():
+    params = {p.key: p for p in parse_space({
+        "algo": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                 "n_epochs": {"type": "int", "low": 1, "high": 9, "step": 2},
+                 "gamma": {"type": "categorical", "choices": [0.9, 0.99]}},
+        "model": {"type": "categorical", "choices": ["mlp", "cnn"]},
+    })}
+    assert params["algo.lr"].kind == "float" and params["algo.lr"].log
+    assert params["algo.n_epochs"].step == 2
+    assert params["model"].override("mlp") == "model=mlp"
+    assert params["algo.gamma"].override(0.99) == "algo.gamma=0.99"
+    trial = optuna.create_study().ask()
+    value = params["algo.n_epochs"].suggest(trial)
+    assert value in (1, 3, 5, 7, 9)
+
+
+BAD_SPACES = [
+    ({}, "hpo.space: expected at least one"),
+    ({"algo": {"lr": {"type": "gauss", "low": 0, "high": 1}}}, "hpo.space.algo.lr.type: expected one of"),
+    ({"algo": {"lr": {"type": "float", "high": 1}}}, "hpo.space.algo.lr.low: required"),
+    ({"algo": {"lr": {"type": "float", "low": 1, "high": 1}}}, "hpo.space.algo.lr: expected low < high"),
+    ({"algo": {"lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, "hpo.space.algo.lr.low: a log-scale"),
+    ({"algo": {"lr": {"type": "float", "low": 1e-4, "high": 1, "log": True, "step": 0.1}}}, "hpo.space.algo.lr.step: Optuna cannot"),
+    ({"algo": {"lr": {"type": "float", "low": 0, "high": 1, "step": 2.0}}}, "hpo.space.algo.lr.step: expected at most"),
+    ({"algo": {"lr": {"type": "float", "low": 0, "high": 1, "step": -1.0}}}, "hpo.space.algo.lr.step: expected a value > 0"),
+    ({"algo": {"lr": {"type": "float", "low": float("nan"), "high": 1}}}, "hpo.space.algo.lr.low: expected a finite number"),
+    ({"algo": {"lr": {"type": "float", "low": "a", "high": 1}}}, "hpo.space.algo.lr.low: expected a finite number"),
+    ({"algo": {"n_epochs": {"type": "int", "low": 1.5, "high": 4}}}, "hpo.space.algo.n_epochs.low: expected a finite integer"),
+    ({"algo": {"lr": {"type": "float", "low": 0, "high": 1, "log": "yes"}}}, "hpo.space.algo.lr.log: expected true or false"),
+    ({"algo": {"lr": {"type": "float", "low": 0, "high": 1, "choices": [1]}}}, "hpo.space.algo.lr.choices: unknown field"),
+    ({"algo": {"gamma": {"type": "categorical", "choices": []}}}, "hpo.space.algo.gamma.choices: expected a non-empty list"),
+    ({"algo": {"gamma": {"type": "categorical", "choices": [0.9, 0.9]}}}, "hpo.space.algo.gamma.choices: expected distinct"),
+    ({"algo": {"gamma": {"type": "categorical", "choices": [[1, 2]]}}}, "hpo.space.algo.gamma.choices: expected scalar"),
+    ({"algo": {"gamma": {"type": "categorical", "choices": [float("inf")]}}}, "hpo.space.algo.gamma.choices: expected finite"),
+    ({"model": {"type": "float", "low": 0, "high": 1}}, "hpo.space.model: a config group is searched with a categorical"),
+    ({"algo": {"type": {"type": "categorical", "choices": ["ppo", "a2c"]}}}, "hpo.space.algo.type: pick a algo option with a categorical `algo` entry"),
+    ({"algo": 3}, "hpo.space.algo: expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("space, needle", BAD_SPACES, ids=[n.split(":")[0] + ":" + n.split(":")[1][:20] for _, n in BAD_SPACES])
+def test_every_bad_space_is_one_config_error(space, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_space(space)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+CLI_BAD = [
+    (["hpo.space.algo.lr.low=-1"], "hpo.space.algo.lr.low: a log-scale distribution needs low > 0"),
+    (["+hpo.space.algo.lrr={type:float,low:0.1,high:0.2}"], "hpo.space.algo.lrr: the value 0.1 gives an invalid run: algo.lrr: unknown key"),
+    (["hpo.space.algo.batch_size.choices=[64,100000]"], "hpo.space.algo.batch_size: the value 100000 gives an invalid run: algo.batch_size"),
+    (["hpo.sampler.type=cmaes"], "hpo.sampler.type: expected one of tpe, gp, random, nsga2"),
+    (["hpo.objective.second=parameters"], "hpo.pruner.type: Optuna cannot prune multi-objective"),
+    (["hpo.budget.trials=0"], "hpo.budget.trials: expected an integer in [1, 1000000]"),
+    (["hpo.budget.wall_seconds=nan"], "hpo.budget.wall_seconds: expected a finite value > 0"),
+    (["hpo.storage=redis"], "hpo.storage: expected null, sqlite, journal or an RDB URL"),
+    (["hpo.train=['algo.lr=nan']"], "hpo.train: algo.lr: expected a finite value > 0, got nan"),
+    (["hpo.study_name=../x"], "hpo.study_name: expected letters"),
+    (["hpo=nope"], "hpo=nope: unknown option (expected one of: cartpole-a2c, cartpole-ppo, goto-ppo)"),
+    (["hpo.n_workers=0"], "hpo.n_workers: expected an integer in [1, 256]"),
+    (["sweep_dir=/proc/mmrl"], "sweep_dir: /proc/mmrl is not writable"),
+]
+
+
+@pytest.mark.parametrize("args, needle", CLI_BAD, ids=[a[0][:40] for a, _ in CLI_BAD])
+def test_bad_sweep_input_is_one_line_exit_2_and_creates_nothing(run_mmrl, args, needle):
+    result = run_mmrl("sweep", *args, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (run_mmrl.cwd / "runs").exists()
+
+
+# --------------------------------------------------------------------- study mechanics
+def hpo_config(tmp_path, **changes) -> SweepConfig:
+    hpo = HpoConfig(study_name="unit", train=list(TINY_TRAIN),
+                    space={"algo": {"lr": {"type": "categorical", "choices": [1e-3, 1e-9]}}}, **changes)
+    hpo.objective.metric = "validation_return"
+    return SweepConfig(hpo=hpo, runs_root=str(tmp_path / "runs"), sweep_dir=str(tmp_path / "sweep"))
+
+
+def test_budget_counts_retried_failures_once():
+    study = optuna.create_study()
+    for state, attrs in [(TrialState.COMPLETE, {}), (TrialState.FAIL, {"retried_as": "x"}), (TrialState.FAIL, {}),
+                         (TrialState.FAIL, {"surplus": True}), (TrialState.PRUNED, {})]:
+        study.add_trial(optuna.trial.create_trial(state=state, user_attrs=attrs, values=[1.0] if state == TrialState.COMPLETE else None,
+                                                  intermediate_values={1: 0.0} if state == TrialState.PRUNED else None))
+    assert counted_trials(study.get_trials()) == 3
+    hpo = HpoConfig(study_name="b", space={"algo": {"lr": {"type": "float", "low": 0.1, "high": 0.2}}})
+    hpo.budget.trials = 3
+    assert "trial budget" in budget_left(study, hpo, None)
+    hpo.budget.trials = 4
+    assert budget_left(study, hpo, None) is None
+    assert "wall-time" in budget_left(study, hpo, time.time() - 1)
+
+
+def test_a_trial_of_a_dead_worker_is_failed_and_retried_once(tmp_path):
+    config = hpo_config(tmp_path, max_retries=1)
+    (tmp_path / "sweep").mkdir()
+    study = open_study(config.hpo, tmp_path / "sweep")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask({"algo.lr": optuna.distributions.CategoricalDistribution([1e-3, 1e-9])})
+    trial.set_user_attr("worker_host", __import__("socket").gethostname())
+    trial.set_user_attr("worker_pid", dead.pid)
+    trial.set_user_attr("heartbeat", time.time())
+    notes = fail_stale_trials(study, config.hpo)
+    assert len(notes) == 1 and "is gone" in notes[0]
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL and "retried_as" in trials[0].user_attrs
+    assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["retry_of"] == 0
+    assert trials[1].system_attrs["fixed_params"] == trials[0].params  # run again as they were
+    assert fail_stale_trials(study, config.hpo) == []  # nothing left to retire
+    # a heartbeat older than the grace period is stale wherever the worker ran
+    frozen = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"worker_host": "elsewhere", "worker_pid": 1,
+                                                                             "heartbeat": time.time() - 500})
+    assert "no heartbeat" in stale_reason(frozen, 120, time.time())
+    assert stale_reason(frozen, 1000, time.time()) is None
+
+
+def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path):
+    config = hpo_config(tmp_path)
+    config.hpo.pruner.n_startup_trials = 1
+    config.hpo.pruner.warmup_steps = 0
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    study = open_study(config.hpo, sweep)
+    config.hpo.space = {"data": {"max_steps": {"type": "categorical", "choices": [500, 5]}}}
+    study.enqueue_trial({"data.max_steps": 500})
+    study.enqueue_trial({"data.max_steps": 5})  # returns of at most 5: below the median at the first evaluation
+    params = parse_space(config.hpo.space)
+    assert run_trial(study, config, params, sweep) == TrialState.COMPLETE
+    assert run_trial(study, config, params, sweep) == TrialState.PRUNED
+    pruned = study.get_trials()[1]
+    assert pruned.user_attrs["pruned_at_step"] == 1024 and pruned.user_attrs["steps"] == 1024
+    record = json.loads((sweep / "trials" / "0001" / "trial.json").read_text())
+    assert record["state"] == "PRUNED"
+    summary = json.loads((sweep / "trials" / "0001" / "summary.json").read_text())
+    assert "pruned by Optuna at step 1,024" in summary["stopped_by"]
+    assert (sweep / "trials" / "0001" / "checkpoints").is_dir()  # a pruned run can still be resumed or evaluated
+
+
+# ------------------------------------------------------------------------- end to end
+def study_of(sweep_dir: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
+
+
+def test_a_tiny_sweep_end_to_end_resumes_and_exports_a_preset_train_runs(run_mmrl):
+    result = run_mmrl("sweep", *TINY_SWEEP, "hpo.budget.trials=3", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep = run_mmrl.cwd / "runs" / "sweeps" / "tiny"
+    results = json.loads((sweep / "results.json").read_text())
+    assert results["counts"].get("complete", 0) + results["counts"].get("pruned", 0) == 3
+    assert len(results["retrained"]) == 1 and results["retrained"][0]["seeds"] == 1
+    retrained = results["retrained"][0]
+    assert Path(retrained["run_dirs"][0]).name == "seed10000"
+    assert (sweep / "report.md").read_text().startswith("# mmrl sweep: tiny")
+    assert (sweep / "plots" / "optimization_history.png").stat().st_size > 1000
+    assert any((sweep / "tb").iterdir())
+    assert (sweep / "trials" / "0000" / "trial.json").exists()
+    # the same command again: nothing re-run, the report rewritten
+    mtime = (sweep / "trials" / "0000" / "summary.json").stat().st_mtime
+    again = run_mmrl("sweep", *TINY_SWEEP, "hpo.budget.trials=3", timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "no new trials: the trial budget (3) is used up" in again.stderr
+    assert (sweep / "trials" / "0000" / "summary.json").stat().st_mtime == mtime
+    assert len(study_of(sweep).get_trials()) == 3
+    # a different search space is refused
+    changed = run_mmrl("sweep", *TINY_SWEEP, "hpo.space.algo.lr.high=0.01", timeout=60)
+    assert changed.returncode == 2 and "hpo.space: the study in" in changed.stderr
+    # the exported preset runs as is in `mmrl train`
+    preset = sweep / "exp" / "tiny-best.yaml"
+    assert "override /algo: ppo" in preset.read_text()
+    trained = run_mmrl("train", "exp=tiny-best", "total_steps=512", "monitor.tensorboard=false", timeout=120)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run_dirs = [p for p in (run_mmrl.cwd / "runs").glob("20*/*") if p.is_dir()]
+    config = (run_dirs[0] / "config.yaml").read_text()
+    for key, value in retrained["params"].items():
+        assert f"{key.split('.')[-1]}: {value}" in config
+
+
+def test_kill_9_mid_trial_then_rerun_keeps_finished_trials_and_retries_the_killed_one(run_mmrl):
+    args = [*TINY_SWEEP, "hpo.budget.trials=3", "hpo.retrain.top_k=0", "hpo.pruner.type=none",
+            train_list([o.replace("total_steps=2048", "total_steps=6144") for o in TINY_TRAIN])]
+    sweep = run_mmrl.cwd / "runs" / "sweeps" / "tiny"
+    process = subprocess.Popen([sys.executable, "-m", "mmrl_cli.cli", "sweep", *args], cwd=run_mmrl.cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not ((sweep / "trials" / "0000" / "trial.json").exists() and (sweep / "trials" / "0001" / "metrics.jsonl").exists()):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)  # the sweep, mid-trial 1; its worker exits at its next update
+    process.wait()
+    killed = study_of(sweep).get_trials()[1]
+    assert killed.state == TrialState.RUNNING
+    while pid_alive(killed.user_attrs["worker_pid"]):
+        assert time.time() < deadline
+        time.sleep(0.1)
+    finished = (sweep / "trials" / "0000" / "summary.json").stat().st_mtime
+    result = run_mmrl("sweep", *args, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trial 1 failed (its worker (pid" in result.stderr
+    trials = study_of(sweep).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params
+    assert (sweep / "trials" / "0000" / "summary.json").stat().st_mtime == finished  # not re-run
+
+
+def test_two_workers_share_one_journal_study_without_running_a_trial_twice(run_mmrl):
+    result = run_mmrl("sweep", *TINY_SWEEP, "hpo.budget.trials=4", "hpo.n_workers=2", "hpo.storage=journal",
+                      "hpo.retrain.top_k=0", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep = run_mmrl.cwd / "runs" / "sweeps" / "tiny"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep / "journal.log")))
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2  # both workers ran trials
+    assert sorted(p.name for p in (sweep / "trials").iterdir()) == ["0000", "0001", "0002", "0003"]
+    assert "hardware.threads=" in " ".join(trials[0].user_attrs["overrides"])
