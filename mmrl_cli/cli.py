@@ -28,6 +28,7 @@ SWEEP_GROUPS = ("hpo",)  # groups of `mmrl sweep` (the study: space, objective, 
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve", "-p", "--package"}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RUN_DIR_VARIABLE = "MMRL_RUN_DIR"  # the run directory the torchrun launcher hands every rank
 
 
 def fail(command: str, message: str) -> None:
@@ -220,6 +221,13 @@ def check_sweep(cfg: DictConfig, overrides: list[str]) -> None:
     from .sweep.settings import validate_sweep
 
     typed = validate_sweep(cfg)
+    if typed.hpo.html:
+        try:
+            import plotly  # noqa: F401
+        except ImportError:
+            raise ConfigError("hpo.html: interactive plots need plotly (pip install plotly), or set hpo.html=false") from None
+    if f"{typed.hpo.study_name}-best" in group_options("exp"):
+        raise ConfigError(f"hpo.study_name: {typed.hpo.study_name}-best would shadow the shipped exp preset of that name")
     check_trial_configs(typed)
     check_output_dir("sweep_dir" if typed.sweep_dir else "runs_root", typed.directory)
     check_resumable(typed)
@@ -258,6 +266,11 @@ def make_run_dir(cfg: TrainConfig) -> Path:
         run_dir = Path(hydra_cfg.runtime.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
+    return new_run_dir(cfg)
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """Create <runs_root>/<date>/<time>[-<run_name>] (with .1, .2, ... if taken)."""
     now = dt.datetime.now()
     base = Path(cfg.runs_root) / now.strftime("%Y-%m-%d") / (now.strftime("%H-%M-%S") + (f"-{cfg.run_name}" if cfg.run_name else ""))
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -312,6 +325,7 @@ def train_task(cfg: DictConfig) -> float:
     from .preflight import check_output_dir
 
     resume_from = None
+    launched_dir = os.environ.get(RUN_DIR_VARIABLE)  # set when this process is one rank of `hardware.nproc`
     try:
         if cfg.get("resume") is not None:  # the config comes from the run's checkpoint
             run = resumed_run(str(cfg.resume), str(cfg.runs_root), list(HydraConfig.get().overrides.task))
@@ -325,14 +339,23 @@ def train_task(cfg: DictConfig) -> float:
         check_compatible(typed)
     except ConfigError as e:
         fail("train", str(e))
-    if resume_from is None:
+    if launched_dir is not None:  # one rank: the launcher made the run directory; a restart resumes in it
+        run_dir = Path(launched_dir)
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if resume_from is None or restarts > 0:
+            resume_from = latest_checkpoint(run_dir) or resume_from
+        if resume_from is not None and os.environ.get("RANK", "0") == "0":
+            print(f"mmrl train: {f'restart {restarts}: ' if restarts else ''}resuming {run_dir} from checkpoint "
+                  f"{resume_from.name} on {os.environ.get('WORLD_SIZE')} ranks", file=sys.stderr)
+    elif resume_from is None:
         try:
             run_dir = make_run_dir(typed)
         except OSError as e:
             fail("train", f"runs_root: could not create a run directory under {typed.runs_root} ({e.strerror})")
-    else:
+    if resume_from is not None and launched_dir is None:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(run.config))
         print(f"mmrl train: resuming {run_dir} from checkpoint {resume_from.name}", file=sys.stderr)
+    main_rank = os.environ.get("RANK", "0") == "0"
     hint = f"resume with: mmrl train resume={run_dir}"
     try:
         summary = train(typed, run_dir, resume_from=resume_from)
@@ -347,10 +370,12 @@ def train_task(cfg: DictConfig) -> float:
     except CheckpointError as e:
         fail("train", f"resume: {e}")
     if summary["stopped_by"]:
-        print(f"mmrl train: stopped by {summary['stopped_by']} after {summary['steps']:,} steps; checkpoint saved; {hint}",
-              file=sys.stderr)
+        if main_rank:
+            print(f"mmrl train: stopped by {summary['stopped_by']} after {summary['steps']:,} steps; checkpoint saved; {hint}",
+                  file=sys.stderr)
         raise SystemExit(143 if summary["stopped_by"] == "SIGTERM" else 130)
-    print_summary(summary)
+    if main_rank:
+        print_summary(summary)
     return summary["heldout_success_rate"]
 
 
@@ -447,6 +472,96 @@ COMMANDS = {
 }
 
 
+# ------------------------------------------------------------------- several processes
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest intact checkpoint of `run_dir`, or None when it has none."""
+    from .checkpoint import CheckpointError, find_checkpoint
+
+    try:
+        return find_checkpoint(run_dir)[0]
+    except CheckpointError:
+        return None
+
+
+def torchrun_command(hardware, args: list[str]) -> list[str]:
+    """The `torch.distributed.run` command line that starts `mmrl train <args>` on every rank."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={hardware.nproc}",
+               f"--max-restarts={hardware.max_restarts}"]
+    if hardware.nnodes == 1:
+        command.append("--standalone")  # one machine: a local rendezvous on a free port
+    else:
+        command += [f"--nnodes={hardware.nnodes}", f"--node-rank={hardware.node_rank}", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint={hardware.rdzv_endpoint}", "--rdzv-id=mmrl"]
+    return command + ["-m", "mmrl_cli.cli", "train", *args]
+
+
+FAILURE_FIELDS = re.compile(r"^\s*(rank|exitcode)\s*:\s*(.+?)\s*$")
+
+
+def failure_cause(lines: list[str]) -> str:
+    """Which rank failed and how, from torchrun's failure report (its root cause when it names one)."""
+    root = max((i for i, line in enumerate(lines) if "Root Cause" in line), default=None)
+    if root is not None:
+        lines = lines[root:]
+    fields = {}
+    for line in lines:
+        match = FAILURE_FIELDS.match(line)
+        if match and match.group(1) not in fields:
+            fields[match.group(1)] = match.group(2).split()[0]
+    code = fields.get("exitcode")
+    how = f"killed by signal {-int(code)}" if code and code.lstrip("-").isdigit() and int(code) < 0 else f"exit code {code}"
+    return f"rank {fields.get('rank', '?')} failed ({how})" if fields else "a rank failed"
+
+
+def launch_distributed(typed: TrainConfig, args: list[str]) -> int:
+    """Run `mmrl train` on `hardware.nproc` ranks under torchrun; return the exit status."""
+    import subprocess
+
+    hardware = typed.hardware
+    if typed.resume is not None:
+        run_dir = resumed_run(typed.resume, typed.runs_root, args).run_dir
+    else:
+        try:
+            run_dir = new_run_dir(typed)
+        except OSError as e:
+            fail("train", f"runs_root: could not create a run directory under {typed.runs_root} ({e.strerror})")
+    env = {**os.environ, RUN_DIR_VARIABLE: str(run_dir), "OMP_NUM_THREADS": str(hardware.threads or 1)}
+    process = subprocess.Popen(torchrun_command(hardware, args), env=env, stderr=subprocess.PIPE, text=True)
+    tail: list[str] = []
+    try:
+        for line in process.stderr:  # rank output passes through; torchrun's failure report is kept
+            sys.stderr.write(line)
+            tail = (tail + [line])[-400:]
+        status = process.wait()
+    except KeyboardInterrupt:  # torchrun got the Ctrl-C too and passes it to every rank
+        status = process.wait()
+    if status not in (0, 130, 143):
+        kept = "the last checkpoint is in" if latest_checkpoint(run_dir) else "no checkpoint was written in"
+        print(f"mmrl train: error: {failure_cause(tail)} and hardware.max_restarts={hardware.max_restarts} restarts "
+              f"are used up; {kept} {run_dir}/checkpoints (resume with: mmrl train resume={run_dir})", file=sys.stderr)
+        return 1
+    return status
+
+
+def distributed_launch_config(args: list[str]) -> TrainConfig | None:
+    """The typed config of `mmrl train <args>` when it asks for several processes and this process
+    is not already one of them; None otherwise."""
+    if RUN_DIR_VARIABLE in os.environ or "LOCAL_RANK" in os.environ or INFO_FLAGS.intersection(args) \
+            or MULTIRUN_FLAGS.intersection(args):
+        return None
+    from .config import compose_train_config
+
+    overrides = [a for a in args if not a.startswith("hydra.")]
+    resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
+    if resume is not None:
+        runs_root = next((a.split("=", 1)[1] for a in overrides if a.startswith("runs_root=")), "runs")
+        typed = resumed_run(resume, runs_root, overrides).typed
+        typed.resume = resume
+    else:
+        typed = compose_train_config(overrides)
+    return typed if typed.hardware.distributed else None
+
+
 # ------------------------------------------------------------------------------ main
 def print_help() -> None:
     """`mmrl --help`: the subcommands and every config group with its options."""
@@ -532,8 +647,11 @@ def main(argv: list[str] | None = None) -> None:
             fail(command, f"unknown flag {bad_flag!r} (see `mmrl {command} --help`)")
         try:
             check_overrides(command, overrides)
+            launch = distributed_launch_config(args) if command == "train" else None
         except ConfigError as e:
             fail(command, str(e))
+        if launch is not None:
+            raise SystemExit(launch_distributed(launch, args))
     run_hydra(command, args)
 
 

@@ -242,10 +242,29 @@ class HardwareConfig:
     precision: str = "fp32"
     compile: bool = False
     fast_path: bool = True
+    nproc: int = 1             # processes (ranks) on this machine; > 1: relaunched under torchrun
+    nnodes: int = 1            # machines
+    node_rank: int = 0         # this machine's index among them
+    rdzv_endpoint: str = "localhost:29400"  # host:port of the c10d rendezvous (node 0's address)
+    max_restarts: int = 0      # torchrun's elastic restarts after a rank fails
+    backend: str = "auto"      # auto (gloo on CPU, NCCL on CUDA) | gloo | nccl
+
+    @property
+    def distributed(self) -> bool:
+        """True when training runs on several processes."""
+        return self.nproc * self.nnodes > 1
 
     def check(self) -> None:
         non_negative("hardware", self, "threads")
         one_of("hardware", self, "precision", ("fp32", "bf16"))
+        between("hardware", self, "nproc", 1, 1024)
+        between("hardware", self, "nnodes", 1, 100_000)
+        between("hardware", self, "node_rank", 0, self.nnodes - 1)
+        between("hardware", self, "max_restarts", 0, 1000)
+        one_of("hardware", self, "backend", ("auto", "gloo", "nccl"))
+        host, _, port = self.rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"hardware.rdzv_endpoint: expected host:port, got {self.rdzv_endpoint!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"hardware.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -335,9 +354,13 @@ class TrainConfig:
                         self.monitor, self.checkpoint, self.numerics):
             section.check()
         batch_size = getattr(self.algo, "batch_size", None)
-        if batch_size is not None and batch_size > self.steps_per_update:
-            raise ConfigError(f"algo.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
-                              f"{self.steps_per_update}, got {batch_size}")
+        ranks = self.hardware.nproc * self.hardware.nnodes
+        if batch_size is not None and batch_size % ranks:
+            raise ConfigError(f"algo.batch_size: expected a multiple of the {ranks} ranks (hardware.nproc * hardware.nnodes: "
+                              f"each takes an equal share of every minibatch), got {batch_size}")
+        if batch_size is not None and batch_size > self.steps_per_update * ranks:
+            raise ConfigError(f"algo.batch_size: expected at most rollout.n_envs * rollout.n_steps * ranks = "
+                              f"{self.steps_per_update * ranks}, got {batch_size}")
 
 
 # ------------------------------------------------------------------------- mmrl eval

@@ -226,3 +226,22 @@ class Monitor:
             self.last_print = time.monotonic()
             fields = "  ".join(f"{k} {self._fmt(v)}" for k, v in self.latest.items())
             self.console.print(f"step {self.step:,}/{self.total_steps:,}  {fields}", highlight=False)
+
+
+class SilentMonitor:
+    """The monitor of ranks other than 0 under torch.distributed: rank 0 reports for every rank."""
+
+    def __enter__(self) -> "SilentMonitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def log_update(self, *args, **kwargs) -> None:
+        pass
+
+    def log_eval(self, *args, **kwargs) -> None:
+        pass
+
+    def log_heldout(self, *args, **kwargs) -> None:
+        pass

@@ -33,7 +33,8 @@ from .checkpoint import (POLICY, load_modules, load_state, save_checkpoint, save
                          write_text_atomic)
 from .config import TrainConfig, validate
 from .evaluation import evaluate, write_json
-from .monitor import Monitor
+from .distributed import Distributed
+from .monitor import Monitor, SilentMonitor
 from .rng import global_rng_state, seed_everything, set_global_rng_state
 from .rollout import Collector
 from .signals import StopRequests
@@ -72,34 +73,48 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     cfg = cfg if isinstance(cfg, TrainConfig) else validate(cfg)
     cfg.check()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     callbacks = list(callbacks)
     device = pick_device(cfg.hardware)
+    dist = Distributed.from_env(device.type, cfg.hardware.backend)  # one rank unless started by torchrun
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
     seed_everything(cfg.seed)
     autocast = autocast_for(device, cfg.hardware.precision)
-    env, policy = build_env_and_policy(cfg, cfg.rollout.n_envs, device)
-    algo = ALGOS[cfg.algo.type](cfg.algo, policy, cfg.total_updates, autocast, cfg.hardware.fast_path)
+    env, policy = build_env_and_policy(cfg, cfg.rollout.n_envs, device, seed=dist.seed(cfg.seed))
+    total_updates = updates_of(cfg, dist.world_size)
+    algo = ALGOS[cfg.algo.type](per_rank(cfg.algo, dist.world_size), policy, total_updates, autocast, cfg.hardware.fast_path)
     algo.seed(cfg.seed)
-    collector = Collector(env, policy, cfg.rollout.n_steps, device, cfg.seed, autocast, cfg.rollout.bootstrap_truncated)
+    if dist.enabled:  # every rank starts from rank 0's weights, then draws its own random streams
+        dist.broadcast_parameters(policy)
+        seed_everything(dist.seed(cfg.seed))
+        algo.distributed = algo.gradient.distributed = dist
+    collector = Collector(env, policy, cfg.rollout.n_steps, device, dist.seed(cfg.seed), autocast,
+                          cfg.rollout.bootstrap_truncated)
+    steps_per_update = cfg.steps_per_update * dist.world_size  # env steps of all ranks together
     modules = {POLICY: policy}  # named modules saved in checkpoints (methods may add a teacher, a world model)
     progress = Progress(next_eval=cfg.eval.every_steps)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(dataclasses.replace(cfg, resume=None)))
     if resume_from is not None:
-        restore(resume_from, modules, algo, collector, progress, device)
-        for name in set_aside_newer(resume_from.parent, resume_from.name):
+        # Under several ranks each rank's envs start afresh (their saved state is rank 0's alone).
+        restore(resume_from, modules, algo, None if dist.enabled else collector, progress, device)
+        for name in set_aside_newer(resume_from.parent, resume_from.name) if dist.is_main else []:
             print(f"mmrl train: checkpoint {name} is newer than the one resumed from: moved to checkpoints/abandoned/",
                   file=sys.stderr)
-        if algo.clock.remaining() == 0 and progress.update < cfg.total_updates and cfg.algo.lr_schedule == "linear":
+        if algo.clock.remaining() == 0 and progress.update < total_updates and cfg.algo.lr_schedule == "linear" \
+                and dist.is_main:
             print("mmrl train: warning: this run's linear learning-rate schedule has annealed to 0, so further updates "
                   "change nothing; add algo.lr_schedule=constant to go on at algo.lr", file=sys.stderr)
-    else:
+    elif dist.is_main:
         write_text_atomic(run_dir / "config.yaml", config_yaml)
     if cfg.hardware.compile:
         policy.compile()
-    monitor = monitor or Monitor(cfg, run_dir, cfg.total_updates * cfg.steps_per_update,
-                                 start=(progress.update, progress.steps), skipped_before=algo.gradient.skipped_steps)
+    if monitor is None:
+        monitor = Monitor(cfg, run_dir, total_updates * steps_per_update, start=(progress.update, progress.steps),
+                          skipped_before=algo.gradient.skipped_steps) if dist.is_main else SilentMonitor()
     saved_update = progress.update if resume_from is not None else None
     session_start = time.perf_counter()
 
@@ -110,23 +125,25 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
                                  f"(is algo.lr={cfg.algo.lr} too high?)")
         progress.wall_seconds += time.perf_counter() - session_start
         session_start = time.perf_counter()
+        saved_update = progress.update
+        if not dist.is_main:  # rank 0 writes for everyone
+            return
         state = {"algo": algo.state_dict(), "collector": collector.state_dict(), "progress": dataclasses.asdict(progress),
-                 "device_type": device.type, "rng": global_rng_state()}
+                 "device_type": device.type, "rng": global_rng_state(), "world_size": dist.world_size}
         save_checkpoint(run_dir / "checkpoints", progress.update, {k: m.state_dict() for k, m in modules.items()},
                         state, config_yaml, cfg.checkpoint.keep_last)
-        saved_update = progress.update
 
     stop = StopRequests()
-    stopped_by = None
+    stopped_by, stopping = None, False
     with monitor, stop:
-        while progress.update < cfg.total_updates and not stop.requested and stopped_by is None:
+        while progress.update < total_updates and not stopping and stopped_by is None:
             update_start = time.perf_counter()
             # 1. Collect a rollout with the current policy.
             rollout = collector.collect()
             # 2. Learn from it: the algorithm's losses, backward, optimiser step(s).
-            metrics = algo.update(rollout)
+            metrics = dist.mean_metrics(algo.update(rollout))
             progress.update += 1
-            progress.steps += cfg.steps_per_update
+            progress.steps += steps_per_update
             if algo.gradient.skipped_in_a_row >= cfg.numerics.max_skipped_in_a_row:
                 raise NumericalFault(
                     f"{algo.gradient.skipped_in_a_row} gradient steps in a row had a non-finite loss or gradient "
@@ -135,11 +152,11 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
 
             # 3. Report; evaluate on validation levels now and then; let callbacks watch (and stop).
             elapsed = progress.wall_seconds + time.perf_counter() - session_start
-            monitor.log_update(progress.update, progress.steps, metrics, collector.take_episodes(),
+            monitor.log_update(progress.update, progress.steps, metrics, dist.gather(collector.take_episodes()),
                                algo.gradient.skipped_steps, progress.steps / elapsed,
                                time.perf_counter() - update_start, algo.gradient.module_grad_norms)
             stopped_by = notify(callbacks, "on_update", progress, metrics)
-            last = progress.update == cfg.total_updates
+            last = progress.update == total_updates
             if progress.steps >= progress.next_eval or last:
                 progress.next_eval += cfg.eval.every_steps
                 eval_start = time.perf_counter()
@@ -154,16 +171,41 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
                 progress.eval_seconds += time.perf_counter() - eval_start
                 monitor.log_heldout(progress.steps, progress.heldout)
 
-            # 4. Checkpoint now and then, at the end, and before any early stop.
-            if progress.update % cfg.checkpoint.every_updates == 0 or last or stopped_by:
+            # 4. Checkpoint now and then, at the end, and before any early stop (a signal on any rank
+            #    stops every rank at this same update).
+            stopping = dist.any(stop.requested)
+            if progress.update % cfg.checkpoint.every_updates == 0 or last or stopped_by or stopping:
                 checkpoint()
         if saved_update != progress.update:  # stopped by a signal between checkpoints
             checkpoint()
 
-    save_weights(policy.state_dict(), run_dir / "model.safetensors")
-    summary = make_summary(progress, algo, device, run_dir, stop.name if stop.requested else stopped_by)
-    write_json(run_dir / "summary.json", summary)
+    summary = make_summary(progress, algo, device, run_dir, stop_reason(stop, stopping, stopped_by))
+    if dist.is_main:
+        save_weights(policy.state_dict(), run_dir / "model.safetensors")
+        write_json(run_dir / "summary.json", summary)
+    dist.close()  # every rank leaves together, after rank 0 has written
     return summary
+
+
+def stop_reason(stop: StopRequests, stopping: bool, stopped_by: str | None) -> str | None:
+    """What stopped the run early: this rank's signal, another rank's, a callback, or nothing."""
+    if stop.requested:
+        return stop.name
+    if stopping:
+        return "SIGTERM"  # another rank was signalled (torchrun passes a stop to every rank)
+    return stopped_by
+
+
+def updates_of(cfg: TrainConfig, world_size: int) -> int:
+    """Updates the run makes: total_steps over the env steps of one update of every rank (at least one)."""
+    return max(1, cfg.total_steps // (cfg.steps_per_update * world_size))
+
+
+def per_rank(algo_cfg, world_size: int):
+    """The algorithm config one rank uses: `batch_size` is the minibatch of all ranks together."""
+    if world_size == 1 or getattr(algo_cfg, "batch_size", None) is None:
+        return algo_cfg
+    return dataclasses.replace(algo_cfg, batch_size=algo_cfg.batch_size // world_size)
 
 
 def notify(callbacks: list, event: str, *args) -> str | None:
@@ -230,14 +272,17 @@ def run_evaluations(policy, cfg: TrainConfig, device, autocast, monitor: Monitor
     return results
 
 
-def restore(path: Path, modules: dict, algo, collector: Collector, progress: Progress, device: torch.device) -> None:
-    """Load checkpoint `path` into the live objects (modules, algorithm, collector, counters, RNGs)."""
+def restore(path: Path, modules: dict, algo, collector: Collector | None, progress: Progress, device: torch.device) -> None:
+    """Load checkpoint `path` into the live objects (modules, algorithm, collector, counters, RNGs);
+    `collector` None: the envs start afresh (several ranks: the saved env state is one rank's)."""
     load_modules(path, modules)
     state = load_state(path)
     algo.load_state_dict(state["algo"])
-    collector.load_state_dict(state["collector"])
     for key, value in state["progress"].items():
         setattr(progress, key, value)
+    if collector is None:
+        return
+    collector.load_state_dict(state["collector"])
     set_global_rng_state(state["rng"])
     if state.get("device_type", device.type) != device.type:
         print(f"mmrl train: warning: resuming on {device.type} a run checkpointed on {state['device_type']}: the env and "

@@ -40,7 +40,8 @@ def preset_space() -> dict:
     return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "hpo" / "cartpole-ppo.yaml"))["space"]
 
 
-def run_study(name: str, sampler: str, seed: int, trials: int, steps: int, pruner: str, evals: int, root: str) -> dict:
+def run_study(name: str, sampler: str, seed: int, trials: int, steps: int, pruner: str, evals: int, root: str,
+              min_resource: int | None = None) -> dict:
     """One sweep in this process (no worker processes): every trial's value, steps and seconds."""
     import torch
     from optuna.trial import TrialState
@@ -55,8 +56,10 @@ def run_study(name: str, sampler: str, seed: int, trials: int, steps: int, prune
              "checkpoint.every_updates=1000", "hardware.threads=1"]
     hpo = HpoConfig(study_name=name, train=train, space=preset_space(),
                     sampler=SamplerConfig(type=sampler, seed=seed, n_startup_trials=5),
-                    pruner=PrunerConfig(type=pruner, n_startup_trials=5, warmup_steps=steps // evals),
+                    pruner=PrunerConfig(type=pruner, n_startup_trials=5, warmup_steps=steps // evals,
+                                        min_resource=min_resource),
                     budget=BudgetConfig(trials=trials))
+    hpo.objective.metric = "validation_return"
     config = SweepConfig(hpo=hpo, runs_root=root, sweep_dir=f"{root}/{name}")
     sweep_dir = Path(config.directory)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -114,10 +117,15 @@ def retrain_heldout(overrides: list[str], seeds: list[int], root: str) -> list[f
         return [f.result()["heldout_return"] for f in futures]
 
 
+PRUNERS = ("none", "median", "sha", "hyperband")
+
+
 def part_pruning(args, root: str) -> dict:
+    first_rung = args.prune_steps // 5  # sha / hyperband: the first rung is the first validation evaluation
     with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
-        futures = {pruner: pool.submit(run_study, f"prune-{pruner}", "tpe", 0, args.trials, args.prune_steps, pruner, 5, root)
-                   for pruner in ("none", "median")}
+        futures = {pruner: pool.submit(run_study, f"prune-{pruner}", "tpe", 0, args.trials, args.prune_steps, pruner, 5, root,
+                                       first_rung)
+                   for pruner in PRUNERS}
         studies = {pruner: f.result() for pruner, f in futures.items()}
     results, rows = {}, []
     for pruner, study in studies.items():
@@ -130,11 +138,12 @@ def part_pruning(args, root: str) -> dict:
                            "study": study}
         rows.append([pruner, steps, study["states"].count("PRUNED"), study["seconds"], best_value,
                      statistics.mean(heldout), " ".join(f"{h:.0f}" for h in heldout)])
-    saving = 1 - results["median"]["env_steps"] / results["none"]["env_steps"]
-    results["step_saving"] = saving
-    print_table(f"pruning: TPE, {args.trials} trials of {args.prune_steps:,} steps, 5 validation evaluations each "
-                f"(median pruner saves {saving:.0%} of env steps)",
-                ["pruner", "env steps", "pruned", "seconds", "best validation", "held-out (3 fresh seeds)", "per seed"], rows)
+    results["step_saving"] = {p: 1 - results[p]["env_steps"] / results["none"]["env_steps"] for p in PRUNERS[1:]}
+    for row, pruner in zip(rows, PRUNERS):
+        row.insert(2, f"{results['step_saving'].get(pruner, 0.0):.0%}")
+    print_table(f"pruning: TPE, {args.trials} trials of {args.prune_steps:,} steps, 5 validation evaluations each",
+                ["pruner", "env steps", "saved", "pruned", "seconds", "best validation", "held-out (3 fresh seeds)",
+                 "per seed"], rows)
     return results
 
 
@@ -168,14 +177,18 @@ def main() -> None:
     parser.add_argument("--parts", nargs="*", default=["samplers", "pruning", "workers"])
     parser.add_argument("--trials", type=int, default=30, help="trials per sweep (samplers, pruning)")
     parser.add_argument("--repeats", type=int, default=5, help="sweeps per sampler (sampler seeds 0, 1, ...)")
-    parser.add_argument("--sampler-steps", type=int, default=20_000, help="env steps per trial (samplers)")
-    parser.add_argument("--target", type=float, default=450.0, help="validation return a sampler must reach")
+    parser.add_argument("--sampler-steps", type=int, default=8_000, help="env steps per trial (samplers)")
+    parser.add_argument("--target", type=float, default=475.0, help="validation return a sampler must reach")
     parser.add_argument("--prune-steps", type=int, default=40_000, help="env steps per trial (pruning, workers)")
     parser.add_argument("--worker-trials", type=int, default=8, help="trial budget (workers)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/bench/sweep.json")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="mmrl-bench-sweep-")
     data = {"args": {k: v for k, v in vars(args).items() if k != "out"}}
+    if args.out.exists():  # keep the parts not re-run this time
+        import json
+
+        data = {**{k: v for k, v in json.loads(args.out.read_text()).items() if k != "machine"}, **data}
     for part in args.parts:
         data[part] = {"samplers": part_samplers, "pruning": part_pruning, "workers": part_workers}[part](args, root)
     write_json(args.out, data)

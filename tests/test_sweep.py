@@ -94,6 +94,9 @@ CLI_BAD = [
     (["hpo=nope"], "hpo=nope: unknown option (expected one of: cartpole-a2c, cartpole-ppo, goto-ppo)"),
     (["hpo.n_workers=0"], "hpo.n_workers: expected an integer in [1, 256]"),
     (["sweep_dir=/proc/mmrl"], "sweep_dir: /proc/mmrl is not writable"),
+    (["hpo.grace_seconds=5"], "hpo.grace_seconds: expected more than 2 * hpo.heartbeat_seconds"),
+    (["hpo.retrain.seeds=0"], "hpo.retrain.seeds: expected an integer in [1, 1000]"),
+    (["hpo.sampler.seed=-1"], "hpo.sampler.seed: expected an integer in [0, 2147483647]"),
 ]
 
 
@@ -173,6 +176,34 @@ def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path):
     summary = json.loads((sweep / "trials" / "0001" / "summary.json").read_text())
     assert "pruned by Optuna at step 1,024" in summary["stopped_by"]
     assert (sweep / "trials" / "0001" / "checkpoints").is_dir()  # a pruned run can still be resumed or evaluated
+
+
+def test_every_sampler_and_pruner_option_builds():
+    from mmrl_cli.sweep.study import pruner_for, sampler_for
+
+    hpo = HpoConfig(study_name="x", space={"algo": {"lr": {"type": "float", "low": 0.1, "high": 0.2}}})
+    kinds = {}
+    for name in ("tpe", "gp", "random", "nsga2"):
+        hpo.sampler.type = name
+        kinds[name] = type(sampler_for(hpo)).__name__
+    assert kinds == {"tpe": "TPESampler", "gp": "GPSampler", "random": "RandomSampler", "nsga2": "NSGAIISampler"}
+    for name, expected in (("none", "NopPruner"), ("median", "MedianPruner"), ("sha", "SuccessiveHalvingPruner"),
+                           ("hyperband", "HyperbandPruner")):
+        hpo.pruner.type = name
+        assert type(pruner_for(hpo)).__name__ == expected
+
+
+def test_a_second_objective_makes_a_two_objective_trial(tmp_path):
+    config = hpo_config(tmp_path)
+    config.hpo.objective.second = "parameters"
+    config.hpo.pruner.type = "none"
+    config.hpo.check()
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    study = open_study(config.hpo, sweep)
+    assert run_trial(study, config, parse_space(config.hpo.space), sweep) == TrialState.COMPLETE
+    values = study.get_trials()[0].values
+    assert len(values) == 2 and values[1] == 2 * (4 * 64 + 64 + 64 * 64 + 64) + (64 * 2 + 2) + (64 + 1)  # SB3's 64-64 MLPs
 
 
 # ------------------------------------------------------------------------- end to end

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed import Distributed
 from ..rollout import RolloutBuffer
 from .gradient import GradientStep, TrainingClock, explained_variance, mean_metrics, scheduled
 from .ppo import normalized
@@ -52,6 +53,7 @@ class A2C:
         self.cfg, self.policy = cfg, policy
         self.gradient = GradientStep(policy, make_optimizer(cfg, policy), cfg.max_grad_norm, autocast, fast_path)
         self.clock = TrainingClock(total_updates)
+        self.distributed = Distributed()  # one rank unless the trainer says otherwise
 
     def seed(self, seed: int) -> None:
         """A2C draws no random numbers of its own (one full batch, no shuffling)."""
@@ -73,8 +75,11 @@ class A2C:
         lr = scheduled(cfg.lr, cfg.lr_schedule, self.clock.remaining())
         self.gradient.set_lr(lr)
         batch = rollout.flat()
+        normalize = cfg.normalize_advantages
+        if normalize and self.distributed.enabled:  # statistics of every rank's rollout together
+            batch, normalize = {**batch, "advantages": self.distributed.normalized(batch["advantages"])}, False
         outputs = self.gradient.forward(batch["obs"])
-        terms = a2c_loss(*outputs, batch, cfg.normalize_advantages, cfg.vf_coef, cfg.ent_coef)
+        terms = a2c_loss(*outputs, batch, normalize, cfg.vf_coef, cfg.ent_coef)
         self.gradient.add_extra_losses(terms, outputs, batch)
         applied = self.gradient.step(terms, outputs)
         self.clock.tick()

@@ -117,6 +117,7 @@ class GradientStep:
         # Steps skipped for a non-finite loss or gradient: in total and in a row.
         self.skipped_steps = 0
         self.skipped_in_a_row = 0
+        self.distributed = None  # a `distributed.Distributed` when training on several ranks (set by the trainer)
 
     @property
     def fast(self) -> bool:
@@ -167,6 +168,8 @@ class GradientStep:
         """
         loss = total_loss(terms)
         self.backward(loss, outputs, output_gradients)
+        if self.distributed is not None and self.distributed.enabled:  # every rank steps with the mean gradient
+            loss = self.distributed.average_gradients(self.parameters, loss)
         with_grad = [i for i, p in enumerate(self.parameters) if p.grad is not None]
         grads = [self.parameters[i].grad for i in with_grad]
         norms = torch._foreach_norm(grads)

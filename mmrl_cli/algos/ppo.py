@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed import Distributed
 from ..rollout import RolloutBuffer
 from .gradient import GradientStep, TrainingClock, explained_variance, mean_metrics, scheduled
 
@@ -133,6 +134,7 @@ class PPO:
         self.gradient = GradientStep(policy, optimizer, cfg.max_grad_norm, autocast, fast_path)
         self.generator = torch.Generator()  # minibatch shuffling
         self.clock = TrainingClock(total_updates)
+        self.distributed = Distributed()  # one rank unless the trainer says otherwise
 
     def seed(self, seed: int) -> None:
         """Seed the minibatch shuffling."""
@@ -160,22 +162,26 @@ class PPO:
         clip_range = scheduled(cfg.clip_range, cfg.clip_schedule, self.clock.remaining())
         self.gradient.set_lr(lr)
         normalize_each = cfg.normalize_advantages
+        dist = self.distributed
         if normalize_each and cfg.batch_size == rollout.n_steps * rollout.n_envs:
             # One minibatch is the whole rollout: normalise its advantages once, not every epoch.
-            rollout.advantages = normalized(rollout.advantages)
+            rollout.advantages = dist.normalized(rollout.advantages) if dist.enabled else normalized(rollout.advantages)
             normalize_each = False
         skipped_before = self.gradient.skipped_steps
         sums, names, count, stopped_early = None, [], 0, False
         for _epoch in range(cfg.n_epochs):
             for batch in rollout.minibatches(cfg.batch_size, self.generator):
+                if normalize_each and dist.enabled:  # statistics of every rank's minibatch together
+                    batch = {**batch, "advantages": dist.normalized(batch["advantages"])}
                 outputs = self.gradient.forward(batch["obs"])
-                args = (*outputs, batch, clip_range, cfg.clip_value, normalize_each, cfg.vf_coef, cfg.ent_coef)
+                args = (*outputs, batch, clip_range, cfg.clip_value, normalize_each and not dist.enabled, cfg.vf_coef,
+                        cfg.ent_coef)
                 if self.gradient.fast:  # the same loss, its gradient w.r.t. the outputs in closed form
                     terms, output_gradients = ppo_loss_and_output_gradients(*args)
                 else:
                     terms, output_gradients = ppo_loss(*args), None
                     self.gradient.add_extra_losses(terms, outputs, batch)
-                if cfg.target_kl is not None and terms["approx_kl"].item() > 1.5 * cfg.target_kl:
+                if cfg.target_kl is not None and dist.mean(terms["approx_kl"]).item() > 1.5 * cfg.target_kl:
                     stopped_early = True  # the policy already moved too far from the one that collected
                     break
                 if not self.gradient.step(terms, outputs, output_gradients):

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import optuna
@@ -106,6 +107,7 @@ def parameter_count(cfg: TrainConfig) -> int:
 def write_trial_json(path: Path, data: dict) -> None:
     from ..checkpoint import write_text_atomic
 
+    path.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path / "trial.json", json.dumps(data, indent=2, default=str))
 
 
@@ -138,10 +140,13 @@ def run_trial(study: optuna.Study, config: SweepConfig, params: list[Param], swe
     print(f"trial {trial.number}: {' '.join(overrides)}", flush=True)
     try:
         summary = train(cfg, run_dir, callbacks=[heartbeat, reporter])
-    except (NumericalFault, ConfigError) as e:
-        trial.set_user_attr("failed_because", str(e))
+    except Exception as e:  # a numerical fault, an env that raised, out of memory, ...: this trial failed, not the sweep
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not isinstance(e, (NumericalFault, ConfigError)):
+            traceback.print_exc()  # into the worker's log
+        trial.set_user_attr("failed_because", reason)
         study.tell(trial, state=TrialState.FAIL)
-        write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": str(e)})
+        write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": reason})
         return TrialState.FAIL
     trial.set_user_attr("steps", summary["steps"])
     trial.set_user_attr("wall_seconds", summary["wall_seconds"])
