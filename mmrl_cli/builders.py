@@ -13,10 +13,13 @@ from .models.patches import default_patch_size
 
 
 def pick_device(hardware) -> torch.device:
-    """The torch device `hardware.device` names (`auto`: CUDA if available, else CPU)."""
-    if hardware.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(hardware.device)
+    """The torch device `hardware.device` names (`auto`: CUDA if available, else CPU). On CUDA,
+    fp32 matrix products use TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if hardware.device == "auto" else hardware.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
 
 
 def autocast_for(device: torch.device, precision: str):

@@ -9,6 +9,7 @@ traceback or a half-made run directory.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass
 import re
@@ -339,6 +340,13 @@ def train_task(cfg: DictConfig) -> float:
         check_compatible(typed)
     except ConfigError as e:
         fail("train", str(e))
+    if typed.hardware.distributed and launched_dir is None and "LOCAL_RANK" not in os.environ:
+        # A job of a Hydra launcher (-m, submitit): start the ranks from here, in the job's directory.
+        job_dir = run_dir if resume_from is not None else make_run_dir(typed)
+        status = launch_distributed(typed, [o for o in HydraConfig.get().overrides.task], job_dir)
+        if status:
+            raise SystemExit(status)
+        return json.loads((job_dir / "summary.json").read_text())["heldout_success_rate"]
     if launched_dir is not None:  # one rank: the launcher made the run directory; a restart resumes in it
         run_dir = Path(launched_dir)
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -513,12 +521,15 @@ def failure_cause(lines: list[str]) -> str:
     return f"rank {fields.get('rank', '?')} failed ({how})" if fields else "a rank failed"
 
 
-def launch_distributed(typed: TrainConfig, args: list[str]) -> int:
-    """Run `mmrl train` on `hardware.nproc` ranks under torchrun; return the exit status."""
+def launch_distributed(typed: TrainConfig, args: list[str], run_dir: Path | None = None) -> int:
+    """Run `mmrl train <args>` on `hardware.nproc` ranks under torchrun, in `run_dir` (default: a
+    new run directory, or the resumed run's); return the exit status."""
     import subprocess
 
     hardware = typed.hardware
-    if typed.resume is not None:
+    if run_dir is not None:
+        pass
+    elif typed.resume is not None:
         run_dir = resumed_run(typed.resume, typed.runs_root, args).run_dir
     else:
         try:
@@ -551,7 +562,7 @@ def distributed_launch_config(args: list[str]) -> TrainConfig | None:
         return None
     from .config import compose_train_config
 
-    overrides = [a for a in args if not a.startswith("hydra.")]
+    overrides = list(args)
     resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
     if resume is not None:
         runs_root = next((a.split("=", 1)[1] for a in overrides if a.startswith("runs_root=")), "runs")

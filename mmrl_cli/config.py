@@ -26,6 +26,8 @@ SPLITS = ("train", "validation", "heldout")
 # Seeds: NumPy takes [0, 2**32); mmrl adds offsets (validation/held-out ranges, env index) to the
 # seed, so seeds stay at or below 2**31 - 1 and every derived seed stays valid.
 SEED_MAX = 2**31 - 1
+# torch.compile's modes (reduce-overhead and max-autotune capture CUDA graphs on a GPU).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -241,6 +243,7 @@ class HardwareConfig:
     threads: int = 0
     precision: str = "fp32"
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead captures CUDA graphs
     fast_path: bool = True
     nproc: int = 1             # processes (ranks) on this machine; > 1: relaunched under torchrun
     nnodes: int = 1            # machines
@@ -262,6 +265,7 @@ class HardwareConfig:
         between("hardware", self, "node_rank", 0, self.nnodes - 1)
         between("hardware", self, "max_restarts", 0, 1000)
         one_of("hardware", self, "backend", ("auto", "gloo", "nccl"))
+        one_of("hardware", self, "compile_mode", COMPILE_MODES)
         host, _, port = self.rdzv_endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"hardware.rdzv_endpoint: expected host:port, got {self.rdzv_endpoint!r}")

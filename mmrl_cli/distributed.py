@@ -147,10 +147,6 @@ class Distributed:
         torch_dist.all_gather_object(gathered, items)
         return [item for part in gathered for item in part]
 
-    def barrier(self) -> None:
-        if self.enabled:
-            torch_dist.barrier()
-
     def close(self) -> None:
         """Wait for every rank, then leave the process group if this object joined it."""
         if self.enabled and torch_dist.is_initialized():

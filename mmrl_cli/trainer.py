@@ -85,7 +85,11 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     seed_everything(cfg.seed)
     autocast = autocast_for(device, cfg.hardware.precision)
     env, policy = build_env_and_policy(cfg, cfg.rollout.n_envs, device, seed=dist.seed(cfg.seed))
+    steps_per_update = cfg.steps_per_update * dist.world_size  # env steps of all ranks together
     total_updates = updates_of(cfg, dist.world_size)
+    if resume_from is not None:  # the steps left, in updates of this run's size (the rank count may have changed)
+        saved = load_state(resume_from)["progress"]
+        total_updates = max(1, saved["update"] + max(0, cfg.total_steps - saved["steps"]) // steps_per_update)
     algo = ALGOS[cfg.algo.type](per_rank(cfg.algo, dist.world_size), policy, total_updates, autocast, cfg.hardware.fast_path)
     algo.seed(cfg.seed)
     if dist.enabled:  # every rank starts from rank 0's weights, then draws its own random streams
@@ -94,7 +98,6 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         algo.distributed = algo.gradient.distributed = dist
     collector = Collector(env, policy, cfg.rollout.n_steps, device, dist.seed(cfg.seed), autocast,
                           cfg.rollout.bootstrap_truncated)
-    steps_per_update = cfg.steps_per_update * dist.world_size  # env steps of all ranks together
     modules = {POLICY: policy}  # named modules saved in checkpoints (methods may add a teacher, a world model)
     progress = Progress(next_eval=cfg.eval.every_steps)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(dataclasses.replace(cfg, resume=None)))
@@ -111,9 +114,10 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     elif dist.is_main:
         write_text_atomic(run_dir / "config.yaml", config_yaml)
     if cfg.hardware.compile:
-        policy.compile()
+        policy.compile(mode=cfg.hardware.compile_mode)
     if monitor is None:
-        monitor = Monitor(cfg, run_dir, total_updates * steps_per_update, start=(progress.update, progress.steps),
+        final_step = progress.steps + (total_updates - progress.update) * steps_per_update
+        monitor = Monitor(cfg, run_dir, final_step, start=(progress.update, progress.steps),
                           skipped_before=algo.gradient.skipped_steps) if dist.is_main else SilentMonitor()
     saved_update = progress.update if resume_from is not None else None
     session_start = time.perf_counter()

@@ -164,13 +164,19 @@ BAD = [
 
 
 @pytest.mark.parametrize("args, needle", BAD, ids=[a[1] for a, _ in BAD])
-def test_bad_distributed_settings_are_one_line_exit_2(run_mmrl, args, needle):
-    result = run_mmrl("train", *args, timeout=60)
-    assert result.returncode == 2 and needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+def test_bad_distributed_settings_are_one_line_exit_2(args, needle, tmp_path, monkeypatch, capsys):
+    from mmrl_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and needle in lines[0], lines
+    assert not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------- through the CLI
-DDP_CARTPOLE = ["exp=cartpole-ppo", "hardware=ddp", "total_steps=16384", "eval.every_steps=8192", "eval.episodes=4",
+DDP_CARTPOLE = ["exp=cartpole-ppo", "hardware=ddp", "total_steps=8192", "eval.every_steps=4096", "eval.episodes=4",
                 "monitor.tensorboard=false", "checkpoint.every_updates=4"]
 
 
@@ -195,8 +201,26 @@ def test_two_ranks_train_through_the_cli_and_rank_0_alone_writes(run_mmrl):
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [p for p in (run_mmrl.cwd / "runs").glob("20*/*") if p.is_dir()]
     summary = __import__("json").loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 16384 and summary["updates"] == 32  # 2 ranks x 8 envs x 32 steps per update
+    assert summary["steps"] == 8192 and summary["updates"] == 16  # 2 ranks x 8 envs x 32 steps per update
     assert result.stdout.count("mmrl train: summary") == 1  # one summary table: rank 0's
+    # resume with another number of ranks: one rank goes on from the two ranks' checkpoint
+    resumed = run_mmrl("train", f"resume={run_dir}", "total_steps=10240", "hardware=cpu", timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = __import__("json").loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 10240 and summary["updates"] == 16 + 8  # then 8 envs x 32 steps per update
+
+
+@pytest.mark.slow  # ~15 s, and needs the optional launcher plugin (pip install -e '.[cluster]')
+def test_a_hydra_launcher_job_starts_its_own_ranks(run_mmrl):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = run_mmrl("train", "-m", "seed=1", "hydra/launcher=submitit_local", *DDP_CARTPOLE, "total_steps=4096",
+                      timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted((run_mmrl.cwd / "runs" / "multirun").glob("*/*/[0-9]"))
+    assert [p.name for p in jobs] == ["0"]
+    for job in jobs:
+        summary = __import__("json").loads((job / "summary.json").read_text())
+        assert summary["steps"] == 4096 and summary["updates"] == 8  # 2 ranks per job
 
 
 def test_a_rank_killed_by_sigkill_restarts_from_the_checkpoint_then_runs_out_of_restarts(run_mmrl):

@@ -101,12 +101,16 @@ CLI_BAD = [
 
 
 @pytest.mark.parametrize("args, needle", CLI_BAD, ids=[a[0][:40] for a, _ in CLI_BAD])
-def test_bad_sweep_input_is_one_line_exit_2_and_creates_nothing(run_mmrl, args, needle):
-    result = run_mmrl("sweep", *args, timeout=60)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], result.stderr
-    assert not (run_mmrl.cwd / "runs").exists()
+def test_bad_sweep_input_is_one_line_exit_2_and_creates_nothing(args, needle, tmp_path, monkeypatch, capsys):
+    from mmrl_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)  # in-process, as tests/test_hostile_input.py: the console script's path up to Hydra
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------- study mechanics
@@ -120,7 +124,7 @@ def hpo_config(tmp_path, **changes) -> SweepConfig:
 def test_budget_counts_retried_failures_once():
     study = optuna.create_study()
     for state, attrs in [(TrialState.COMPLETE, {}), (TrialState.FAIL, {"retried_as": "x"}), (TrialState.FAIL, {}),
-                         (TrialState.FAIL, {"surplus": True}), (TrialState.PRUNED, {})]:
+                         (TrialState.FAIL, {"surplus": True}), (TrialState.PRUNED, {}), (TrialState.WAITING, {})]:
         study.add_trial(optuna.trial.create_trial(state=state, user_attrs=attrs, values=[1.0] if state == TrialState.COMPLETE else None,
                                                   intermediate_values={1: 0.0} if state == TrialState.PRUNED else None))
     assert counted_trials(study.get_trials()) == 3
@@ -211,7 +215,7 @@ def study_of(sweep_dir: Path, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
 
 
-def test_a_tiny_sweep_end_to_end_resumes_and_exports_a_preset_train_runs(run_mmrl):
+def test_a_tiny_sweep_end_to_end_resumes_and_exports_a_preset_train_runs(run_mmrl, capsys):
     result = run_mmrl("sweep", *TINY_SWEEP, "hpo.budget.trials=3", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     sweep = run_mmrl.cwd / "runs" / "sweeps" / "tiny"
@@ -231,9 +235,17 @@ def test_a_tiny_sweep_end_to_end_resumes_and_exports_a_preset_train_runs(run_mmr
     assert "no new trials: the trial budget (3) is used up" in again.stderr
     assert (sweep / "trials" / "0000" / "summary.json").stat().st_mtime == mtime
     assert len(study_of(sweep).get_trials()) == 3
-    # a different search space is refused
-    changed = run_mmrl("sweep", *TINY_SWEEP, "hpo.space.algo.lr.high=0.01", timeout=60)
-    assert changed.returncode == 2 and "hpo.space: the study in" in changed.stderr
+    # a different search space is refused (in-process: the check runs before Hydra)
+    from mmrl_cli.cli import main
+
+    cwd = os.getcwd()
+    os.chdir(run_mmrl.cwd)
+    try:
+        with pytest.raises(SystemExit) as refused:
+            main(["sweep", *TINY_SWEEP, "hpo.space.algo.lr.high=0.01"])
+    finally:
+        os.chdir(cwd)
+    assert refused.value.code == 2 and "hpo.space: the study in" in capsys.readouterr().err
     # the exported preset runs as is in `mmrl train`
     preset = sweep / "exp" / "tiny-best.yaml"
     assert "override /algo: ppo" in preset.read_text()
@@ -246,7 +258,7 @@ def test_a_tiny_sweep_end_to_end_resumes_and_exports_a_preset_train_runs(run_mmr
 
 
 def test_kill_9_mid_trial_then_rerun_keeps_finished_trials_and_retries_the_killed_one(run_mmrl):
-    args = [*TINY_SWEEP, "hpo.budget.trials=3", "hpo.retrain.top_k=0", "hpo.pruner.type=none",
+    args = [*TINY_SWEEP, "hpo.budget.trials=2", "hpo.retrain.top_k=0", "hpo.pruner.type=none",
             train_list([o.replace("total_steps=2048", "total_steps=6144") for o in TINY_TRAIN])]
     sweep = run_mmrl.cwd / "runs" / "sweeps" / "tiny"
     process = subprocess.Popen([sys.executable, "-m", "mmrl_cli.cli", "sweep", *args], cwd=run_mmrl.cwd,
@@ -267,7 +279,7 @@ def test_kill_9_mid_trial_then_rerun_keeps_finished_trials_and_retries_the_kille
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trial 1 failed (its worker (pid" in result.stderr
     trials = study_of(sweep).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params
     assert (sweep / "trials" / "0000" / "summary.json").stat().st_mtime == finished  # not re-run
 

@@ -27,8 +27,8 @@ from optuna.trial import FrozenTrial, TrialState
 from .settings import HpoConfig
 
 # Trial states that use up the trial budget (a FAIL whose parameters were enqueued again does not:
-# its retry does).
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# its retry does, once a worker starts it; a WAITING trial is the next one asked for).
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 HOST = socket.gethostname()
 
 

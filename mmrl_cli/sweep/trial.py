@@ -105,6 +105,7 @@ def parameter_count(cfg: TrainConfig) -> int:
 
 
 def write_trial_json(path: Path, data: dict) -> None:
+    """Write a trial's record (`trial.json`: parameters, state, values) into its run directory."""
     from ..checkpoint import write_text_atomic
 
     path.mkdir(parents=True, exist_ok=True)
