@@ -358,13 +358,11 @@ class TrainConfig:
                         self.monitor, self.checkpoint, self.numerics):
             section.check()
         batch_size = getattr(self.algo, "batch_size", None)
-        ranks = self.hardware.nproc * self.hardware.nnodes
-        if batch_size is not None and batch_size % ranks:
-            raise ConfigError(f"algo.batch_size: expected a multiple of the {ranks} ranks (hardware.nproc * hardware.nnodes: "
-                              f"each takes an equal share of every minibatch), got {batch_size}")
-        if batch_size is not None and batch_size > self.steps_per_update * ranks:
-            raise ConfigError(f"algo.batch_size: expected at most rollout.n_envs * rollout.n_steps * ranks = "
-                              f"{self.steps_per_update * ranks}, got {batch_size}")
+        # Per rank, like rollout.n_envs: under hardware=ddp each rank steps on its own minibatch of
+        # this size and the gradients are averaged (CleanRL's multi-GPU PPO does the same).
+        if batch_size is not None and batch_size > self.steps_per_update:
+            raise ConfigError(f"algo.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
+                              f"{self.steps_per_update}, got {batch_size}")
 
 
 # ------------------------------------------------------------------------- mmrl eval

@@ -90,7 +90,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     if resume_from is not None:  # the steps left, in updates of this run's size (the rank count may have changed)
         saved = load_state(resume_from)["progress"]
         total_updates = max(1, saved["update"] + max(0, cfg.total_steps - saved["steps"]) // steps_per_update)
-    algo = ALGOS[cfg.algo.type](per_rank(cfg.algo, dist.world_size), policy, total_updates, autocast, cfg.hardware.fast_path)
+    algo = ALGOS[cfg.algo.type](cfg.algo, policy, total_updates, autocast, cfg.hardware.fast_path)
     algo.seed(cfg.seed)
     if dist.enabled:  # every rank starts from rank 0's weights, then draws its own random streams
         dist.broadcast_parameters(policy)
@@ -204,12 +204,6 @@ def updates_of(cfg: TrainConfig, world_size: int) -> int:
     """Updates the run makes: total_steps over the env steps of one update of every rank (at least one)."""
     return max(1, cfg.total_steps // (cfg.steps_per_update * world_size))
 
-
-def per_rank(algo_cfg, world_size: int):
-    """The algorithm config one rank uses: `batch_size` is the minibatch of all ranks together."""
-    if world_size == 1 or getattr(algo_cfg, "batch_size", None) is None:
-        return algo_cfg
-    return dataclasses.replace(algo_cfg, batch_size=algo_cfg.batch_size // world_size)
 
 
 def notify(callbacks: list, event: str, *args) -> str | None:

@@ -1,10 +1,10 @@
 """Several ranks on one machine: `mmrl train hardware=ddp hardware.nproc=2` (gloo, one thread per
 rank) vs one rank of one thread, same total env steps, the default run (ViT-GPT2 + PPO on the
 built-in `goto` task). Each rank plays its own 128 envs, so two ranks collect twice the
-transitions per update and make half the updates. Two 2-rank layouts: each rank keeps the
-minibatch of 512 (`algo.batch_size=1024` for both together: weak scaling, the same work per rank
-as the single rank), and the default global minibatch of 512 (256 per rank: twice as many,
-smaller steps). Steps/s is training time only (the periodic and final evaluations excluded).
+transitions per update and make half the updates. Two 2-rank layouts: `hardware=ddp` as is (each
+rank steps on its own minibatch of `algo.batch_size` = 512: weak scaling, the same work per rank
+as the single rank), and `algo.batch_size=256` (the single rank's global minibatch of 512: twice
+as many, smaller steps per rank). Steps/s is training time only (the periodic and final evaluations excluded).
 Floor: 2 ranks >= 1.6x one rank on a 2-core machine.
 
     python scripts/bench_ddp.py [--steps 61440] [--repeats 2] [--out docs/bench/ddp.json]
@@ -31,11 +31,11 @@ def main() -> None:
     common = [f"total_steps={args.steps}", f"eval.every_steps={10 * args.steps}", "eval.episodes=50",
               "monitor.tensorboard=false", *args.overrides]
     layouts = {"1 rank, 1 thread": ["hardware=cpu", "hardware.threads=1"],
-               # the same per-rank work: each rank's minibatch stays 512 (weak scaling, the usual way to scale out)
-               "2 ranks (gloo), 1 thread each, minibatch 2 x 512": ["hardware=ddp", "hardware.nproc=2", "hardware.threads=1",
-                                                                    "algo.batch_size=1024"],
-               # the same global minibatch of 512: each rank steps on 256, twice as many (smaller) steps
-               "2 ranks (gloo), 1 thread each, minibatch 2 x 256": ["hardware=ddp", "hardware.nproc=2", "hardware.threads=1"]}
+               # hardware=ddp as is: each rank's minibatch is algo.batch_size = 512 (weak scaling, as CleanRL)
+               "2 ranks (gloo), 1 thread each, minibatch 2 x 512": ["hardware=ddp", "hardware.nproc=2", "hardware.threads=1"],
+               # the single rank's global minibatch of 512: each rank steps on 256, twice as many (smaller) steps
+               "2 ranks (gloo), 1 thread each, minibatch 2 x 256": ["hardware=ddp", "hardware.nproc=2", "hardware.threads=1",
+                                                                    "algo.batch_size=256"]}
     runs: dict[str, list[dict]] = {name: [] for name in layouts}
     for repeat in range(args.repeats):
         for name, layout in layouts.items():

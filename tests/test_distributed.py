@@ -18,7 +18,6 @@ from mmrl_cli.config import A2CConfig, HardwareConfig, MlpConfig, PPOConfig
 from mmrl_cli.distributed import Distributed
 from mmrl_cli.models import build_policy
 from mmrl_cli.rollout import RolloutBuffer
-from mmrl_cli.trainer import per_rank
 
 SPEC = {"vector": ((4,), torch.float32)}
 N_ENVS, N_STEPS = 8, 16  # per rank; the one-rank reference plays 2 * N_ENVS
@@ -58,11 +57,11 @@ def make_algo(kind: str, world_size: int, dist: Distributed | None = None):
 
     torch.manual_seed(0)
     policy = build_policy(MlpConfig(), SPEC, 2, 1)
-    if kind == "ppo":
-        cfg = PPOConfig(n_epochs=3, batch_size=2 * N_ENVS * N_STEPS, clip_value=0.2)
+    if kind == "ppo":  # algo.batch_size is per rank: each rank's whole rollout, averaged = the reference's whole rollout
+        cfg = PPOConfig(n_epochs=3, batch_size=2 * N_ENVS * N_STEPS // world_size, clip_value=0.2)
     else:
         cfg = A2CConfig(normalize_advantages=True)
-    algo = ALGOS[kind](per_rank(cfg, world_size), policy, 10, __import__("contextlib").nullcontext)
+    algo = ALGOS[kind](cfg, policy, 10, __import__("contextlib").nullcontext)
     if dist is not None:
         algo.distributed = algo.gradient.distributed = dist
     return algo, policy
@@ -159,7 +158,7 @@ BAD = [
     (["hardware=ddp", "hardware.node_rank=1"], "hardware.node_rank: expected an integer in [0, 0]"),
     (["hardware=ddp", "hardware.rdzv_endpoint=nohost"], "hardware.rdzv_endpoint: expected host:port"),
     (["hardware=ddp", "hardware.backend=mpi"], "hardware.backend: expected one of auto, gloo, nccl"),
-    (["hardware=ddp", "hardware.nproc=3"], "algo.batch_size: expected a multiple of the 3 ranks"),
+    (["hardware=ddp", "hardware.max_restarts=-1"], "hardware.max_restarts: expected an integer in [0, 1000]"),
 ]
 
 
