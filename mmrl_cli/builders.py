@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 
@@ -46,3 +47,17 @@ def build_env_and_policy(cfg: TrainConfig, num_envs: int, device: torch.device, 
     env = make_env(cfg.data, num_envs, device, cfg.seed if seed is None else seed, split)
     policy = build_policy(cfg.model, env.observation_spec, env.num_actions, patch_size_for(env))
     return env, policy.to(device)
+
+
+def policy_for_weights(cfg: TrainConfig, weights: Path, device: torch.device) -> torch.nn.Module:
+    """The policy `cfg` builds, shaped like the weights file `weights` when that file says it was
+    structurally compressed (pruned units, factorised layers); not loaded."""
+    from .checkpoint import STRUCTURE_KEY, file_metadata, tensor_shapes
+    from .compress.structure import adopt_shapes
+
+    env, policy = build_env_and_policy(cfg, 1, device)
+    if hasattr(env, "close"):
+        env.close()
+    if file_metadata(weights).get(STRUCTURE_KEY):
+        adopt_shapes(policy, tensor_shapes(weights))
+    return policy.to(device)

@@ -44,11 +44,14 @@ def group_options(group: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------ validation
-def check_compatible(cfg: TrainConfig) -> None:
+def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool = False) -> None:
     """Checks that need more than the schema: numbers by kind, devices, gymnasium ids, model vs
-    observations, memory. Builds nothing big: the env's observations are described, the model is
-    built on torch's meta device."""
+    observations, memory, the teacher run (not to evaluate) and the init_from run (only for a fresh start).
+    Builds nothing big: the env's observations are described, the model is built on torch's meta
+    device."""
     import torch
+
+    from .compress.teacher import init_run, teacher_run
 
     from .preflight import check_memory, check_numbers
 
@@ -79,6 +82,10 @@ def check_compatible(cfg: TrainConfig) -> None:
         return sum(p.numel() for p in policy.parameters()), activation_elements_per_sample(policy, spec)
 
     check_memory(cfg, spec, measure_model)
+    if cfg.teacher is not None and not evaluating:
+        teacher_run(cfg)
+    if cfg.init_from is not None and not resuming and not evaluating:
+        init_run(cfg)
 
 
 def observation_spec_of(data_cfg) -> tuple[dict, int]:
@@ -179,13 +186,14 @@ def check_train(cfg: DictConfig, overrides: list[str]) -> None:
     from .preflight import check_output_dir
 
     typed = validate(cfg)
-    if typed.resume is not None:
+    resuming = typed.resume is not None
+    if resuming:
         run = resumed_run(typed.resume, typed.runs_root, overrides)
         typed = run.typed
         check_output_dir("resume", run.run_dir, probe=False)
     else:
         check_output_dir("runs_root", typed.runs_root)
-    check_compatible(typed)
+    check_compatible(typed, resuming=resuming)
 
 
 def resumed_run(resume: str, runs_root: str, overrides: list[str]):
@@ -209,7 +217,7 @@ def evaluated_run(typed):
     from .runs import load_run_checkpoint
 
     run = load_run_checkpoint(typed.run, typed.runs_root, typed.checkpoint, "run")
-    check_compatible(run.typed)
+    check_compatible(run.typed, evaluating=True)
     return run
 
 
@@ -254,6 +262,20 @@ def check_trial_configs(config) -> None:
                 check_compatible(compose_train_config(base + [param.override(value)]))
             except ConfigError as e:
                 raise ConfigError(f"hpo.space.{param.key}: the value {value!r} gives an invalid run: {e}") from None
+
+
+def check_compress(cfg: DictConfig, overrides: list[str]) -> None:
+    """Everything `mmrl compress` needs settled: a valid config, an intact teacher run, a valid
+    student run config, a writable output directory."""
+    from .compress.run import output_dir, student_config
+    from .compress.settings import validate_compress
+    from .compress.teacher import trained_run
+    from .preflight import check_output_dir
+
+    typed = validate_compress(cfg)
+    teacher = trained_run(typed.teacher, typed.runs_root, "teacher")
+    check_compatible(student_config(typed, teacher.typed, teacher.run_dir))
+    check_output_dir("out_dir" if typed.out_dir else "runs_root", output_dir(typed, teacher.run_dir))
 
 
 # ---------------------------------------------------------------------------- train
@@ -337,7 +359,7 @@ def train_task(cfg: DictConfig) -> float:
         else:
             typed = validate(cfg)
             check_output_dir("runs_root", typed.runs_root)
-        check_compatible(typed)
+        check_compatible(typed, resuming=resume_from is not None)
     except ConfigError as e:
         fail("train", str(e))
     if typed.hardware.distributed and launched_dir is None and "LOCAL_RANK" not in os.environ:
@@ -418,6 +440,38 @@ def sweep_task(cfg: DictConfig) -> float:
     return best["validation_mean"] if best else float("nan")
 
 
+def compress_task(cfg: DictConfig) -> float:
+    """Hydra task of `mmrl compress`: train the compressed student, report it beside the teacher."""
+    from .compress.run import run_compress
+    from .compress.settings import validate_compress
+
+    try:
+        typed = validate_compress(cfg)
+        check_compress(cfg, [])
+    except ConfigError as e:
+        fail("compress", str(e))
+    report = run_compress(typed)
+    print_compress(report)
+    return report["rows"][-1]["success_rate"] or float("nan")
+
+
+def print_compress(report: dict) -> None:
+    """The trade-off table of `mmrl compress`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"mmrl compress: teacher {report['teacher']}")
+    for column in ("method", "seed", "params", "non-zero", "file KB", "MACs/step", "latency ms", "speed-up", "held-out success", "kept"):
+        table.add_column(column, overflow="fold")
+    for r in report["rows"]:
+        success = "n/a" if r["success_rate"] is None else f"{r['success_rate']:.3f} ({r['success_ci95'][0]:.2f}-{r['success_ci95'][1]:.2f})"
+        table.add_row(r["method"], str(r["seed"]), f"{r['parameters']:,}", f"{r['nonzero_parameters']:,}",
+                      f"{r['file_bytes'] / 1024:.0f}", f"{r['macs_per_step'] / 1e6:.2f}M", f"{r['latency_ms']:.2f}",
+                      f"{r['speedup']:.2f}x", success, f"{100 * r['success_kept']:.1f}%" if "success_kept" in r else "n/a")
+    Console().print(table)
+    print(f"report: {report['report_md']} (plot: {report['report_png']})")
+
+
 def print_sweep(results: dict) -> None:
     """The table `mmrl sweep` ends with."""
     from rich.console import Console
@@ -477,6 +531,7 @@ COMMANDS = {
     "train": Command(train_task, check_train, "train a policy with RL (PPO by default); resume=<run dir> continues one"),
     "eval": Command(eval_task, check_eval, "evaluate a run's checkpoint: success rate, return (95% CIs), GIF of episodes"),
     "sweep": Command(sweep_task, check_sweep, "Optuna hyperparameter search over train runs (hpo=<preset>); re-run to resume"),
+    "compress": Command(compress_task, check_compress, "distill, prune or factorise a trained run (teacher=<run>); trade-off report"),
 }
 
 
@@ -592,6 +647,9 @@ def print_help() -> None:
         "  mmrl eval run=runs/2026-11-24/10-00-00       # success rate with 95% CIs + a GIF of episodes",
         "  mmrl sweep hpo=cartpole-ppo hpo.n_workers=2  # TPE + median pruning, 2 workers; re-run to resume",
         "  mmrl train exp=cartpole-ppo-best             # the best config that sweep found (runs/sweeps/*/exp/)",
+        "  mmrl compress teacher=runs/2026-11-24/10-00-00 compression=distill   # 13x smaller student + report",
+        "  mmrl compress -m teacher=... compression=prune,lowrank            # several methods, one shared table",
+        "  mmrl train compression=kickstart teacher=runs/2026-11-24/10-00-00    # RL with an annealed teacher term",
         "  eval \"$(mmrl -sc install=bash)\"              # tab completion in bash",
         "", "`mmrl <command> --help` shows that command's config and Hydra's flags.",
     ]

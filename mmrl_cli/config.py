@@ -228,6 +228,79 @@ class NoCompression:
 
 
 @dataclass
+class KickstartCompression:
+    """RL from scratch plus an annealed distillation term towards a teacher (Schmitt et al. 2018)."""
+
+    type: str = "kickstart"
+    coef: float = 1.0              # initial weight of the distillation term
+    anneal_steps: int = 200_000    # env steps over which the weight falls linearly to 0
+    temperature: float = 1.0       # softmax temperature of the teacher's action distribution
+
+    def check(self) -> None:
+        positive("compression", self, "coef", "anneal_steps", "temperature")
+
+
+@dataclass
+class DistillCompression:
+    """Policy distillation (Rusu et al. 2016) on the student's own states, labelled by the teacher."""
+
+    type: str = "distill"
+    student: str = "vit-gpt2-tiny"  # mmrl compress: the model preset of the student when no model=... is given
+    temperature: float = 1.0        # softmax temperature of the teacher's action distribution
+    value_coef: float = 0.5         # weight of the value-matching term (MSE to the teacher's value)
+    lr: float = 1e-3                # Adam learning rate of the student
+    epochs: int = 2                 # passes over each rollout
+    batch_size: int = 512           # minibatch size
+    max_grad_norm: float = 0.5      # gradient clipping
+    finetune_steps: int = 0         # mmrl compress: RL fine-tuning steps after distillation (0: none)
+
+    def check(self) -> None:
+        positive("compression", self, "temperature", "lr", "epochs", "batch_size", "max_grad_norm")
+        non_negative("compression", self, "value_coef", "finetune_steps")
+
+
+@dataclass
+class PruneCompression:
+    """Magnitude pruning: unstructured (zeros, stored compactly) or structured (smaller matrices)."""
+
+    type: str = "prune"
+    structured: bool = False     # false: zero single weights; true: remove whole units (neurons, heads, channels)
+    sparsity: float = 0.9        # unstructured: final fraction of prunable weights that are zero
+    scope: str = "global"        # unstructured: global (one magnitude threshold) | layer (each layer to `sparsity`)
+    start_fraction: float = 0.0  # unstructured: first pruning step at this fraction of the run
+    end_fraction: float = 0.5    # unstructured: final sparsity reached at this fraction of the run (then fine-tuning)
+    steps: int = 10              # unstructured: pruning steps on the cubic schedule (Zhu & Gupta 2017)
+    amount: float = 0.5          # structured: fraction of units removed from each prunable group
+
+    def check(self) -> None:
+        if not 0.0 < self.sparsity < 1.0:
+            raise ConfigError(f"compression.sparsity: expected a fraction in (0, 1), got {self.sparsity}")
+        if not 0.0 < self.amount < 1.0:
+            raise ConfigError(f"compression.amount: expected a fraction in (0, 1), got {self.amount}")
+        one_of("compression", self, "scope", ("global", "layer"))
+        between("compression", self, "start_fraction", 0.0, 1.0)
+        between("compression", self, "end_fraction", self.start_fraction, 1.0)
+        positive("compression", self, "steps")
+
+
+@dataclass
+class LowRankCompression:
+    """SVD factorisation of linear layers (W ~ U V) by a fixed rank or by retained energy."""
+
+    type: str = "lowrank"
+    rank: Optional[int] = None  # fixed rank of every factorised layer (null: chosen per layer by `energy`)
+    energy: float = 0.9         # keep the smallest rank whose singular values hold this fraction of sum(s^2)
+    min_size: int = 4096        # only layers with at least this many weights are factorised
+
+    def check(self) -> None:
+        if self.rank is not None:
+            positive("compression", self, "rank")
+        if not 0.0 < self.energy <= 1.0:
+            raise ConfigError(f"compression.energy: expected a fraction in (0, 1], got {self.energy}")
+        non_negative("compression", self, "min_size")
+
+
+@dataclass
 class RolloutConfig:
     n_envs: int = 128
     n_steps: int = 16
@@ -335,6 +408,8 @@ class TrainConfig:
     runs_root: str = "runs"
     run_name: Optional[str] = None
     resume: Optional[str] = None
+    teacher: Optional[str] = None    # a trained run whose policy teaches this one (compression=kickstart or distill)
+    init_from: Optional[str] = None  # a trained run whose policy weights start this one (fine-tuning, prune, lowrank)
 
     @property
     def steps_per_update(self) -> int:
@@ -363,6 +438,20 @@ class TrainConfig:
         if batch_size is not None and batch_size > self.steps_per_update:
             raise ConfigError(f"algo.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
                               f"{self.steps_per_update}, got {batch_size}")
+        self.check_compression_sources()
+
+    def check_compression_sources(self) -> None:
+        """Methods that learn from a teacher need `teacher`; methods that shrink a trained model need `init_from`."""
+        method = self.compression.type
+        if method in ("kickstart", "distill") and self.teacher is None:
+            raise ConfigError(f"teacher: compression={method} learns from a teacher: give teacher=<run dir>")
+        shrinks = method == "lowrank" or (method == "prune" and self.compression.structured)
+        if shrinks and self.init_from is None and self.resume is None:
+            raise ConfigError(f"init_from: compression={method}{' structured' if method == 'prune' else ''} shrinks a "
+                              f"trained model: give init_from=<run dir> (or run mmrl compress teacher=<run dir>)")
+        if self.teacher is not None and method not in ("kickstart", "distill"):
+            raise ConfigError(f"teacher: only compression=kickstart or distill use a teacher, not compression={method} "
+                              f"(start from a run's weights with init_from=<run dir>)")
 
 
 # ------------------------------------------------------------------------- mmrl eval
@@ -404,7 +493,8 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "algo": {"ppo": PPOConfig, "a2c": A2CConfig},
     "model": {"vit-gpt2": VitGpt2Config, "cnn": CnnConfig, "mlp": MlpConfig},
     "data": {"goto": GotoDataConfig, "cartpole": CartPoleDataConfig, "gym": GymDataConfig},
-    "compression": {"none": NoCompression},
+    "compression": {"none": NoCompression, "kickstart": KickstartCompression, "distill": DistillCompression,
+                    "prune": PruneCompression, "lowrank": LowRankCompression},
 }
 
 

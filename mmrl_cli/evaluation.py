@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .actions import sample_actions
-from .builders import autocast_for, build_env_and_policy, pick_device
+from .builders import autocast_for, pick_device, policy_for_weights
 from .checkpoint import load_model, write_text_atomic
 from .config import EvalCommandConfig, TrainConfig
 from .envs import make_env, split_seed
@@ -113,9 +113,7 @@ def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, t
         torch.set_num_threads(eval_cfg.hardware.threads)
     autocast = autocast_for(device, eval_cfg.hardware.precision)
     seed = train_cfg.seed + 10_000 if eval_cfg.seed is None else eval_cfg.seed
-    env, policy = build_env_and_policy(train_cfg, 1, device, eval_cfg.split, seed)
-    if hasattr(env, "close"):
-        env.close()
+    policy = policy_for_weights(train_cfg, checkpoint_dir / "model.safetensors", device)
     load_model(checkpoint_dir / "model.safetensors", policy)
     policy.eval()
     results = evaluate(policy, train_cfg, device, eval_cfg.split, eval_cfg.episodes, eval_cfg.deterministic, autocast, seed)

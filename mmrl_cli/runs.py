@@ -119,7 +119,7 @@ def check_state_compatible(saved: dict, wanted: dict, key: str) -> None:
 def load_run_checkpoint(value: str, runs_root: str, checkpoint: str, key: str, overrides: list[str] = (),
                         ignore: tuple[str, ...] = ()) -> RunCheckpoint:
     """Resolve `value` to a run and an intact checkpoint; load and check its config and weights."""
-    from .builders import build_env_and_policy
+    from .builders import policy_for_weights
 
     run_dir, implied = resolve_run(value, runs_root, key)
     try:
@@ -143,9 +143,7 @@ def load_run_checkpoint(value: str, runs_root: str, checkpoint: str, key: str, o
     check_state_compatible(saved, OmegaConf.to_container(config), key)
     typed = validate(config)
     try:
-        env, policy = build_env_and_policy(typed, 1, torch.device("cpu"))
-        if hasattr(env, "close"):
-            env.close()
+        policy = policy_for_weights(typed, checkpoint_dir / "model.safetensors", torch.device("cpu"))
         check_model_fits(checkpoint_dir / "model.safetensors", policy)
     except CheckpointError as e:
         raise ConfigError(f"{key}: {e}") from None

@@ -29,6 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from .algos import ALGOS
 from .algos.optim import global_norm
 from .builders import autocast_for, build_env_and_policy, pick_device
+from .compress.setup import attach, prepare_policy
+from .compress.structure import STRUCTURE_NOTE, is_structured
 from .checkpoint import (POLICY, load_modules, load_state, save_checkpoint, save_weights, set_aside_newer,
                          write_text_atomic)
 from .config import TrainConfig, validate
@@ -85,12 +87,17 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     seed_everything(cfg.seed)
     autocast = autocast_for(device, cfg.hardware.precision)
     env, policy = build_env_and_policy(cfg, cfg.rollout.n_envs, device, seed=dist.seed(cfg.seed))
+    # Compression: the checkpoint's structure, init_from's (shrunk) weights, the frozen teacher.
+    teacher, compression_done = prepare_policy(cfg, policy, device, resume_from)
     steps_per_update = cfg.steps_per_update * dist.world_size  # env steps of all ranks together
     total_updates = updates_of(cfg, dist.world_size)
     if resume_from is not None:  # the steps left, in updates of this run's size (the rank count may have changed)
         saved = load_state(resume_from)["progress"]
         total_updates = max(1, saved["update"] + max(0, cfg.total_steps - saved["steps"]) // steps_per_update)
-    algo = ALGOS[cfg.algo.type](cfg.algo, policy, total_updates, autocast, cfg.hardware.fast_path)
+    if cfg.compression.type == "distill":  # learns from the teacher, with the compression section's settings
+        algo = ALGOS["distill"](cfg.compression, policy, total_updates, autocast)
+    else:
+        algo = ALGOS[cfg.algo.type](cfg.algo, policy, total_updates, autocast, cfg.hardware.fast_path)
     algo.seed(cfg.seed)
     if dist.enabled:  # every rank starts from rank 0's weights, then draws its own random streams
         dist.broadcast_parameters(policy)
@@ -113,6 +120,9 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
                   "change nothing; add algo.lr_schedule=constant to go on at algo.lr", file=sys.stderr)
     elif dist.is_main:
         write_text_atomic(run_dir / "config.yaml", config_yaml)
+        if compression_done:
+            write_json(run_dir / "compression.json", compression_done)
+    callbacks += attach(cfg, policy, algo, teacher, total_updates, progress.steps)
     if cfg.hardware.compile:
         policy.compile(mode=cfg.hardware.compile_mode)
     if monitor is None:
@@ -135,7 +145,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         state = {"algo": algo.state_dict(), "collector": collector.state_dict(), "progress": dataclasses.asdict(progress),
                  "device_type": device.type, "rng": global_rng_state(), "world_size": dist.world_size}
         save_checkpoint(run_dir / "checkpoints", progress.update, {k: m.state_dict() for k, m in modules.items()},
-                        state, config_yaml, cfg.checkpoint.keep_last)
+                        state, config_yaml, cfg.checkpoint.keep_last, structures={POLICY: structure_note(policy)})
 
     stop = StopRequests()
     stopped_by, stopping = None, False
@@ -156,10 +166,10 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
 
             # 3. Report; evaluate on validation levels now and then; let callbacks watch (and stop).
             elapsed = progress.wall_seconds + time.perf_counter() - session_start
+            stopped_by = notify(callbacks, "on_update", progress, metrics)  # callbacks may add metrics (e.g. sparsity)
             monitor.log_update(progress.update, progress.steps, metrics, dist.gather(collector.take_episodes()),
                                algo.gradient.skipped_steps, progress.steps / elapsed,
                                time.perf_counter() - update_start, algo.gradient.module_grad_norms)
-            stopped_by = notify(callbacks, "on_update", progress, metrics)
             last = progress.update == total_updates
             if progress.steps >= progress.next_eval or last:
                 progress.next_eval += cfg.eval.every_steps
@@ -185,7 +195,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
 
     summary = make_summary(progress, algo, device, run_dir, stop_reason(stop, stopping, stopped_by))
     if dist.is_main:
-        save_weights(policy.state_dict(), run_dir / "model.safetensors")
+        save_weights(policy.state_dict(), run_dir / "model.safetensors", structure_note(policy))
         write_json(run_dir / "summary.json", summary)
     dist.close()  # every rank leaves together, after rank 0 has written
     return summary
@@ -245,6 +255,11 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
         "stopped_by": stopped_by,
         "evaluations": progress.evaluations,
     }
+
+
+def structure_note(policy: torch.nn.Module) -> str | None:
+    """The checkpoint header note of a policy whose shapes are not its config's (pruned, factorised)."""
+    return STRUCTURE_NOTE if is_structured(policy) else None
 
 
 def parameters_finite(module: torch.nn.Module) -> bool:

@@ -8,6 +8,9 @@ how much of training remains, for annealed hyperparameters). The trainer's loop 
 """
 
 from .a2c import A2C
+from .distill import Distill
 from .ppo import PPO
 
-ALGOS = {"ppo": PPO, "a2c": A2C}
+# "distill" is chosen by compression=distill (it learns from a teacher, not from rewards) and
+# reads its settings from the compression section.
+ALGOS = {"ppo": PPO, "a2c": A2C, "distill": Distill}

@@ -30,6 +30,7 @@ class CnnPolicy(nn.Module):
         except RuntimeError:
             raise ValueError(f"model.channels: a {self.pixels.height}x{self.pixels.width} image is too small for "
                              f"{len(cfg.channels)} conv layers of kernel {cfg.kernel_size}, strides {cfg.strides}") from None
+        self.conv_spatial = conv_out // in_channels  # H x W of the last conv's output (channel-major flatten)
         self.mission = MissionBagOfWords(cfg.mission_embed) if "mission" in observation_spec else None
         self.has_vector = "vector" in observation_spec
         features = conv_out + (cfg.mission_embed if self.mission is not None else 0) + vector_size(observation_spec)

@@ -1,0 +1,81 @@
+"""Policy distillation (Rusu et al. 2016): a student learns to act like a frozen teacher.
+
+The student plays (so it learns on the states *it* visits, as in DAgger, Ross et al. 2011);
+every state of its rollout is labelled by the teacher; the loss is the KL divergence from the
+teacher's action distribution to the student's, plus a value term matching the teacher's value
+(so the student can be fine-tuned with RL afterwards). No reward is used. The optimiser steps go
+through the shared `GradientStep`, like every algorithm's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..distributed import Distributed
+from ..rollout import RolloutBuffer
+from .gradient import GradientStep, TrainingClock, mean_metrics
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean ``KL(teacher || student)`` of the action distributions (teacher softened by `temperature`)."""
+    teacher_log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    student_log_p = torch.log_softmax(student_logits.float(), dim=-1)
+    return (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(-1).mean()
+
+
+def distill_loss(logits: torch.Tensor, values: torch.Tensor, teacher_logits: torch.Tensor, teacher_values: torch.Tensor,
+                 temperature: float, value_coef: float) -> dict[str, torch.Tensor]:
+    """Loss terms: ``loss_distill`` (KL to the teacher's policy), ``loss_value`` (``value_coef`` x MSE
+    to the teacher's value); diagnostics ``agreement`` (same argmax action) and ``kl``."""
+    kl = distillation_kl(logits, teacher_logits, temperature)
+    with torch.no_grad():
+        agreement = (logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean()
+    return {"loss_distill": kl, "loss_value": value_coef * (values.float() - teacher_values.float()).square().mean(),
+            "kl": kl.detach(), "agreement": agreement}
+
+
+class Distill:
+    """Distillation updates of one student: epochs of minibatches over each rollout, Adam."""
+
+    def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
+        self.cfg, self.policy = cfg, policy
+        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.gradient = GradientStep(policy, optimizer, cfg.max_grad_norm, autocast, fast_path=False)
+        self.generator = torch.Generator()
+        self.clock = TrainingClock(total_updates)
+        self.distributed = Distributed()
+        self.teacher: nn.Module | None = None  # set by the trainer (compress.setup) before the first update
+
+    def seed(self, seed: int) -> None:
+        """Seed the minibatch shuffling."""
+        self.generator.manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {**self.gradient.state_dict(), "generator": self.generator.get_state(), "clock": self.clock.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gradient.load_state_dict(state)
+        self.generator.set_state(state["generator"])
+        self.clock.load_state_dict(state["clock"])
+
+    def update(self, rollout: RolloutBuffer) -> dict[str, float]:
+        """Label the rollout's states with the teacher, then `epochs` passes of minibatch steps."""
+        cfg = self.cfg
+        self.policy.train()
+        sums, names, count = None, [], 0
+        for _epoch in range(cfg.epochs):
+            for batch in rollout.minibatches(min(cfg.batch_size, rollout.n_steps * rollout.n_envs), self.generator):
+                with torch.no_grad():
+                    teacher_logits, teacher_values = self.teacher(batch["obs"])
+                outputs = self.gradient.forward(batch["obs"])
+                terms = distill_loss(*outputs, teacher_logits, teacher_values, cfg.temperature, cfg.value_coef)
+                if not self.gradient.step(terms, outputs):
+                    continue
+                step_metrics = torch.stack([value.detach().float() for value in terms.values()])
+                sums = step_metrics if sums is None else sums + step_metrics
+                names, count = list(terms), count + 1
+        self.clock.tick()
+        metrics = mean_metrics(sums, names, count)
+        metrics.update(grad_norm=self.gradient.grad_norm if count else float("nan"), learning_rate=cfg.lr, minibatches=count)
+        return metrics

@@ -1,0 +1,59 @@
+"""Low-rank factorisation: each large linear layer W (out x in) becomes U (out x r) @ V (r x in).
+
+From the SVD ``W = U S V^T``, the best rank-r approximation (Eckart-Young) keeps the r largest
+singular values; each factor takes sqrt(S) so both are equally scaled. The rank is fixed
+(`rank`) or, per layer, the smallest that keeps a fraction `energy` of ``sum(s^2)`` (the
+squared Frobenius norm), so the relative reconstruction error is at most ``sqrt(1 - energy)``.
+A layer is factorised only when that saves parameters (``r (in + out) < in out``). Works on
+``nn.Linear`` and GPT-2's ``Conv1D`` alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .structure import LowRankLinear, is_linear_like, linear_weight, replace_module
+
+
+def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
+    """The smallest rank whose singular values hold at least `energy` of ``sum(s^2)``."""
+    squares = singular_values.double().square()
+    kept = torch.cumsum(squares, 0) / squares.sum().clamp(min=1e-30)
+    return int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype) - 1e-12).item()) + 1
+
+
+def factorise(layer: nn.Module, rank: int | None, energy: float) -> LowRankLinear | None:
+    """`layer` (Linear or Conv1D) as a `LowRankLinear` of the chosen rank; None if that saves nothing."""
+    weight = linear_weight(layer).detach().float()
+    out_features, in_features = weight.shape
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    r = min(rank if rank is not None else rank_for_energy(s, energy), len(s))
+    if r * (in_features + out_features) >= in_features * out_features:
+        return None
+    root = s[:r].sqrt()
+    low = LowRankLinear(in_features, out_features, r).to(layer.weight.device)
+    with torch.no_grad():
+        low.first.weight.copy_(root.unsqueeze(1) * vh[:r])
+        low.second.weight.copy_(u[:, :r] * root)
+        low.second.bias.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(out_features))
+    return low
+
+
+def factorise_policy(policy: nn.Module, rank: int | None, energy: float, min_size: int) -> list[dict]:
+    """Factorise every linear layer of `policy` with at least `min_size` weights where it saves
+    parameters; returns one row per layer (name, shape, rank, relative reconstruction error)."""
+    rows = []
+    for name, module in list(policy.named_modules()):
+        if not is_linear_like(module) or module.weight.numel() < min_size:
+            continue
+        low = factorise(module, rank, energy)
+        if low is None:
+            continue
+        with torch.no_grad():
+            original = linear_weight(module).float()
+            error = (low.second.weight @ low.first.weight - original).norm() / original.norm().clamp(min=1e-30)
+        rows.append({"layer": name, "shape": list(original.shape), "rank": low.rank, "relative_error": float(error)})
+        replace_module(policy, name, low)
+    policy.structure_compressed = True
+    return rows

@@ -1,0 +1,71 @@
+"""The config of `mmrl compress` (`conf/compress.yaml` + the `compression`, `model`, `hardware`
+groups), typed and checked; problems are one ConfigError line naming the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ..config import GROUP_SCHEMAS, SEED_MAX, ConfigError, HardwareConfig, _merge, between, positive
+
+METHODS = ("distill", "prune", "lowrank")  # what mmrl compress runs (kickstart is a way to train: mmrl train)
+
+
+@dataclass
+class ReportConfig:
+    episodes: int = 500        # held-out episodes per model (teacher and students play the same levels)
+    latency_batch: int = 128   # observations per timed forward pass
+    latency_repeats: int = 50  # timed passes per model (median kept)
+    latency_threads: int = 1   # CPU threads while timing
+
+    def check(self) -> None:
+        positive("report", self, "episodes", "latency_batch", "latency_repeats", "latency_threads")
+
+
+@dataclass
+class CompressCommandConfig:
+    teacher: str = MISSING
+    runs_root: str = "runs"
+    out_dir: Optional[str] = None
+    seed: int = 1
+    total_steps: int = 200_000
+    run_name: Optional[str] = None
+    compression: Any = None
+    model: Any = None
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def check(self) -> None:
+        between("", self, "seed", 0, SEED_MAX)
+        positive("", self, "total_steps")
+        self.hardware.check()
+        self.report.check()
+        if self.compression.type not in METHODS:
+            hint = " (kickstarting trains from scratch: mmrl train compression=kickstart teacher=<run dir>)" \
+                if self.compression.type == "kickstart" else ""
+            raise ConfigError(f"compression: expected one of {', '.join(METHODS)}, got {self.compression.type}{hint}")
+        self.compression.check()
+        if self.model is not None:
+            self.model.check()
+
+
+def validate_compress(cfg: DictConfig | dict) -> CompressCommandConfig:
+    """Check a composed `mmrl compress` config; return it typed."""
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    raw.pop("hydra", None)
+    sections = {name: raw.pop(name, None) for name in ("compression", "model")}
+    typed: CompressCommandConfig = _merge(CompressCommandConfig, raw, "")
+    for group, section in sections.items():
+        if section is None:
+            continue
+        options = GROUP_SCHEMAS[group]
+        kind = section.get("type") if isinstance(section, dict) else None
+        if kind not in options:
+            raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
+        setattr(typed, group, _merge(options[kind], section, f"{group}."))
+    if typed.compression is None:
+        raise ConfigError(f"compression: required (one of {', '.join(METHODS)})")
+    typed.check()
+    return typed

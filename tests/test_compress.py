@@ -1,0 +1,282 @@
+"""mmrl compress and the training-time compression methods: pruning masks and schedules,
+structured pruning = masked dense, SVD error vs energy, distillation and kickstarting losses,
+compact sparse files, compressed runs that eval and resume, and one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mmrl_cli.algos.distill import distill_loss
+from mmrl_cli.builders import build_env_and_policy, policy_for_weights
+from mmrl_cli.checkpoint import read_weights, save_weights
+from mmrl_cli.compress.kickstart import Kickstart, annealed
+from mmrl_cli.compress.lowrank import factorise, factorise_policy, rank_for_energy
+from mmrl_cli.compress.structure import STRUCTURE_NOTE
+from mmrl_cli.compress.structured import groups_of, mask_units, remove_units, units_to_keep
+from mmrl_cli.compress.unstructured import (GradualPruning, cubic_sparsity, magnitude_masks, prunable_weights,
+                                            sparsity_of)
+from mmrl_cli.config import KickstartCompression, PruneCompression, compose_train_config
+
+TINY = ["model=vit-gpt2-tiny", "rollout.n_envs=16", "rollout.n_steps=16", "algo.batch_size=128", "eval.episodes=10",
+        "eval.every_steps=100000", "monitor.progress=false", "monitor.tensorboard=false", "hardware.threads=1"]
+
+
+def policy_and_obs(overrides: list[str], n: int = 8):
+    torch.manual_seed(0)
+    cfg = compose_train_config(overrides)
+    env, policy = build_env_and_policy(cfg, n, torch.device("cpu"))
+    with torch.no_grad():  # non-zero biases everywhere, so a forgotten bias would show
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return cfg, policy.eval(), env.reset()
+
+
+# ------------------------------------------------------------------------ unstructured
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_magnitude_masks_reach_the_sparsity(scope):
+    _, policy, _ = policy_and_obs(TINY)
+    weights = prunable_weights(policy)
+    masks = magnitude_masks(weights, 0.9, scope)
+    total = sum(m.numel() for m in masks.values())
+    dropped = sum(int((~m).sum()) for m in masks.values())
+    assert abs(dropped / total - 0.9) < 0.01
+    if scope == "layer":
+        for name, mask in masks.items():
+            assert abs((~mask).float().mean().item() - 0.9) < 1.0 / mask.numel() + 1e-6, name
+    kept = torch.cat([w.detach().abs()[m].flatten() for w, m in zip(weights.values(), masks.values())])
+    gone = torch.cat([w.detach().abs()[~m].flatten() for w, m in zip(weights.values(), masks.values())])
+    if scope == "global":  # one threshold: every kept weight is at least as large as every pruned one
+        assert kept.min() >= gone.max()
+
+
+def test_cubic_schedule_endpoints_and_shape():
+    assert cubic_sparsity(0, 10, 110, 0.9) == 0.0
+    assert cubic_sparsity(10, 10, 110, 0.9) == 0.0
+    assert cubic_sparsity(110, 10, 110, 0.9) == 0.9
+    assert cubic_sparsity(500, 10, 110, 0.9) == 0.9
+    middle = cubic_sparsity(60, 10, 110, 0.9)
+    assert math.isclose(middle, 0.9 * (1 - 0.5**3))  # fast at first: 7/8 of the way at half time
+
+
+def test_gradual_pruning_keeps_pruned_weights_at_zero_through_optimiser_steps():
+    _, policy, obs = policy_and_obs(TINY)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    cfg = PruneCompression(sparsity=0.8, steps=2, start_fraction=0.0, end_fraction=0.5)
+    pruning = GradualPruning(cfg, policy, optimizer, total_updates=4)
+
+    class P:
+        update = 0
+    progress, metrics = P(), {}
+    for update in range(1, 5):
+        logits, values = policy(obs)
+        (logits.square().mean() + values.square().mean()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        progress.update = update
+        pruning.on_update(progress, metrics)
+    assert abs(metrics["sparsity"] - 0.8) < 0.01
+    zeros = {n: w == 0 for n, w in prunable_weights(policy).items()}
+    logits, values = policy(obs)
+    (logits.square().mean() + values.square().mean()).backward()
+    optimizer.step()  # the step hook puts the pruned weights back to zero
+    assert all(bool((w[zeros[n]] == 0).all()) for n, w in prunable_weights(policy).items())
+
+
+def test_sparse_weights_file_is_smaller_and_round_trips(tmp_path):
+    _, policy, _ = policy_and_obs(TINY)
+    save_weights(policy.state_dict(), tmp_path / "dense.safetensors")
+    weights = prunable_weights(policy)
+    masks = magnitude_masks(weights, 0.9, "global")
+    with torch.no_grad():
+        for name, w in weights.items():
+            w.mul_(masks[name])
+    save_weights(policy.state_dict(), tmp_path / "sparse.safetensors")
+    assert (tmp_path / "sparse.safetensors").stat().st_size < 0.5 * (tmp_path / "dense.safetensors").stat().st_size
+    loaded = read_weights(tmp_path / "sparse.safetensors")
+    for name, tensor in policy.state_dict().items():
+        assert torch.equal(loaded[name], tensor), name
+    assert sparsity_of(weights) > 0.89
+
+
+# -------------------------------------------------------------------------- structured
+@pytest.mark.parametrize("overrides", [TINY, TINY + ["model=cnn", "model.channels=[8,16]", "model.hidden=32",
+                                                     "model.head_hidden=[16]"]], ids=["vit-gpt2", "cnn"])
+def test_structured_pruning_equals_the_masked_dense_model(overrides):
+    _, policy, obs = policy_and_obs(overrides)
+    masked, pruned = copy.deepcopy(policy), copy.deepcopy(policy)
+    keeps = {g.name: units_to_keep(dict(policy.named_parameters()), g, 0.5) for g in groups_of(policy)}
+    assert len(keeps) >= 4
+    for group in groups_of(masked):
+        mask_units(masked, group, keeps[group.name])
+    for name, keep in keeps.items():  # a group's own units do not move when another group shrinks
+        group = next(g for g in groups_of(pruned) if g.name == name)
+        remove_units(pruned, group, keep)
+        from mmrl_cli.compress.structure import sync_attention
+        sync_attention(pruned)
+    assert sum(p.numel() for p in pruned.parameters()) < 0.6 * sum(p.numel() for p in policy.parameters())
+    with torch.no_grad():
+        for a, b in zip(masked(obs), pruned(obs)):
+            assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_pruned_and_factorised_models_rebuild_from_their_weights_file(tmp_path):
+    from mmrl_cli.compress.structured import prune_structured
+
+    cfg, policy, obs = policy_and_obs(["model=vit-gpt2"])
+    prune_structured(policy, 0.5)
+    factorise_policy(policy, rank=8, energy=1.0, min_size=1024)
+    assert any(type(m).__name__ == "LowRankLinear" for m in policy.modules())
+    save_weights(policy.state_dict(), tmp_path / "model.safetensors", STRUCTURE_NOTE)
+    rebuilt = policy_for_weights(cfg, tmp_path / "model.safetensors", torch.device("cpu"))
+    rebuilt.load_state_dict(read_weights(tmp_path / "model.safetensors"))
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(obs)[0], policy(obs)[0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- low rank
+def test_rank_for_energy_on_a_known_spectrum():
+    s = torch.tensor([3.0, 2.0, 1.0, 0.0])  # squares 9, 4, 1: cumulative 9/14, 13/14, 1
+    assert rank_for_energy(s, 0.5) == 1
+    assert rank_for_energy(s, 0.9) == 2
+    assert rank_for_energy(s, 13 / 14) == 2
+    assert rank_for_energy(s, 0.99) == 3
+
+
+@pytest.mark.parametrize("energy", [0.5, 0.8, 0.95])
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_svd_reconstruction_error_is_within_the_energy_bound(energy, kind):
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    layer = nn.Linear(96, 64) if kind == "linear" else Conv1D(64, 96)  # Conv1D(nf=out, nx=in)
+    with torch.no_grad():  # a decaying spectrum, as trained weights have
+        decaying = torch.randn(64, 96) * (0.7 ** torch.arange(96.0))
+        layer.weight.copy_(decaying if kind == "linear" else decaying.t())
+    x = torch.randn(5, 96)
+    low = factorise(layer, None, energy)
+    assert low is not None and low.rank < 64
+    dense = layer.weight if kind == "linear" else layer.weight.t()
+    error = (low.second.weight @ low.first.weight - dense).norm() / dense.norm()
+    assert error <= math.sqrt(1 - energy) + 1e-5
+    full = factorise(layer, 30, 1.0)  # an explicit rank; layer outputs agree up to the dropped part
+    assert full.rank == 30
+    with torch.no_grad():
+        assert torch.allclose(low(x), layer(x), atol=float(error) * layer(x).norm() + 1e-4)
+
+
+# -------------------------------------------------------------------------- distillation
+def test_distillation_loss_decreases_on_a_fixed_batch():
+    _, student, obs = policy_and_obs(TINY, n=32)
+    _, teacher, _ = policy_and_obs(["model=vit-gpt2"], n=32)
+    with torch.no_grad():
+        teacher_logits, teacher_values = teacher(obs)
+        teacher_logits = teacher_logits * 20  # a confident teacher
+    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        terms = distill_loss(*student(obs), teacher_logits, teacher_values, 1.0, 0.5)
+        loss = terms["loss_distill"] + terms["loss_value"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+    assert terms["agreement"].item() > 0.9
+
+
+def test_kickstart_term_anneals_to_zero():
+    _, student, obs = policy_and_obs(TINY)
+    _, teacher, _ = policy_and_obs(["model=vit-gpt2"])
+    cfg = KickstartCompression(coef=2.0, anneal_steps=1000)
+    assert annealed(2.0, 0, 1000) == 2.0 and annealed(2.0, 500, 1000) == 1.0 and annealed(2.0, 5000, 1000) == 0.0
+    kick = Kickstart(cfg, teacher, steps_done=250)
+    assert kick.coef == 1.5  # a resumed run continues the schedule
+    logits, values = student(obs)
+    assert kick.loss(logits, values, {"obs": obs})["loss_kickstart"].item() > 0
+
+    class P:
+        steps = 1000
+    kick.on_update(P(), {})
+    terms = kick.loss(logits, values, {"obs": obs})
+    assert kick.coef == 0.0 and "loss_kickstart" not in terms and terms["kickstart_coef"].item() == 0.0
+
+
+# ------------------------------------------------------------------------ CLI, end to end
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    from mmrl_cli.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    train(compose_train_config(TINY + ["total_steps=1024"]), run_dir)
+    return run_dir
+
+
+def test_compress_structured_run_evaluates_resumes_and_reports(teacher_run, run_mmrl):
+    out = run_mmrl.cwd / "out"
+    done = run_mmrl("compress", f"teacher={teacher_run}", "compression=prune", "compression.structured=true",
+                    f"out_dir={out}", "total_steps=512", "report.episodes=10", "report.latency_repeats=3", "hardware.threads=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    teacher, student = report["rows"]
+    assert student["parameters"] < 0.7 * teacher["parameters"] and student["latency_ms"] > 0
+    assert (out / "report.md").is_file() and (out / "report.png").stat().st_size > 1000
+    run_dir = Path(student["run"])
+    assert json.loads((run_dir / "compression.json").read_text())["pruned_groups"]
+    evaluated = run_mmrl("eval", f"run={run_dir}", "episodes=10", "gif.episodes=0")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    resumed = run_mmrl("train", f"resume={run_dir}", "total_steps=1024")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 1024
+
+
+def test_train_with_unstructured_pruning_and_kickstart(teacher_run, tmp_path):
+    from mmrl_cli.trainer import train
+
+    pruned_dir = tmp_path / "pruned"
+    train(compose_train_config(TINY + ["total_steps=1024", "compression=prune", "compression.sparsity=0.7",
+                                       f"init_from={teacher_run}"]), pruned_dir)
+    lines = [json.loads(line) for line in (pruned_dir / "metrics.jsonl").read_text().splitlines()]
+    assert abs(lines[-1]["sparsity"] - 0.7) < 0.01
+    assert (pruned_dir / "model.safetensors").stat().st_size < (teacher_run / "model.safetensors").stat().st_size
+    kick_dir = tmp_path / "kick"
+    train(compose_train_config(TINY + ["total_steps=1024", "compression=kickstart", f"teacher={teacher_run}",
+                                       "compression.anneal_steps=512"]), kick_dir)
+    lines = [json.loads(line) for line in (kick_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["kickstart_coef"] > 0 and lines[-1]["kickstart_coef"] == 0.0
+    assert "loss_kickstart" in lines[0]
+
+
+BAD = [
+    (["compress", "teacher=/nonexistent"], "teacher: /nonexistent does not exist"),
+    (["compress", "teacher=TEACHER", "compression=prune", "compression.sparsity=1.5"], "compression.sparsity: expected a fraction in (0, 1)"),
+    (["compress", "teacher=TEACHER", "compression=prune", "compression.sparsity=nan"], "compression.sparsity"),
+    (["compress", "teacher=TEACHER", "compression=lowrank", "compression.rank=0"], "compression.rank: expected"),
+    (["compress", "teacher=TEACHER", "compression=lowrank", "compression.energy=0"], "compression.energy: expected a fraction"),
+    (["compress", "teacher=TEACHER", "compression=kickstart"], "mmrl train compression=kickstart"),
+    (["compress"], "teacher: required"),
+    (["train", "compression=kickstart"], "teacher: compression=kickstart learns from a teacher"),
+    (["train", "compression=kickstart", "teacher=TEACHER", "data.grid_size=6"], "teacher: "),
+    (["train", "compression=lowrank"], "init_from: compression=lowrank shrinks a trained model"),
+    (["train", "init_from=TEACHER"], "init_from: "),  # the default model is not the teacher's (vit-gpt2-tiny)
+]
+
+
+@pytest.mark.parametrize("args, needle", BAD, ids=[" ".join(a)[:50] for a, _ in BAD])
+def test_bad_compression_input_is_one_line_exit_2_and_creates_nothing(args, needle, teacher_run, tmp_path, monkeypatch,
+                                                                        capsys):
+    from mmrl_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.replace("TEACHER", str(teacher_run)) for a in args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not list(tmp_path.iterdir())
