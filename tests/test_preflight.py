@@ -14,6 +14,9 @@ def config_with(group: str, option: str) -> TrainConfig:
     """The default TrainConfig with `group` set to `option`'s defaults (a fresh object each call)."""
     cfg = TrainConfig()
     setattr(cfg, group, GROUP_SCHEMAS[group][option]())
+    if group == "compression":  # methods that need a trained run only check that one is named
+        cfg.teacher = "runs/teacher" if option in ("kickstart", "distill") else None
+        cfg.init_from = "runs/teacher" if option == "lowrank" else None
     return cfg
 
 
