@@ -180,15 +180,15 @@ def test_distillation_loss_decreases_on_a_fixed_batch():
         teacher_logits = teacher_logits * 20  # a confident teacher
     optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
     losses = []
-    for _ in range(60):
+    for _ in range(40):
         terms = distill_loss(*student(obs), teacher_logits, teacher_values, 1.0, 0.5)
         loss = terms["loss_distill"] + terms["loss_value"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.3 * losses[0]
-    assert terms["agreement"].item() > 0.9
+    assert losses[-1] < 0.5 * losses[0]
+    assert terms["agreement"].item() > 0.7  # from about 1 in 4 (4 actions) at the start
 
 
 def test_kickstart_term_anneals_to_zero():
@@ -218,6 +218,41 @@ def teacher_run(tmp_path_factory):
     return run_dir
 
 
+def test_compressed_runs_evaluate_resume_and_share_one_report(teacher_run, tmp_path):
+    """In process (the CLI path is the slow test below): a structured and a low-rank student of
+    one teacher, one report; the structured run evaluates and resumes from its checkpoint."""
+    from hydra import compose, initialize_config_dir
+
+    from mmrl_cli.cli import CONF_DIR
+    from mmrl_cli.compress.run import run_compress
+    from mmrl_cli.compress.settings import validate_compress
+    from mmrl_cli.config import EvalCommandConfig, GifConfig
+    from mmrl_cli.evaluation import run_eval
+    from mmrl_cli.runs import load_run_checkpoint
+    from mmrl_cli.trainer import train
+
+    out = tmp_path / "out"
+    common = [f"teacher={teacher_run}", f"out_dir={out}", "total_steps=512", "report.episodes=10",
+              "report.latency_repeats=2", "hardware.threads=1"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for method in (["compression=prune", "compression.structured=true"],
+                       ["compression=lowrank", "compression.rank=4", "compression.min_size=512"]):
+            report = run_compress(validate_compress(compose("compress", overrides=common + method)))
+    teacher, *students = report["rows"]
+    assert [r["method"] for r in students] == ["lowrank-r4", "prune-structured-0.5"]
+    assert all(r["parameters"] < 0.8 * teacher["parameters"] for r in students)
+    assert (out / "report.md").read_text().count("\n| ") == 4 and (out / "report.png").stat().st_size > 1000
+    for row in students:
+        run = load_run_checkpoint(row["run"], "runs", "latest", "run")  # rebuilds the compressed shapes
+        results = run_eval(EvalCommandConfig(run=row["run"], episodes=10, gif=GifConfig(episodes=0)), run.run_dir,
+                           run.checkpoint_dir, run.typed)
+        assert results["episodes"] == 10
+    run = load_run_checkpoint(students[1]["run"], "runs", "latest", "resume", ["total_steps=1024"], ignore=("resume",))
+    summary = train(run.typed, run.run_dir, resume_from=run.checkpoint_dir)
+    assert summary["steps"] == 1024
+
+
+@pytest.mark.slow
 def test_compress_structured_run_evaluates_resumes_and_reports(teacher_run, run_mmrl):
     out = run_mmrl.cwd / "out"
     done = run_mmrl("compress", f"teacher={teacher_run}", "compression=prune", "compression.structured=true",
