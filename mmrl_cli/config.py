@@ -248,8 +248,8 @@ class DistillCompression:
     student: str = "vit-gpt2-tiny"  # mmrl compress: the model preset of the student when no model=... is given
     temperature: float = 1.0        # softmax temperature of the teacher's action distribution
     value_coef: float = 0.5         # weight of the value-matching term (MSE to the teacher's value)
-    lr: float = 1e-3                # Adam learning rate of the student
-    epochs: int = 2                 # passes over each rollout
+    lr: float = 2e-3                # Adam learning rate of the student
+    epochs: int = 4                 # passes over each rollout
     batch_size: int = 512           # minibatch size
     max_grad_norm: float = 0.5      # gradient clipping
     finetune_steps: int = 0         # mmrl compress: RL fine-tuning steps after distillation (0: none)

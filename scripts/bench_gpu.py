@@ -126,7 +126,7 @@ def main() -> None:
     results: dict = {"device": name}
 
     run = mmrl_train([f"hardware.device={device.type}", f"total_steps={20_000 if args.tiny else 2_000_000}",
-                      "eval.every_steps=100000000", "eval.episodes=50"] + (["rollout.n_envs=16"] if args.tiny else []),
+                      "eval.every_steps=100000000", "eval.episodes=50"] + (["rollout.n_envs=16", "algo.batch_size=128"] if args.tiny else []),
                      Path("/tmp/mmrl-bench-gpu-runs"))
     results["default_run_steps_per_second"] = run["train_steps_per_second"]
     print_table(f"default `mmrl train` on {name}", ["steps/s (training)", "held-out success"],

@@ -111,10 +111,13 @@ def test_sparse_weights_file_is_smaller_and_round_trips(tmp_path):
 def test_structured_pruning_equals_the_masked_dense_model(overrides):
     _, policy, obs = policy_and_obs(overrides)
     masked, pruned = copy.deepcopy(policy), copy.deepcopy(policy)
-    keeps = {g.name: units_to_keep(dict(policy.named_parameters()), g, 0.5) for g in groups_of(policy)}
+    # Removing residual channels also changes LayerNorm statistics: not a masked dense model (tested below).
+    keeps = {g.name: units_to_keep(dict(policy.named_parameters()), g, 0.5) for g in groups_of(policy)
+             if g.name != "residual channels"}
     assert len(keeps) >= 4
     for group in groups_of(masked):
-        mask_units(masked, group, keeps[group.name])
+        if group.name in keeps:
+            mask_units(masked, group, keeps[group.name])
     for name, keep in keeps.items():  # a group's own units do not move when another group shrinks
         group = next(g for g in groups_of(pruned) if g.name == name)
         remove_units(pruned, group, keep)
@@ -130,7 +133,9 @@ def test_pruned_and_factorised_models_rebuild_from_their_weights_file(tmp_path):
     from mmrl_cli.compress.structured import prune_structured
 
     cfg, policy, obs = policy_and_obs(["model=vit-gpt2"])
-    prune_structured(policy, 0.5)
+    rows = {r["group"]: r for r in prune_structured(policy, 0.5)}
+    assert rows["residual channels"]["kept"] == 24 and policy.vit.layernorm.normalized_shape == (24,)
+    assert rows["gpt.h.0.crossattention heads"]["kept"] == 1 and policy.gpt.h[0].crossattention.num_heads == 1
     factorise_policy(policy, rank=8, energy=1.0, min_size=1024)
     assert any(type(m).__name__ == "LowRankLinear" for m in policy.modules())
     save_weights(policy.state_dict(), tmp_path / "model.safetensors", STRUCTURE_NOTE)

@@ -73,19 +73,30 @@ def sync_attention(policy: nn.Module) -> None:
             module.num_heads = module.split_size // module.head_dim
 
 
+def fit_size_attributes(module: nn.Module) -> None:
+    """Make a layer's size attributes agree with its (resized) weight."""
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = weight.shape
+    elif isinstance(module, nn.Conv2d):
+        module.out_channels, module.in_channels = weight.shape[:2]
+    elif isinstance(module, conv1d_class()):
+        module.nx, module.nf = weight.shape
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(weight.shape)
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = weight.shape
+
+
 def resize_parameters(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
     """Give `module`'s own parameters the `shapes` (by parameter name) and fix its size attributes."""
     for name, shape in shapes.items():
         old = getattr(module, name)
         if tuple(old.shape) != tuple(shape):
             setattr(module, name, nn.Parameter(old.new_empty(shape), requires_grad=old.requires_grad))
-    weight = module.weight.shape
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = weight
-    elif isinstance(module, nn.Conv2d):
-        module.out_channels, module.in_channels = weight[:2]
-    elif isinstance(module, conv1d_class()):
-        module.nf = weight[1]
+    fit_size_attributes(module)
 
 
 def adopt_shapes(policy: nn.Module, saved: dict[str, tuple[int, ...]]) -> None:
@@ -98,7 +109,7 @@ def adopt_shapes(policy: nn.Module, saved: dict[str, tuple[int, ...]]) -> None:
     for name, module in policy.named_modules():
         own = {p: saved[f"{name}.{p}" if name else p] for p, _ in module.named_parameters(recurse=False)
                if (f"{name}.{p}" if name else p) in saved}
-        if own and isinstance(module, (nn.Linear, nn.Conv2d, conv1d_class())):
+        if own:
             resize_parameters(module, own)
     sync_attention(policy)
     policy.structure_compressed = True

@@ -90,9 +90,43 @@ def trunk_groups(policy) -> list[UnitGroup]:
     return groups + head_mlp_groups(policy)
 
 
+def residual_group(policy) -> UnitGroup:
+    """The channels of the transformers' residual stream (their width d), shared by ViT and GPT-2:
+    every embedding, norm and projection that reads or writes it, FiLM, and the readout's inputs.
+    Unlike the other groups this changes LayerNorm statistics (fine-tuning recovers)."""
+    d = policy.vit.layernorm.weight.shape[0]
+    vector = lambda name, axis=0: (name, axis, one)  # noqa: E731
+    touches = [vector("vit.embeddings.cls_token", 2), vector("vit.embeddings.position_embeddings", 2),
+               vector("vit.embeddings.patch_embeddings.projection.weight"), vector("vit.embeddings.patch_embeddings.projection.bias"),
+               vector("vit.layernorm.weight"), vector("vit.layernorm.bias")]
+    for i in range(len(policy.vit.layers)):
+        p = f"vit.layers.{i}"
+        touches += [vector(f"{p}.{n}.{t}") for n in ("layernorm_before", "layernorm_after") for t in ("weight", "bias")]
+        touches += [vector(f"{p}.attention.{n}.weight", 1) for n in ("q_proj", "k_proj", "v_proj")]
+        touches += [vector(f"{p}.attention.o_proj.weight"), vector(f"{p}.attention.o_proj.bias"),
+                    vector(f"{p}.mlp.fc1.weight", 1), vector(f"{p}.mlp.fc2.weight"), vector(f"{p}.mlp.fc2.bias")]
+    if policy.gpt is not None:
+        touches += [vector("gpt.wte.weight", 1), vector("gpt.wpe.weight", 1), vector("gpt.ln_f.weight"), vector("gpt.ln_f.bias")]
+        for i in range(len(policy.gpt.h)):
+            p = f"gpt.h.{i}"
+            touches += [vector(f"{p}.{n}.{t}") for n in ("ln_1", "ln_2", "ln_cross_attn") for t in ("weight", "bias")]
+            for attn in ("attn", "crossattention"):  # Conv1D weights are (in, out)
+                touches += [vector(f"{p}.{attn}.c_attn.weight"), vector(f"{p}.{attn}.c_proj.weight", 1),
+                            vector(f"{p}.{attn}.c_proj.bias")]
+            touches += [vector(f"{p}.crossattention.q_attn.weight"), vector(f"{p}.mlp.c_fc.weight"),
+                        vector(f"{p}.mlp.c_proj.weight", 1), vector(f"{p}.mlp.c_proj.bias")]
+        film = block(1, 2, d)  # FiLM's output is [scale (d), shift (d)]
+        touches += [("film.weight", 1, one), ("film.weight", 0, film), ("film.bias", 0, film)]
+    keypoints, channels = policy.keypoints.out_features, policy.neighbourhood.out_channels
+    touches += [vector("keypoints.weight", 1), vector("neighbourhood.weight", 1),
+                ("trunk.0.weight", 1, lambda u: [2 * keypoints + keypoints * channels + u])]  # the mean patch state
+    return UnitGroup("residual channels", d, touches)
+
+
 def vit_gpt2_groups(policy) -> list[UnitGroup]:
-    """Heads and MLP neurons of every ViT and GPT-2 layer, the neighbourhood conv's channels, the trunk."""
-    groups = []
+    """Heads and MLP neurons of every ViT and GPT-2 layer, the neighbourhood conv's channels, the
+    trunk; with the spatial readout also the residual channels (`residual_group`)."""
+    groups = [residual_group(policy)] if policy.readout == "spatial" else []
     for i, layer in enumerate(policy.vit.layers):
         p, attention = f"vit.layers.{i}", layer.attention
         hd = attention.head_dim
@@ -193,8 +227,7 @@ def remove_units(policy: nn.Module, group: UnitGroup, keep: list[int]) -> None:
         kept = [p for p in range(old.shape[axis]) if p not in dropped]
         index = torch.tensor(kept, dtype=torch.long, device=old.device)
         setattr(module, param_name, nn.Parameter(old.detach().index_select(axis, index).clone(), requires_grad=old.requires_grad))
-        if param_name == "weight":
-            resize_parameters(module, {})  # in/out sizes follow the weight
+        resize_parameters(module, {})  # size attributes follow the weight
 
 
 def prune_structured(policy: nn.Module, amount: float) -> list[dict]:
