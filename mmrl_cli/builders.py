@@ -52,12 +52,10 @@ def build_env_and_policy(cfg: TrainConfig, num_envs: int, device: torch.device, 
 def policy_for_weights(cfg: TrainConfig, weights: Path, device: torch.device) -> torch.nn.Module:
     """The policy `cfg` builds, shaped like the weights file `weights` when that file says it was
     structurally compressed (pruned units, factorised layers); not loaded."""
-    from .checkpoint import STRUCTURE_KEY, file_metadata, tensor_shapes
-    from .compress.structure import adopt_shapes
+    from .compress.structure import adopt_saved_structure
 
     env, policy = build_env_and_policy(cfg, 1, device)
     if hasattr(env, "close"):
         env.close()
-    if file_metadata(weights).get(STRUCTURE_KEY):
-        adopt_shapes(policy, tensor_shapes(weights))
+    adopt_saved_structure(policy, weights)
     return policy.to(device)

@@ -44,16 +44,17 @@ def group_options(group: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------ validation
-def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool = False) -> None:
+def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool = False,
+                     inference_batches: dict[str, int] | None = None) -> None:
     """Checks that need more than the schema: numbers by kind, devices, gymnasium ids, model vs
-    observations, memory, the teacher run (not to evaluate) and the init_from run (only for a fresh start).
-    Builds nothing big: the env's observations are described, the model is built on torch's meta
-    device."""
+    observations, memory (also of `inference_batches`: key -> observations at once), the teacher
+    run (not to evaluate) and the init_from run (only for a fresh start). Builds nothing big: the
+    env's observations are described, the model is built on torch's meta device."""
     import torch
 
-    from .compress.teacher import init_run, teacher_run
+    from .compress.teacher import source_run
 
-    from .preflight import check_memory, check_numbers
+    from .preflight import check_inference_memory, check_memory, check_numbers
 
     check_numbers(cfg)
     if cfg.hardware.device.startswith("cuda") and not torch.cuda.is_available():
@@ -82,10 +83,12 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
         return sum(p.numel() for p in policy.parameters()), activation_elements_per_sample(policy, spec)
 
     check_memory(cfg, spec, measure_model)
+    if inference_batches:
+        check_inference_memory(cfg, spec, measure_model, inference_batches)
     if cfg.teacher is not None and not evaluating:
-        teacher_run(cfg)
+        source_run(cfg, "teacher")
     if cfg.init_from is not None and not resuming and not evaluating:
-        init_run(cfg)
+        source_run(cfg, "init_from")
 
 
 def observation_spec_of(data_cfg) -> tuple[dict, int]:
@@ -270,11 +273,16 @@ def check_compress(cfg: DictConfig, overrides: list[str]) -> None:
     from .compress.run import output_dir, student_config
     from .compress.settings import validate_compress
     from .compress.teacher import trained_run
-    from .preflight import check_output_dir
+    from .preflight import check_numbers, check_output_dir
 
     typed = validate_compress(cfg)
+    check_numbers(typed)
     teacher = trained_run(typed.teacher, typed.runs_root, "teacher")
     check_compatible(student_config(typed, teacher.typed, teacher.run_dir))
+    report = typed.report  # the report evaluates and times every model on these batches
+    episodes_at_once = report.episodes if teacher.typed.data.type == "goto" else min(report.episodes, 64)
+    check_compatible(teacher.typed, evaluating=True,
+                     inference_batches={"report.episodes": episodes_at_once, "report.latency_batch": report.latency_batch})
     check_output_dir("out_dir" if typed.out_dir else "runs_root", output_dir(typed, teacher.run_dir))
 
 

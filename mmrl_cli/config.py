@@ -331,7 +331,7 @@ class HardwareConfig:
         return self.nproc * self.nnodes > 1
 
     def check(self) -> None:
-        non_negative("hardware", self, "threads")
+        between("hardware", self, "threads", 0, 1024)
         one_of("hardware", self, "precision", ("fp32", "bf16"))
         between("hardware", self, "nproc", 1, 1024)
         between("hardware", self, "nnodes", 1, 100_000)
@@ -432,12 +432,13 @@ class TrainConfig:
         for section in (self.algo, self.model, self.data, self.compression, self.hardware, self.rollout, self.eval,
                         self.monitor, self.checkpoint, self.numerics):
             section.check()
-        batch_size = getattr(self.algo, "batch_size", None)
         # Per rank, like rollout.n_envs: under hardware=ddp each rank steps on its own minibatch of
         # this size and the gradients are averaged (CleanRL's multi-GPU PPO does the same).
-        if batch_size is not None and batch_size > self.steps_per_update:
-            raise ConfigError(f"algo.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
-                              f"{self.steps_per_update}, got {batch_size}")
+        for section in ("algo", "compression"):  # PPO's minibatch; distillation's
+            batch_size = getattr(getattr(self, section), "batch_size", None)
+            if batch_size is not None and batch_size > self.steps_per_update:
+                raise ConfigError(f"{section}.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
+                                  f"{self.steps_per_update}, got {batch_size}")
         self.check_compression_sources()
 
     def check_compression_sources(self) -> None:
@@ -562,14 +563,19 @@ def validate(cfg: DictConfig | dict) -> TrainConfig:
     raw.pop("hydra", None)
     groups = {name: raw.pop(name, None) for name in GROUP_SCHEMAS}
     top: TrainConfig = _merge(TrainConfig, raw, "")
-    for group, options in GROUP_SCHEMAS.items():
-        section = groups[group] or {}
-        kind = section.get("type") if isinstance(section, dict) else None
-        if kind not in options:
-            raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
-        setattr(top, group, _merge(options[kind], section, f"{group}."))
+    for group in GROUP_SCHEMAS:
+        setattr(top, group, merge_group(group, groups[group] or {}))
     top.check()
     return top
+
+
+def merge_group(group: str, section: Any) -> Any:
+    """A config group's section, typed by the schema its ``type`` key picks in `GROUP_SCHEMAS`."""
+    options = GROUP_SCHEMAS[group]
+    kind = section.get("type") if isinstance(section, dict) else None
+    if kind not in options:
+        raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
+    return _merge(options[kind], section, f"{group}.")
 
 
 def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -135,8 +135,7 @@ def check_memory(cfg: TrainConfig, observation_spec: dict, measure_model) -> Non
     available = available_memory()
     per_obs = observation_bytes(observation_spec)
     size_keys = ["data.grid_size", "data.tile_size"] if cfg.data.type == "goto" else []
-    # The built-in env keeps about four image-sized buffers per env (image, background, final obs, ...).
-    env_bytes = 4 * per_obs if cfg.data.type == "goto" else per_obs
+    env_bytes = bytes_per_env(cfg, observation_spec)
     if env_bytes > available:
         key = _blame(cfg, size_keys) if size_keys else "data.env_id"
         raise ConfigError(f"{key}: one env's observation needs {_gib(env_bytes)}, more than the {_gib(available)} "
@@ -165,6 +164,26 @@ def check_memory(cfg: TrainConfig, observation_spec: dict, measure_model) -> Non
         raise ConfigError(f"{_blame(cfg, model_keys)}: one forward pass over {largest_batch:,} observations needs "
                           f"{_gib(activation_bytes)} of layer outputs besides {_gib(model_bytes)} for the weights, "
                           f"more than the {_gib(available)} of memory available")
+
+
+def bytes_per_env(cfg: TrainConfig, observation_spec: dict) -> int:
+    """Memory one env of the batch holds: the built-in env keeps about four image-sized buffers
+    per env (image, background, final obs, ...), a gymnasium env about one observation."""
+    per_obs = observation_bytes(observation_spec)
+    return 4 * per_obs if cfg.data.type == "goto" else per_obs
+
+
+def check_inference_memory(cfg: TrainConfig, observation_spec: dict, measure_model, batches: dict[str, int]) -> None:
+    """Refuse batched inference that cannot fit: for each key, that many envs at once and one
+    forward pass (no gradients) over their observations (e.g. `mmrl compress`'s report)."""
+    available = available_memory()
+    env_bytes = bytes_per_env(cfg, observation_spec)
+    _, activations_per_sample = measure_model()
+    for key, count in batches.items():
+        needed = count * (env_bytes + 4 * activations_per_sample)
+        if needed > available:
+            raise ConfigError(f"{key}: {count:,} observations at once need {_gib(needed)}, more than the "
+                              f"{_gib(available)} of memory available")
 
 
 def _is_size(value) -> bool:

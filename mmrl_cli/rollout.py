@@ -5,7 +5,9 @@ batched envs played by the current policy. The `Collector` owns the env, the cur
 observation and the action-sampling generator, and plays the policy; the `RolloutBuffer` holds
 what it saw, preallocated once as (n_steps, n_envs, ...) tensors on the training device, so a
 rollout never leaves the device and never allocates. Algorithms turn a buffer into advantages
-with their own discount (`compute_advantages`) and read it whole or in minibatches.
+with their own discount (`compute_advantages`) and read it whole or in minibatches. A method
+that needs more per transition (a teacher's action logits) adds it to `labels` once per
+rollout; minibatches carry it along.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class RolloutBuffer:
         self.last_value = torch.zeros(n_envs, device=device)  # V of the observation after the last step
         self.advantages = torch.zeros(shape, device=device)
         self.returns = torch.zeros(shape, device=device)
+        # Extra per-transition tensors (n_steps * n_envs rows, time-major), added after collection
+        # (e.g. ``teacher_logits``); cleared by each new collection.
+        self.labels: dict[str, torch.Tensor] = {}
 
     def store_obs(self, t: int, obs: dict) -> None:
         """Copy the observations of step `t` (envs may reuse their buffers afterwards)."""
@@ -75,7 +80,7 @@ class RolloutBuffer:
             "obs": {k: v.flatten(0, 1) for k, v in self.obs.items()},
             "actions": self.actions.flatten(), "logprobs": self.logprobs.flatten(),
             "values": self.values.flatten(), "advantages": self.advantages.flatten(),
-            "returns": self.returns.flatten(),
+            "returns": self.returns.flatten(), **self.labels,
         }
 
     def minibatches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[dict]:
@@ -116,6 +121,7 @@ class Collector:
         """Play `n_steps` steps in every env with the current policy; return the filled buffer."""
         policy, buffer = self.policy, self.buffer
         policy.eval()
+        buffer.labels.clear()
         if self.bootstrap:  # only written when bootstrapping; otherwise it stays all zeros
             buffer.truncation_values.zero_()
         obs = self.obs

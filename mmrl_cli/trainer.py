@@ -8,8 +8,9 @@ Levels: periodic evaluations use *validation* levels (and, when training on a fi
 levels, the training levels too, for the generalisation gap); the *held-out* levels are played
 once, at the end, for the final report, so choosing on validation never peeks at them.
 
-Callbacks watch the run and may stop it: any object with ``on_update(progress, metrics)`` and/or
-``on_evaluation(progress, results)`` methods; raising `StopTraining` in one stops the run after
+Callbacks watch the run and may stop it: any object with ``on_rollout(rollout)`` (may add
+per-transition labels), ``on_update(progress, metrics)`` and/or ``on_evaluation(progress,
+results)`` methods; raising `StopTraining` in `on_update` or `on_evaluation` stops the run after
 a checkpoint, with ``summary["stopped_by"]`` naming the reason (an Optuna pruner, a curriculum
 that is done, a wall-clock budget).
 """
@@ -152,8 +153,9 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     with monitor, stop:
         while progress.update < total_updates and not stopping and stopped_by is None:
             update_start = time.perf_counter()
-            # 1. Collect a rollout with the current policy.
+            # 1. Collect a rollout with the current policy (callbacks may label it, e.g. a teacher's logits).
             rollout = collector.collect()
+            notify(callbacks, "on_rollout", rollout)
             # 2. Learn from it: the algorithm's losses, backward, optimiser step(s).
             metrics = dist.mean_metrics(algo.update(rollout))
             progress.update += 1

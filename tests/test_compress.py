@@ -301,6 +301,12 @@ BAD = [
     (["compress", "teacher=TEACHER", "compression=lowrank", "compression.energy=0"], "compression.energy: expected a fraction"),
     (["compress", "teacher=TEACHER", "compression=kickstart"], "mmrl train compression=kickstart"),
     (["compress"], "teacher: required"),
+    (["compress", "teacher=TEACHER", "compression=prune", "report.latency_batch=50000000"], "report.latency_batch: 50,000,000 observations"),
+    (["compress", "teacher=TEACHER", "compression=prune", "report.episodes=2000000000"], "report.episodes: 2,000,000,000 observations"),
+    (["compress", "teacher=TEACHER", "compression=prune", "report.latency_threads=100000"], "report.latency_threads: expected"),
+    (["compress", "teacher=TEACHER", "compression=prune", "report.latency_batch=100000000000"], "report.latency_batch: expected an integer"),
+    (["compress", "teacher=TEACHER", "compression=prune", "out_dir=/proc/mmrl"], "out_dir: /proc/mmrl is not writable"),
+    (["compress", "teacher=TEACHER", "compression=distill"], "compression.batch_size: expected at most"),  # the teacher's rollout is 256
     (["train", "compression=kickstart"], "teacher: compression=kickstart learns from a teacher"),
     (["train", "compression=kickstart", "teacher=TEACHER", "data.grid_size=6"], "teacher: "),
     (["train", "compression=lowrank"], "init_from: compression=lowrank shrinks a trained model"),

@@ -14,7 +14,21 @@ from torch import nn
 
 from ..distributed import Distributed
 from ..rollout import RolloutBuffer
-from .gradient import GradientStep, TrainingClock, mean_metrics
+from .gradient import GradientStep, ShuffledUpdates, StepMetrics, TrainingClock
+
+LABEL_CHUNK = 4096  # observations per teacher forward pass when labelling a rollout
+
+
+@torch.no_grad()
+def label_with_teacher(rollout: RolloutBuffer, teacher: nn.Module, values: bool = True) -> None:
+    """Add the teacher's ``teacher_logits`` (and ``teacher_values``) for every state of `rollout`
+    to its labels: one teacher pass per state, however many epochs then read them."""
+    obs = rollout.flat()["obs"]
+    total = rollout.n_steps * rollout.n_envs
+    outputs = [teacher({k: v[start:start + LABEL_CHUNK] for k, v in obs.items()}) for start in range(0, total, LABEL_CHUNK)]
+    rollout.labels["teacher_logits"] = torch.cat([logits for logits, _ in outputs])
+    if values:
+        rollout.labels["teacher_values"] = torch.cat([value for _, value in outputs])
 
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -35,7 +49,7 @@ def distill_loss(logits: torch.Tensor, values: torch.Tensor, teacher_logits: tor
             "kl": kl.detach(), "agreement": agreement}
 
 
-class Distill:
+class Distill(ShuffledUpdates):
     """Distillation updates of one student: epochs of minibatches over each rollout, Adam."""
 
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
@@ -47,35 +61,21 @@ class Distill:
         self.distributed = Distributed()
         self.teacher: nn.Module | None = None  # set by the trainer (compress.setup) before the first update
 
-    def seed(self, seed: int) -> None:
-        """Seed the minibatch shuffling."""
-        self.generator.manual_seed(seed)
-
-    def state_dict(self) -> dict:
-        return {**self.gradient.state_dict(), "generator": self.generator.get_state(), "clock": self.clock.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gradient.load_state_dict(state)
-        self.generator.set_state(state["generator"])
-        self.clock.load_state_dict(state["clock"])
-
     def update(self, rollout: RolloutBuffer) -> dict[str, float]:
         """Label the rollout's states with the teacher, then `epochs` passes of minibatch steps."""
         cfg = self.cfg
         self.policy.train()
-        sums, names, count = None, [], 0
+        label_with_teacher(rollout, self.teacher)
+        metrics = StepMetrics()
         for _epoch in range(cfg.epochs):
-            for batch in rollout.minibatches(min(cfg.batch_size, rollout.n_steps * rollout.n_envs), self.generator):
-                with torch.no_grad():
-                    teacher_logits, teacher_values = self.teacher(batch["obs"])
+            for batch in rollout.minibatches(cfg.batch_size, self.generator):
                 outputs = self.gradient.forward(batch["obs"])
-                terms = distill_loss(*outputs, teacher_logits, teacher_values, cfg.temperature, cfg.value_coef)
-                if not self.gradient.step(terms, outputs):
-                    continue
-                step_metrics = torch.stack([value.detach().float() for value in terms.values()])
-                sums = step_metrics if sums is None else sums + step_metrics
-                names, count = list(terms), count + 1
+                terms = distill_loss(*outputs, batch["teacher_logits"], batch["teacher_values"], cfg.temperature,
+                                     cfg.value_coef)
+                if self.gradient.step(terms, outputs):
+                    metrics.add(terms)
         self.clock.tick()
-        metrics = mean_metrics(sums, names, count)
-        metrics.update(grad_norm=self.gradient.grad_norm if count else float("nan"), learning_rate=cfg.lr, minibatches=count)
-        return metrics
+        means = metrics.means()
+        means.update(grad_norm=self.gradient.grad_norm if metrics.count else float("nan"), learning_rate=cfg.lr,
+                     minibatches=metrics.count)
+        return means

@@ -217,6 +217,44 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float("nan") if var == 0 else float(1 - (target - predicted).var() / var)
 
 
+class StepMetrics:
+    """Per-step loss terms summed on the device (no sync per step); `means` reads them once."""
+
+    def __init__(self):
+        self.sums: torch.Tensor | None = None
+        self.names: list[str] = []
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add one applied step's terms."""
+        values = torch.stack([value.detach().float() for value in terms.values()])
+        self.sums = values if self.sums is None else self.sums + values
+        self.names, self.count = list(terms), self.count + 1
+
+    def means(self) -> dict[str, float]:
+        """Each term's mean over the steps added (empty when none was)."""
+        return mean_metrics(self.sums, self.names, self.count)
+
+
+class ShuffledUpdates:
+    """What algorithms that shuffle a rollout into minibatches share: the shuffling generator
+    and the state to continue exactly (needs ``gradient``, ``generator`` and ``clock``)."""
+
+    def seed(self, seed: int) -> None:
+        """Seed the minibatch shuffling."""
+        self.generator.manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: optimiser, schedule position, shuffling RNG."""
+        return {**self.gradient.state_dict(), "generator": self.generator.get_state(), "clock": self.clock.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state produced by `state_dict`."""
+        self.gradient.load_state_dict(state)
+        self.generator.set_state(state["generator"])
+        self.clock.load_state_dict(state["clock"])
+
+
 def mean_metrics(sums: torch.Tensor | None, names: list[str], count: int) -> dict[str, float]:
     """Means of per-step metrics summed on the device (one sync)."""
     return dict(zip(names, (sums / count).tolist())) if count else {}

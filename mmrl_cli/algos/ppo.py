@@ -13,7 +13,7 @@ from torch import nn
 
 from ..distributed import Distributed
 from ..rollout import RolloutBuffer
-from .gradient import GradientStep, TrainingClock, explained_variance, mean_metrics, scheduled
+from .gradient import GradientStep, ShuffledUpdates, StepMetrics, TrainingClock, explained_variance, scheduled
 
 
 def normalized(advantages: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ def ppo_loss_and_output_gradients(
     return terms, (d_logits.to(logits.dtype), d_values.to(values_dtype))
 
 
-class PPO:
+class PPO(ShuffledUpdates):
     """PPO updates of one policy: Adam, LR and clip-range schedules, target-KL early stop."""
 
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
@@ -135,20 +135,6 @@ class PPO:
         self.generator = torch.Generator()  # minibatch shuffling
         self.clock = TrainingClock(total_updates)
         self.distributed = Distributed()  # one rank unless the trainer says otherwise
-
-    def seed(self, seed: int) -> None:
-        """Seed the minibatch shuffling."""
-        self.generator.manual_seed(seed)
-
-    def state_dict(self) -> dict:
-        """Everything needed to continue exactly: optimiser, schedule position, shuffling RNG."""
-        return {**self.gradient.state_dict(), "generator": self.generator.get_state(), "clock": self.clock.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a state produced by `state_dict`."""
-        self.gradient.load_state_dict(state)
-        self.generator.set_state(state["generator"])
-        self.clock.load_state_dict(state["clock"])
 
     def update(self, rollout: RolloutBuffer) -> dict[str, float]:
         """Run `n_epochs` of minibatch steps over `rollout`; return the mean metrics.
@@ -168,7 +154,7 @@ class PPO:
             rollout.advantages = dist.normalized(rollout.advantages) if dist.enabled else normalized(rollout.advantages)
             normalize_each = False
         skipped_before = self.gradient.skipped_steps
-        sums, names, count, stopped_early = None, [], 0, False
+        metrics, stopped_early = StepMetrics(), False
         for _epoch in range(cfg.n_epochs):
             for batch in rollout.minibatches(cfg.batch_size, self.generator):
                 if normalize_each and dist.enabled:  # statistics of every rank's minibatch together
@@ -184,19 +170,16 @@ class PPO:
                 if cfg.target_kl is not None and dist.mean(terms["approx_kl"]).item() > 1.5 * cfg.target_kl:
                     stopped_early = True  # the policy already moved too far from the one that collected
                     break
-                if not self.gradient.step(terms, outputs, output_gradients):
-                    continue
-                step_metrics = torch.stack([value.detach().float() for value in terms.values()])
-                sums = step_metrics if sums is None else sums + step_metrics  # summed on the device: no sync
-                names, count = list(terms), count + 1
+                if self.gradient.step(terms, outputs, output_gradients):
+                    metrics.add(terms)  # summed on the device: no sync
             if stopped_early:
                 break
         self.clock.tick()
-        metrics = mean_metrics(sums, names, count)
-        metrics.update(
-            grad_norm=self.gradient.grad_norm if count else float("nan"), learning_rate=lr, clip_range=clip_range,
+        means = metrics.means()
+        means.update(
+            grad_norm=self.gradient.grad_norm if metrics.count else float("nan"), learning_rate=lr, clip_range=clip_range,
             explained_variance=explained_variance(rollout.values, rollout.returns),
-            minibatches=count, stopped_early=float(stopped_early),
+            minibatches=metrics.count, stopped_early=float(stopped_early),
             skipped_steps=self.gradient.skipped_steps - skipped_before,
         )
-        return metrics
+        return means

@@ -90,7 +90,6 @@ def measure_all(teacher, students: list, cfg) -> list[dict]:
         row["speedup"] = base["latency_ms"] / row["latency_ms"] if row is not base else 1.0
         if base["success_rate"] and row["success_rate"] is not None:
             row["success_kept"] = row["success_rate"] / base["success_rate"]
-    rows[0]["speedup"] = 1.0
     return rows
 
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ..config import GROUP_SCHEMAS, SEED_MAX, ConfigError, HardwareConfig, _merge, between, positive
+from ..config import SEED_MAX, ConfigError, HardwareConfig, _merge, between, merge_group, positive
 
 METHODS = ("distill", "prune", "lowrank")  # what mmrl compress runs (kickstart is a way to train: mmrl train)
 
@@ -21,7 +21,8 @@ class ReportConfig:
     latency_threads: int = 1   # CPU threads while timing
 
     def check(self) -> None:
-        positive("report", self, "episodes", "latency_batch", "latency_repeats", "latency_threads")
+        positive("report", self, "episodes", "latency_batch", "latency_repeats")
+        between("report", self, "latency_threads", 1, 1024)
 
 
 @dataclass
@@ -58,13 +59,8 @@ def validate_compress(cfg: DictConfig | dict) -> CompressCommandConfig:
     sections = {name: raw.pop(name, None) for name in ("compression", "model")}
     typed: CompressCommandConfig = _merge(CompressCommandConfig, raw, "")
     for group, section in sections.items():
-        if section is None:
-            continue
-        options = GROUP_SCHEMAS[group]
-        kind = section.get("type") if isinstance(section, dict) else None
-        if kind not in options:
-            raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
-        setattr(typed, group, _merge(options[kind], section, f"{group}."))
+        if section is not None:
+            setattr(typed, group, merge_group(group, section))
     if typed.compression is None:
         raise ConfigError(f"compression: required (one of {', '.join(METHODS)})")
     typed.check()

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import STRUCTURE_KEY, file_metadata, tensor_shapes
-from .structure import adopt_shapes
+from ..checkpoint import load_model
+from .structure import adopt_saved_structure
 
 
 def prepare_policy(cfg, policy: nn.Module, device: torch.device, resume_from: Path | None) -> tuple[nn.Module | None, dict]:
@@ -24,18 +24,15 @@ def prepare_policy(cfg, policy: nn.Module, device: torch.device, resume_from: Pa
     returns the teacher (or None) and what was done (for <run>/compression.json)."""
     from .lowrank import factorise_policy
     from .structured import prune_structured
-    from .teacher import load_initial_weights, load_teacher
+    from .teacher import load_teacher, source_run
 
     method, done = cfg.compression, {}
     if resume_from is not None:
-        weights = resume_from / "model.safetensors"
-        if file_metadata(weights).get(STRUCTURE_KEY):
-            adopt_shapes(policy, tensor_shapes(weights))
+        adopt_saved_structure(policy, resume_from / "model.safetensors")
     elif cfg.init_from is not None:
-        initial = load_initial_weights(cfg, device)
-        if getattr(initial, "structure_compressed", False):
-            adopt_shapes(policy, {k: tuple(v.shape) for k, v in initial.state_dict().items()})
-        policy.load_state_dict(initial.state_dict())
+        weights = source_run(cfg, "init_from").checkpoint_dir / "model.safetensors"
+        adopt_saved_structure(policy, weights)
+        load_model(weights, policy)
         if method.type == "prune" and method.structured:
             done["pruned_groups"] = prune_structured(policy, method.amount)
         elif method.type == "lowrank":

@@ -113,3 +113,12 @@ def adopt_shapes(policy: nn.Module, saved: dict[str, tuple[int, ...]]) -> None:
             resize_parameters(module, own)
     sync_attention(policy)
     policy.structure_compressed = True
+
+
+def adopt_saved_structure(policy: nn.Module, weights) -> None:
+    """Reshape `policy` like the weights file `weights` if its header says it was structurally
+    compressed (`adopt_shapes`); leave it as built otherwise."""
+    from ..checkpoint import STRUCTURE_KEY, file_metadata, tensor_shapes
+
+    if file_metadata(weights).get(STRUCTURE_KEY):
+        adopt_shapes(policy, tensor_shapes(weights))

@@ -51,14 +51,14 @@ def block(width: int, copies: int = 1, stride: int = 0) -> Callable[[int], list[
     return lambda u: [c * stride + u * width + j for c in range(copies) for j in range(width)]
 
 
-def linear_chain(first: str, consumers: list[str], size: int, kind: str = "linear") -> UnitGroup:
+def linear_chain(first: str, consumers: list[str], size: int) -> UnitGroup:
     """Neurons of Linear layer `first` (output rows) feeding Linear layers `consumers` (input columns)."""
     touches = [(f"{first}.weight", 0, one), (f"{first}.bias", 0, one)]
     touches += [(f"{c}.weight", 1, one) for c in consumers]
     return UnitGroup(f"{first} neurons", size, touches)
 
 
-def head_mlp_groups(policy, prefix: str = "heads") -> list[UnitGroup]:
+def head_mlp_groups(policy) -> list[UnitGroup]:
     """Hidden neurons of separate actor/critic MLPs (`ActorCriticHeads` with hidden widths)."""
     groups = []
     for branch in ("actor", "critic"):
@@ -67,7 +67,7 @@ def head_mlp_groups(policy, prefix: str = "heads") -> list[UnitGroup]:
             continue
         linears = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
         for a, b in zip(linears, linears[1:]):
-            groups.append(linear_chain(f"{prefix}.{branch}.{a}", [f"{prefix}.{branch}.{b}"], layers[a].out_features))
+            groups.append(linear_chain(f"heads.{branch}.{a}", [f"heads.{branch}.{b}"], layers[a].out_features))
     return groups
 
 

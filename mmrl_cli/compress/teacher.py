@@ -41,36 +41,24 @@ def load_trained_policy(run, device: torch.device) -> nn.Module:
     return policy
 
 
-def teacher_run(cfg: TrainConfig):
-    """The run `cfg.teacher` names, checked; ConfigError if it plays another env than `cfg`."""
-    run = trained_run(cfg.teacher, cfg.runs_root, "teacher")
-    different = first_difference(run.typed.data, cfg.data, "data")
+def source_run(cfg: TrainConfig, key: str):
+    """The run `cfg.<key>` names (``teacher`` or ``init_from``), checked: a teacher must have been
+    trained on this run's env (`data`), an init_from run must have its model (any env: transfer)."""
+    run = trained_run(getattr(cfg, key), cfg.runs_root, key)
+    section = "data" if key == "teacher" else "model"
+    different = first_difference(getattr(run.typed, section), getattr(cfg, section), section)
     if different:
-        raise ConfigError(f"teacher: {run.run_dir} was trained on another env ({different} differs: "
-                          f"{_value(run.typed, different)!r} there, {_value(cfg, different)!r} here)")
-    return run
-
-
-def init_run(cfg: TrainConfig):
-    """The run `cfg.init_from` names, checked; it must have this run's model config (any env: transfer)."""
-    run = trained_run(cfg.init_from, cfg.runs_root, "init_from")
-    different = first_difference(run.typed.model, cfg.model, "model")
-    if different:
-        raise ConfigError(f"init_from: {run.run_dir} has another model ({different} is {_value(run.typed, different)!r} "
-                          f"there, {_value(cfg, different)!r} here)")
+        what = "was trained on another env" if key == "teacher" else "has another model"
+        raise ConfigError(f"{key}: {run.run_dir} {what} ({different} is {_value(run.typed, different)!r} there, "
+                          f"{_value(cfg, different)!r} here)")
     return run
 
 
 def load_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module:
     """The frozen teacher policy of `cfg.teacher`."""
-    teacher = load_trained_policy(teacher_run(cfg), device)
+    teacher = load_trained_policy(source_run(cfg, "teacher"), device)
     teacher.eval().requires_grad_(False)
     return teacher
-
-
-def load_initial_weights(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The trained policy of `cfg.init_from`."""
-    return load_trained_policy(init_run(cfg), device)
 
 
 def _value(cfg, dotted: str):

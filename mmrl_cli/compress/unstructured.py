@@ -81,6 +81,7 @@ class GradualPruning:
         spacing = max(1, (self.end - self.start) // cfg.steps) if cfg.steps > 1 else max(1, self.end - self.start)
         self.prune_at = sorted({min(self.end, self.start + i * spacing) for i in range(cfg.steps)} | {self.end})
         self.masks = {name: w != 0 for name, w in self.weights.items()}
+        self.sparsity = sparsity_of(self.weights)  # changes only at a pruning step
         optimizer.register_step_post_hook(lambda *_: self.apply())
 
     @torch.no_grad()
@@ -96,4 +97,5 @@ class GradualPruning:
             target = cubic_sparsity(update, self.start, self.end, self.cfg.sparsity)
             self.masks = magnitude_masks(self.weights, target, self.cfg.scope)
             self.apply()
-        metrics["sparsity"] = sparsity_of(self.weights)
+            self.sparsity = sparsity_of(self.weights)
+        metrics["sparsity"] = self.sparsity
