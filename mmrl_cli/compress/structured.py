@@ -175,12 +175,25 @@ def cnn_groups(policy) -> list[UnitGroup]:
     return groups + trunk_groups(policy)
 
 
+def mlp_groups(policy) -> list[UnitGroup]:
+    """Neurons of each paired hidden layer of the MLP policy (actor and critic lose the same
+    indices: the pair is one tensor of shape (2, in, out)); the last layer feeds both heads."""
+    groups = []
+    for i, layer in enumerate(policy.layers):
+        consumers = [(f"layers.{i + 1}.weight", 1, one)] if i + 1 < len(policy.layers) else \
+            [("heads.actor.weight", 1, one), ("heads.critic.weight", 1, one)]
+        groups.append(UnitGroup(f"layers.{i} neurons", layer.weight.shape[2],
+                                [(f"layers.{i}.weight", 2, one), (f"layers.{i}.bias", 2, one), *consumers]))
+    return groups
+
+
 def groups_of(policy: nn.Module) -> list[UnitGroup]:
     """The prunable unit groups of `policy`; ValueError for a model class without any."""
     from ..models.cnn import CnnPolicy
+    from ..models.mlp import MlpPolicy
     from ..models.vit_gpt2 import VitGpt2Policy
 
-    finders = {VitGpt2Policy: vit_gpt2_groups, CnnPolicy: cnn_groups}
+    finders = {VitGpt2Policy: vit_gpt2_groups, CnnPolicy: cnn_groups, MlpPolicy: mlp_groups}
     finder = finders.get(type(policy))
     if finder is None:
         raise ValueError(f"structured pruning supports {', '.join(c.__name__ for c in finders)}, not {type(policy).__name__}")

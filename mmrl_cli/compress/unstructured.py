@@ -25,8 +25,11 @@ from .structure import conv1d_class
 
 
 def prunable_weights(policy: nn.Module) -> dict[str, torch.Tensor]:
-    """Name -> weight of every linear/conv layer (Linear, Conv2d, GPT-2 Conv1D) of `policy`."""
-    kinds = (nn.Linear, nn.Conv2d, conv1d_class())
+    """Name -> weight of every linear/conv layer (Linear, Conv2d, GPT-2 Conv1D, the MLP's
+    PairedLinear) of `policy`."""
+    from ..models.mlp import PairedLinear
+
+    kinds = (nn.Linear, nn.Conv2d, conv1d_class(), PairedLinear)
     return {f"{name}.weight": m.weight for name, m in policy.named_modules() if isinstance(m, kinds)}
 
 
