@@ -126,7 +126,7 @@ def gym_observations(data_cfg) -> tuple[dict, int]:
         if not isinstance(actions, gym.spaces.Discrete):
             raise ConfigError(f"data.env_id: {data_cfg.env_id} has {type(actions).__name__} actions; mmrl needs Discrete")
         try:
-            layout = describe_observations(env, data_cfg.image)
+            layout = describe_observations(env, data_cfg.image, data_cfg.constant_mission)
         except UnsupportedEnvError as e:
             raise ConfigError(f"data.env_id: {data_cfg.env_id}: {e}") from None
     finally:

@@ -136,7 +136,8 @@ class CnnConfig:
     head_hidden: list[int] = field(default_factory=list)
 
     def check(self) -> None:
-        positive("model", self, "kernel_size", "hidden", "mission_embed", "grid_embed")
+        positive("model", self, "kernel_size", "hidden", "mission_embed")
+        non_negative("model", self, "grid_embed")
         if not self.channels or min(self.channels) <= 0:
             raise ConfigError(f"model.channels: expected a non-empty list of positive ints, got {self.channels}")
         if self.head_hidden and min(self.head_hidden) <= 0:
@@ -211,11 +212,13 @@ class GymDataConfig:
     mission_tokens: int = 16
     vectorization: str = "sync"
     image: str = "auto"
+    constant_mission: str = "drop"
 
     def check(self) -> None:
         positive("data", self, "mission_tokens")
         one_of("data", self, "vectorization", ("sync", "async"))
         one_of("data", self, "image", ("auto", "pixels", "symbolic"))
+        one_of("data", self, "constant_mission", ("drop", "keep"))
 
 
 # ------------------------------------------------------------------- other groups

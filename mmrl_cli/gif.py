@@ -78,7 +78,7 @@ class GymEpisodes:
             self.env.render()
         except Exception as e:  # no renderer, a missing optional dependency, ...
             raise GifUnavailable(f"{self.env_id} cannot render rgb_array frames ({str(e).splitlines()[0]})") from None
-        layout = describe_observations(self.env, cfg.data.image)
+        layout = describe_observations(self.env, cfg.data.image, cfg.data.constant_mission)
         self.converter = GymObservations(layout, cfg.data.mission_tokens, device)
         self.success_rule = SUCCESS_RULES.get(env_family(self.env))
         self.finished = True

@@ -138,6 +138,8 @@ def load_run_checkpoint(value: str, runs_root: str, checkpoint: str, key: str, o
                               f"cannot continue; evaluate it with `mmrl eval run=...` or start a new run")
         if migrate_format1_config(config):
             notes.append(f"{checkpoint_dir} is an mmrl 0.1 checkpoint: its config was migrated to today's layout")
+    if config.get("data", {}).get("type") == "gym" and "constant_mission" not in config.data:
+        config.data.constant_mission = "keep"  # runs from before the key existed fed every mission
     saved = OmegaConf.to_container(config)
     apply_overrides(config, list(overrides), ignore)
     check_state_compatible(saved, OmegaConf.to_container(config), key)

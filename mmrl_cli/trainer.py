@@ -57,6 +57,7 @@ class Progress:
 
     update: int = 0
     steps: int = 0
+    episodes: int = 0  # training episodes finished so far (every rank's)
     next_eval: int = 0
     wall_seconds: float = 0.0  # training time spent by earlier sessions of this run
     eval_seconds: float = 0.0  # the part of it spent in evaluations
@@ -169,7 +170,9 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
             # 3. Report; evaluate on validation levels now and then; let callbacks watch (and stop).
             elapsed = progress.wall_seconds + time.perf_counter() - session_start
             stopped_by = notify(callbacks, "on_update", progress, metrics)  # callbacks may add metrics (e.g. sparsity)
-            monitor.log_update(progress.update, progress.steps, metrics, dist.gather(collector.take_episodes()),
+            episodes = dist.gather(collector.take_episodes())
+            progress.episodes += sum(len(returns) for returns, _, _ in episodes)
+            monitor.log_update(progress.update, progress.steps, metrics, episodes,
                                algo.gradient.skipped_steps, progress.steps / elapsed,
                                time.perf_counter() - update_start, algo.gradient.module_grad_norms)
             last = progress.update == total_updates
@@ -246,6 +249,7 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
         "validation_success_rate": validation.get("success_rate", nan),
         "validation_return": validation.get("return_mean", nan),
         "steps": progress.steps,
+        "episodes": progress.episodes,
         "updates": progress.update,
         "wall_seconds": wall,
         "steps_per_second": progress.steps / wall if wall else nan,
@@ -282,7 +286,8 @@ def run_evaluations(policy, cfg: TrainConfig, device, autocast, monitor: Monitor
     if uses_level_subset(cfg):
         on_train = evaluate(policy, cfg, device, "train", cfg.eval.episodes, cfg.eval.deterministic, autocast)
     monitor.log_eval(progress.steps, validation, on_train)
-    results = {"step": progress.steps, "validation": validation, "train": on_train, "wall_seconds": elapsed}
+    results = {"step": progress.steps, "episodes": progress.episodes, "validation": validation, "train": on_train,
+               "wall_seconds": elapsed}
     progress.evaluations.append(results)
     return results
 

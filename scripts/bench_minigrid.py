@@ -3,7 +3,7 @@
 Part 1 (`--part cnn`): MiniGrid-DoorKey-5x5-v0 and MiniGrid-Empty-8x8-v0, seeds 1-3, 200k steps,
 the same PPO hyperparameters on both sides (8 envs x 128 steps, batch 256, 4 epochs, lr 1e-3,
 gamma 0.99, lambda 0.95, clip 0.2, entropy 0.01; SB3's defaults otherwise: vf 0.5, grad clip
-0.5, Adam eps 1e-5). mmrl: `mmrl train exp=minigrid-ppo` (CNN over the embedded symbolic view +
+0.5, Adam eps 1e-5). mmrl: `mmrl train exp=minigrid-ppo` (CNN over the raw symbolic view +
 mission + direction). SB3: the MiniGrid docs' recipe (`ImgObsWrapper`, a 3-layer 2x2 CNN
 over the raw symbolic view, `normalize_images=False`, 128 features, SB3's 64-64 heads). Each
 mmrl run is paired with the SB3 run of the same env and seed, the two running at the same time
@@ -14,13 +14,20 @@ sampled actions (rl-starter-files' default; an argmax policy can loop forever wh
 sampled one does not). Steps/s: SB3's `model.learn` alone; mmrl's training time without its
 periodic evaluations (`train_steps_per_second`), and the whole run's too.
 
-Part 2 (`--part transformer`): the default transformer policy (`model=vit-gpt2`, with
-`model.separate_heads=true`: actor and critic MLPs of their own) with the same preset, 300k
-steps, on both envs and a BabyAI level with a real instruction; reports the first step at which
-validation success reached 0.9 and the held-out success at the end.
+Part 2 (`--part transformer`): the default transformer policy through `exp=minigrid-vit`
+(`model=vit-gpt2` with actor and critic MLPs of their own, exp=minigrid-ppo's PPO settings, the
+learning rate annealed linearly), 300k steps, on both envs (`--envs` for others, e.g. a BabyAI
+level); reports the first step at which validation success reached 0.9 and the held-out success
+at the end.
+
+Part 3 (`--part babyai`): a BabyAI level with a real instruction (GoToLocalS6N4 by default),
+`exp=minigrid-ppo` (the CNN with the mission as a bag of words; `--exp minigrid-vit` for the
+transformer), 500k steps, 3 seeds: the step and the number of training episodes at which
+validation success first reached 0.9 (the BabyAI paper counts episodes), and held-out success.
 
     python scripts/bench_minigrid.py --part cnn [--seeds 1 2 3] [--out docs/bench/minigrid.json]
     python scripts/bench_minigrid.py --part transformer [--envs ...] [--out docs/bench/minigrid_vit.json]
+    python scripts/bench_minigrid.py --part babyai [--exp minigrid-vit] [--out docs/bench/babyai.json]
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from pathlib import Path
 from _common import ROOT, mmrl_train, print_table, write_json
 
 CNN_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0"]
-TRANSFORMER_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0", "BabyAI-GoToLocalS6N4-v0"]
+TRANSFORMER_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0"]
+BABYAI_ENVS = ["BabyAI-GoToLocalS6N4-v0"]  # "go to the <colour> <object>" among 4 objects, a new one every episode
 EVAL_EPISODES = 100
 HELDOUT_SEED_OFFSET = 2_000_000  # mmrl's held-out env seeds: seed + 2,000,000 (envs.SPLIT_SEED_OFFSETS)
 
@@ -92,17 +100,20 @@ def sb3_run(env_id: str, seed: int, steps: int) -> dict:
             "steps_per_second": steps / wall}
 
 
-def mmrl_run(env_id: str, seed: int, steps: int, runs_root: Path, extra: list[str], threads: int = 1) -> dict:
-    """`mmrl train exp=minigrid-ppo` as a user would run it (in its own runs root: runs go in parallel)."""
-    own_root = runs_root / f"{env_id}-seed{seed}-{'-'.join(extra).replace('=', '_') or 'cnn'}"
-    s = mmrl_train(["exp=minigrid-ppo", f"data.env_id={env_id}", f"total_steps={steps}", f"seed={seed}",
+def mmrl_run(env_id: str, seed: int, steps: int, runs_root: Path, extra: list[str], threads: int = 1,
+             exp: str = "minigrid-ppo") -> dict:
+    """`mmrl train exp=<exp>` as a user would run it (in its own runs root: runs go in parallel)."""
+    own_root = runs_root / f"{env_id}-seed{seed}-{exp}-{'-'.join(extra).replace('=', '_')}"
+    s = mmrl_train([f"exp={exp}", f"data.env_id={env_id}", f"total_steps={steps}", f"seed={seed}",
                     f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", *extra], own_root)
     sampled = mmrl_eval_sampled(Path(s["run_dir"]), threads)
-    first_09 = next((e["step"] for e in s["evaluations"] if (e["validation"]["success_rate"] or 0) >= 0.9), None)
+    first = next((e for e in s["evaluations"] if (e["validation"]["success_rate"] or 0) >= 0.9), {})
     return {"runner": "mmrl", "env": env_id, "seed": seed, "heldout_success": s["heldout_success_rate"],
             "heldout_return": s["heldout_return"], "wall_seconds": s["wall_seconds"],
             "train_steps_per_second": s["train_steps_per_second"], "steps_per_second": s["steps_per_second"],
-            "heldout_success_sampled": sampled, "first_step_validation_0.9": first_09, "steps": s["steps"],
+            "heldout_success_sampled": sampled, "first_step_validation_0.9": first.get("step"),
+            "episodes_to_validation_0.9": first.get("episodes"), "validation_curve":
+            [e["validation"]["success_rate"] for e in s["evaluations"]], "steps": s["steps"], "episodes": s.get("episodes"),
             "run_dir": s["run_dir"]}
 
 
@@ -151,10 +162,11 @@ def part_cnn(args, runs_root: Path) -> dict:
     return {"part": "cnn", "steps": args.steps, "seeds": args.seeds, "results": results, "summary": summary}
 
 
-def part_transformer(args, runs_root: Path) -> dict:
-    envs = args.envs or TRANSFORMER_ENVS
+def part_levels(args, runs_root: Path, exp: str, default_envs: list[str]) -> dict:
+    """`mmrl train exp=<exp>` on each env and seed, two runs at a time; when validation first hit 0.9."""
+    envs = args.envs or default_envs
     with ProcessPoolExecutor(2) as pool:
-        jobs = [pool.submit(mmrl_run, env_id, seed, args.steps, runs_root, ["model=vit-gpt2", *args.overrides])
+        jobs = [pool.submit(mmrl_run, env_id, seed, args.steps, runs_root, args.overrides, 1, exp)
                 for env_id in envs for seed in args.seeds]
         results = [job.result() for job in jobs]
     rows, summary = [], {}
@@ -162,30 +174,39 @@ def part_transformer(args, runs_root: Path) -> dict:
         runs = [x for x in results if x["env"] == env_id]
         for r in runs:
             rows.append([env_id, r["seed"], r["heldout_success"], r["heldout_success_sampled"],
-                         r["first_step_validation_0.9"] or "never", r["wall_seconds"], r["train_steps_per_second"]])
+                         r["first_step_validation_0.9"] or "never", r["episodes_to_validation_0.9"] or "never",
+                         r["wall_seconds"], r["train_steps_per_second"]])
         summary[env_id] = {"heldout_success_mean": mean([r["heldout_success"] for r in runs]),
+                           "heldout_success_min": min(r["heldout_success"] for r in runs),
                            "heldout_success_sampled_mean": mean([r["heldout_success_sampled"] for r in runs]),
-                           "first_step_validation_0.9": [r["first_step_validation_0.9"] for r in runs]}
-    print_table(f"model=vit-gpt2, exp=minigrid-ppo, {args.steps:,} steps", ["env", "seed", "held-out success (argmax)",
-                "held-out success (sampled)", "first step with validation >= 0.9", "wall s", "steps/s (training)"], rows)
-    return {"part": "transformer", "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides,
+                           "first_step_validation_0.9": [r["first_step_validation_0.9"] for r in runs],
+                           "episodes_to_validation_0.9": [r["episodes_to_validation_0.9"] for r in runs]}
+    print_table(f"exp={exp}, {args.steps:,} steps", ["env", "seed", "held-out success (argmax)",
+                "held-out success (sampled)", "first step with validation >= 0.9", "training episodes by then",
+                "wall s", "steps/s (training)"], rows)
+    return {"part": args.part, "exp": exp, "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides,
             "results": results, "summary": summary}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["cnn", "transformer"], required=True)
+    parser.add_argument("--part", choices=["cnn", "transformer", "babyai"], required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--envs", nargs="+", default=None)
-    parser.add_argument("--steps", type=int, default=None, help="default: 200k (cnn), 300k (transformer)")
-    parser.add_argument("--overrides", nargs="*", default=["model.separate_heads=true"],
-                        help="extra mmrl overrides (transformer part)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 200k (cnn), 300k (transformer), 500k (babyai)")
+    parser.add_argument("--exp", default=None, help="babyai part: the preset (default minigrid-ppo, the CNN)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra mmrl overrides (transformer part)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    args.steps = args.steps or (200_000 if args.part == "cnn" else 300_000)
+    args.steps = args.steps or {"cnn": 200_000, "transformer": 300_000, "babyai": 500_000}[args.part]
     runs_root = Path(tempfile.mkdtemp(prefix="mmrl-bench-minigrid-"))
-    data = part_cnn(args, runs_root) if args.part == "cnn" else part_transformer(args, runs_root)
-    name = "minigrid.json" if args.part == "cnn" else "minigrid_vit.json"
+    if args.part == "cnn":
+        data = part_cnn(args, runs_root)
+    elif args.part == "transformer":
+        data = part_levels(args, runs_root, "minigrid-vit", TRANSFORMER_ENVS)
+    else:
+        data = part_levels(args, runs_root, args.exp or "minigrid-ppo", BABYAI_ENVS)
+    name = {"cnn": "minigrid.json", "transformer": "minigrid_vit.json", "babyai": "babyai.json"}[args.part]
     write_json(args.out or ROOT / "docs/bench" / name, data)
     print(json.dumps(data["summary"], indent=2))
 

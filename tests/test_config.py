@@ -129,3 +129,14 @@ def test_every_exp_preset_runs_a_few_updates(preset, tmp_path):
     summary = train(cfg, tmp_path)
     assert summary["updates"] == 2 and summary["skipped_steps"] == 0 and summary["stopped_by"] is None
     assert (tmp_path / "checkpoints" / "00000002").is_dir()
+
+
+def test_the_minigrid_transformer_preset_extends_the_cnn_one():
+    """exp=minigrid-vit: exp=minigrid-ppo's PPO settings, model=vit-gpt2 with separate heads, lr annealed."""
+    cnn, vit = validate(composed("exp=minigrid-ppo")), validate(composed("exp=minigrid-vit"))
+    assert cnn.model.type == "cnn" and cnn.model.grid_embed == 0 and cnn.algo.lr_schedule == "constant"
+    assert vit.model.type == "vit-gpt2" and vit.model.separate_heads and vit.algo.lr_schedule == "linear"
+    assert vit.total_steps == 300_000 and vit.data.env_id == cnn.data.env_id
+    for key in ("lr", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "ent_coef", "vf_coef"):
+        assert getattr(vit.algo, key) == getattr(cnn.algo, key), key
+    assert (vit.rollout.n_envs, vit.rollout.n_steps) == (cnn.rollout.n_envs, cnn.rollout.n_steps) == (8, 128)

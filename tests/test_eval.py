@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from mmrl_cli import trainer
+from mmrl_cli.checkpoint import sha256
 from mmrl_cli.cli import CONF_DIR, main
 from mmrl_cli.config import validate
 from mmrl_cli.evaluation import mean_interval, wilson_interval
@@ -20,6 +21,8 @@ RUNS = {
     "goto": ["total_steps=128"],
     "cartpole": ["data=cartpole", "model=mlp", "total_steps=128"],
     "babyai": ["data=gym", "data.env_id=BabyAI-GoToRedBallGrey-v0", "model=cnn", "total_steps=64"],
+    "doorkey-with-mission": ["data=gym", "data.env_id=MiniGrid-DoorKey-5x5-v0", "model=cnn", "total_steps=64",
+                             "data.constant_mission=keep"],
 }
 
 
@@ -91,6 +94,22 @@ def test_eval_of_a_gymnasium_run_with_missions(tmp_path_factory, monkeypatch):
     main(["eval", f"run={run_dir}", "episodes=4", "gif.episodes=1", "gif.max_steps=10"])
     check_results(run_dir, 4)
     check_gif(run_dir / "eval" / "episodes.gif", 1)
+
+
+def test_a_run_saved_before_constant_missions_were_dropped_still_evaluates(tmp_path_factory, monkeypatch):
+    """Such runs fed DoorKey's constant mission: a config without `data.constant_mission` means keep."""
+    pytest.importorskip("minigrid")
+    run_dir = trained(tmp_path_factory, "doorkey-with-mission")
+    for config in run_dir.glob("checkpoints/*/config.yaml"):
+        text = config.read_text()
+        assert "constant_mission: keep" in text
+        config.write_text(text.replace("  constant_mission: keep\n", ""))
+        meta = json.loads((config.parent / "meta.json").read_text())  # as that version wrote it: checksums match
+        meta["sha256"]["config.yaml"] = sha256(config)
+        (config.parent / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(sys, "argv", ["mmrl"])
+    main(["eval", f"run={run_dir}", "episodes=2", "gif.episodes=0"])
+    check_results(run_dir, 2)
 
 
 def test_confidence_intervals():

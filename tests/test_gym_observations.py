@@ -50,11 +50,25 @@ def test_minigrid_views_are_symbolic_and_its_rgb_wrapper_is_pixels():
     from minigrid.wrappers import FullyObsWrapper, RGBImgPartialObsWrapper
 
     env = gym.make("MiniGrid-DoorKey-5x5-v0")
-    layout = describe_observations(env)
+    layout = describe_observations(env, constant="keep")
     assert layout.image_as == "grid" and layout.mission_key == "mission"
     assert [key for key, _ in layout.vector_parts] == ["direction"] and layout.vector_size == 4
     assert describe_observations(FullyObsWrapper(env)).image_as == "grid"
     assert describe_observations(RGBImgPartialObsWrapper(env)).image_as == "image"
+
+
+def test_a_constant_mission_is_left_out_and_a_varying_one_kept():
+    """DoorKey's mission is always the same string (no placeholders); BabyAI's and Fetch's vary."""
+    door_key = gym.make("MiniGrid-DoorKey-5x5-v0")
+    dropped = describe_observations(door_key)
+    assert dropped.mission_key is None and dropped.keys == {"grid", "vector"}
+    assert dropped.dropped_mission == "use the key to open the door and then get to the goal"
+    assert describe_observations(door_key, constant="keep").keys == {"grid", "mission", "vector"}
+    for env_id in ("BabyAI-GoToLocalS6N4-v0", "MiniGrid-Fetch-5x5-N2-v0"):
+        layout = describe_observations(gym.make(env_id))
+        assert layout.mission_key == "mission" and layout.dropped_mission is None
+    text = HandMade(gym.spaces.Dict({"image": IMAGE_U8, "mission": gym.spaces.Text(20)}))
+    assert describe_observations(text).keys == {"image", "mission"}  # gymnasium Text: never constant
 
 
 def test_every_dict_key_reaches_the_observation():
@@ -85,6 +99,15 @@ def test_symbolic_ids_are_embedded_not_scaled():
     table = inputs.grid.embed.weight
     assert torch.equal(features[0, :4, 0, 0], table[5]) and torch.equal(features[0, :4, 1, 1], table[0])
     assert torch.equal(features[0, 4:8, 0, 0], table[GRID_VALUES])  # channel 1 has a table of its own
+
+
+def test_symbolic_ids_can_be_fed_raw():
+    """grid_embed=0 (the MiniGrid docs' SB3 recipe): the ids as numbers, channels first, not divided by 255."""
+    inputs = ImageInput({"grid": ((2, 2, 3), torch.uint8)}, grid_embed=0)
+    grid = torch.tensor([[[[5, 1, 0], [10, 0, 2]], [[0, 0, 0], [1, 1, 1]]]], dtype=torch.uint8)
+    features = inputs({"grid": grid})
+    assert inputs.channels == 3 and inputs.grid is None and features.dtype == torch.float32
+    assert torch.equal(features, grid.permute(0, 3, 1, 2).float())
 
 
 @pytest.mark.parametrize("model_cfg", [CnnConfig(), VitGpt2Config(), MlpConfig()], ids=lambda c: c.type)

@@ -43,6 +43,7 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
     return GymVectorEnv(
         data_cfg.env_id, num_envs, device, seed=split_seed(data_cfg, seed, split), env_kwargs=dict(data_cfg.env_kwargs),
         mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization, image_kind=data_cfg.image,
+        constant_mission=data_cfg.constant_mission,
     )
 
 

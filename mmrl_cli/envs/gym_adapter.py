@@ -8,7 +8,10 @@ What an observation becomes (decided once per observation space, see `Observatio
   MiniGrid envs are symbolic when their image is the agent's view or the whole grid (RGB
   wrappers such as ``RGBImgPartialObsWrapper`` make them pixels again); any other integer
   image whose dtype is not uint8 is symbolic; ``data.image=pixels|symbolic`` overrides.
-- ``mission``: a text instruction as token ids (download-free word tokenizer, cached).
+- ``mission``: a text instruction as token ids (download-free word tokenizer, cached). A
+  MiniGrid mission that can only ever be one string (DoorKey, Empty: no placeholders) carries
+  no information and is left out unless ``data.constant_mission=keep``: as a learned constant
+  input it acted as an extra, fast-drifting bias that destabilised PPO (docs/benchmarks.md).
 - ``vector``: everything else, concatenated as floats: Box vectors (flattened), Discrete
   values one-hot (MiniGrid's ``direction``), MultiBinary as 0/1. No Dict key is dropped.
 
@@ -39,6 +42,7 @@ from gymnasium.vector import AutoresetMode
 from .tokenizer import WordTokenizer
 
 IMAGE_KINDS = ("auto", "pixels", "symbolic")
+CONSTANT_MISSION = ("drop", "keep")
 SUCCESS_INFO_KEYS = ("is_success", "success")  # SB3's / gymnasium-robotics' flag, and a plain one
 
 
@@ -70,6 +74,21 @@ def minigrid_symbolic_shapes(env: gym.Env) -> set[tuple[int, int, int]]:
     return {(view, view, 3), (inner.width, inner.height, 3), (inner.height, inner.width, 3)}
 
 
+def constant_mission(space: gym.Space) -> str | None:
+    """The one string a MiniGrid mission space admits, or None where missions vary.
+
+    A ``MissionSpace`` without placeholders contains exactly ``mission_func()``; subclasses that
+    accept other strings (BabyAI's) and gymnasium's ``Text`` are never constant here.
+    """
+    try:
+        from minigrid.core.mission import MissionSpace
+    except ImportError:
+        return None
+    if type(space).contains is not MissionSpace.contains or space.ordered_placeholders is not None:
+        return None
+    return space.mission_func()
+
+
 def _is_text(space: gym.Space) -> bool:
     """A text space: gymnasium's Text, or MiniGrid's MissionSpace (and BabyAI's subclass of it)."""
     return isinstance(space, gym.spaces.Text) or any(cls.__name__ == "MissionSpace" for cls in type(space).__mro__)
@@ -88,6 +107,7 @@ class ObservationLayout:
     image_as: str | None = None
     image_shape: tuple[int, ...] | None = None
     mission_key: str | None = None
+    dropped_mission: str | None = None  # the constant mission left out (see `constant_mission`)
     vector_parts: list[tuple[str | None, gym.Space]] = field(default_factory=list)
     vector_size: int = 0
 
@@ -110,14 +130,18 @@ def _vector_width(space: gym.Space, name: str) -> int:
                               "MultiBinary, Text, and Dicts of them)")
 
 
-def describe_observations(env: gym.Env, image_kind: str = "auto") -> ObservationLayout:
-    """Decide what each part of `env`'s observation space is (see the module docstring)."""
+def describe_observations(env: gym.Env, image_kind: str = "auto", constant: str = "drop") -> ObservationLayout:
+    """Decide what each part of `env`'s observation space is (see the module docstring);
+    `constant` ("drop" or "keep") says what to do with a mission that never changes."""
     space = env.observation_space
     layout = ObservationLayout()
     items = list(space.spaces.items()) if isinstance(space, gym.spaces.Dict) else [(None, space)]
     for key, sub in items:
         name = key or "observation"
         if _is_text(sub):
+            if constant == "drop" and constant_mission(sub) is not None:
+                layout.dropped_mission = constant_mission(sub)
+                continue
             if layout.mission_key is not None:
                 raise UnsupportedEnvError(f"observation {name!r}: a second text observation ({layout.mission_key!r} is the first)")
             layout.mission_key = key
@@ -253,12 +277,12 @@ class GymVectorEnv:
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device, seed: int = 0,
                  env_kwargs: dict | None = None, mission_tokens: int = 16, vectorization: str = "sync",
-                 image_kind: str = "auto"):
+                 image_kind: str = "auto", constant_mission: str = "drop"):
         import_env_packages()
         self.env_id, self.device, self.seed = env_id, torch.device(device), seed
         probe = gym.make(env_id, **(env_kwargs or {}))
         try:
-            layout = describe_observations(probe, image_kind)
+            layout = describe_observations(probe, image_kind, constant_mission)
             self.success_rule = SUCCESS_RULES.get(env_family(probe))
             actions = probe.action_space
         finally:
@@ -266,7 +290,7 @@ class GymVectorEnv:
         if not isinstance(actions, gym.spaces.Discrete):
             raise UnsupportedEnvError(f"{env_id}: mmrl needs a Discrete action space, got {actions}")
         vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False}
-        if vectorization == "async" and layout.mission_key is not None:
+        if vectorization == "async" and (layout.mission_key is not None or layout.dropped_mission is not None):
             vector_kwargs["shared_memory"] = False  # text (MiniGrid's MissionSpace) has no shared-memory form
         self.vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
                                 vector_kwargs=vector_kwargs, **(env_kwargs or {}))

@@ -88,7 +88,8 @@ class GridEmbedding(nn.Module):
 class ImageInput(nn.Module):
     """The image observation as a float feature map (B, channels, H, W).
 
-    RGB pixels (``image``) are scaled to [0, 1]; a symbolic ``grid`` goes through `GridEmbedding`.
+    RGB pixels (``image``) are scaled to [0, 1]; a symbolic ``grid`` goes through `GridEmbedding`,
+    or with ``grid_embed=0`` its ids are fed raw as floats (the MiniGrid docs' SB3 recipe).
     """
 
     def __init__(self, observation_spec: dict, grid_embed: int):
@@ -97,12 +98,14 @@ class ImageInput(nn.Module):
         if self.key not in observation_spec:
             raise ValueError("this model needs an 'image' or 'grid' observation")
         self.height, self.width, channels = observation_spec[self.key][0]
-        self.grid = GridEmbedding(channels, grid_embed) if self.key == "grid" else None
+        self.grid = GridEmbedding(channels, grid_embed) if self.key == "grid" and grid_embed > 0 else None
         self.channels = channels * grid_embed if self.grid is not None else channels
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.grid is not None:
             return self.grid(obs["grid"])
+        if self.key == "grid":  # raw ids as numbers
+            return obs["grid"].permute(0, 3, 1, 2).float()
         return image_to_float(obs["image"])
 
 
