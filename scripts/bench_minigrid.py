@@ -27,7 +27,7 @@ validation success first reached 0.9 (the BabyAI paper counts episodes), and hel
 
     python scripts/bench_minigrid.py --part cnn [--seeds 1 2 3] [--out docs/bench/minigrid.json]
     python scripts/bench_minigrid.py --part transformer [--envs ...] [--out docs/bench/minigrid_vit.json]
-    python scripts/bench_minigrid.py --part babyai [--exp minigrid-vit] [--out docs/bench/babyai.json]
+    python scripts/bench_minigrid.py --part babyai [--exp minigrid-vit] [--out docs/bench/babyai_<exp>.json]
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def main() -> None:
         data = part_levels(args, runs_root, "minigrid-vit", TRANSFORMER_ENVS)
     else:
         data = part_levels(args, runs_root, args.exp or "minigrid-ppo", BABYAI_ENVS)
-    name = {"cnn": "minigrid.json", "transformer": "minigrid_vit.json", "babyai": "babyai.json"}[args.part]
+    name = {"cnn": "minigrid.json", "transformer": "minigrid_vit.json", "babyai": f"babyai_{data.get('exp')}.json"}[args.part]
     write_json(args.out or ROOT / "docs/bench" / name, data)
     print(json.dumps(data["summary"], indent=2))
 
