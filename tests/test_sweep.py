@@ -257,6 +257,7 @@ def test_a_tiny_sweep_end_to_end_resumes_and_exports_a_preset_train_runs(run_mmr
         assert f"{key.split('.')[-1]}: {value}" in config
 
 
+@pytest.mark.slow  # ~40 s; dead-worker detection and retry are covered in process by the default suite
 def test_kill_9_mid_trial_then_rerun_keeps_finished_trials_and_retries_the_killed_one(run_mmrl):
     args = [*TINY_SWEEP, "hpo.budget.trials=2", "hpo.retrain.top_k=0", "hpo.pruner.type=none",
             train_list([o.replace("total_steps=2048", "total_steps=6144") for o in TINY_TRAIN])]
