@@ -4,7 +4,7 @@ Part 1 (`--part cnn`): MiniGrid-DoorKey-5x5-v0 and MiniGrid-Empty-8x8-v0, seeds 
 the same PPO hyperparameters on both sides (8 envs x 128 steps, batch 256, 4 epochs, lr 1e-3,
 gamma 0.99, lambda 0.95, clip 0.2, entropy 0.01; SB3's defaults otherwise: vf 0.5, grad clip
 0.5, Adam eps 1e-5). mmrl: `mmrl train exp=minigrid-ppo` (CNN over the raw symbolic view +
-mission + direction). SB3: the MiniGrid docs' recipe (`ImgObsWrapper`, a 3-layer 2x2 CNN
+direction; these envs' missions are constant, so left out). SB3: the MiniGrid docs' recipe (`ImgObsWrapper`, a 3-layer 2x2 CNN
 over the raw symbolic view, `normalize_images=False`, 128 features, SB3's 64-64 heads). Each
 mmrl run is paired with the SB3 run of the same env and seed, the two running at the same time
 on the two cores (one torch thread each), so both see the same machine load. Success: held-out

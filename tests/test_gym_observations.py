@@ -50,7 +50,7 @@ def test_minigrid_views_are_symbolic_and_its_rgb_wrapper_is_pixels():
     from minigrid.wrappers import FullyObsWrapper, RGBImgPartialObsWrapper
 
     env = gym.make("MiniGrid-DoorKey-5x5-v0")
-    layout = describe_observations(env, constant="keep")
+    layout = describe_observations(env, constant_mission="keep")
     assert layout.image_as == "grid" and layout.mission_key == "mission"
     assert [key for key, _ in layout.vector_parts] == ["direction"] and layout.vector_size == 4
     assert describe_observations(FullyObsWrapper(env)).image_as == "grid"
@@ -63,7 +63,7 @@ def test_a_constant_mission_is_left_out_and_a_varying_one_kept():
     dropped = describe_observations(door_key)
     assert dropped.mission_key is None and dropped.keys == {"grid", "vector"}
     assert dropped.dropped_mission == "use the key to open the door and then get to the goal"
-    assert describe_observations(door_key, constant="keep").keys == {"grid", "mission", "vector"}
+    assert describe_observations(door_key, constant_mission="keep").keys == {"grid", "mission", "vector"}
     for env_id in ("BabyAI-GoToLocalS6N4-v0", "MiniGrid-Fetch-5x5-N2-v0"):
         layout = describe_observations(gym.make(env_id))
         assert layout.mission_key == "mission" and layout.dropped_mission is None

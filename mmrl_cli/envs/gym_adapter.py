@@ -4,7 +4,8 @@ What an observation becomes (decided once per observation space, see `Observatio
 
 - ``image``: RGB pixels, uint8 (H, W, C); policies scale them to [0, 1].
 - ``grid``: a *symbolic* image, uint8 (H, W, C) of category indices (MiniGrid/BabyAI's
-  object, colour and state ids); policies embed each channel's index, never divide by 255.
+  object, colour and state ids); policies embed each channel's index (or read it raw:
+  ``model.grid_embed=0``), never divide by 255.
   MiniGrid envs are symbolic when their image is the agent's view or the whole grid (RGB
   wrappers such as ``RGBImgPartialObsWrapper`` make them pixels again); any other integer
   image whose dtype is not uint8 is symbolic; ``data.image=pixels|symbolic`` overrides.
@@ -41,8 +42,6 @@ from gymnasium.vector import AutoresetMode
 
 from .tokenizer import WordTokenizer
 
-IMAGE_KINDS = ("auto", "pixels", "symbolic")
-CONSTANT_MISSION = ("drop", "keep")
 SUCCESS_INFO_KEYS = ("is_success", "success")  # SB3's / gymnasium-robotics' flag, and a plain one
 
 
@@ -74,7 +73,7 @@ def minigrid_symbolic_shapes(env: gym.Env) -> set[tuple[int, int, int]]:
     return {(view, view, 3), (inner.width, inner.height, 3), (inner.height, inner.width, 3)}
 
 
-def constant_mission(space: gym.Space) -> str | None:
+def fixed_mission(space: gym.Space) -> str | None:
     """The one string a MiniGrid mission space admits, or None where missions vary.
 
     A ``MissionSpace`` without placeholders contains exactly ``mission_func()``; subclasses that
@@ -107,9 +106,14 @@ class ObservationLayout:
     image_as: str | None = None
     image_shape: tuple[int, ...] | None = None
     mission_key: str | None = None
-    dropped_mission: str | None = None  # the constant mission left out (see `constant_mission`)
+    dropped_mission: str | None = None  # the constant mission left out (see `fixed_mission`)
     vector_parts: list[tuple[str | None, gym.Space]] = field(default_factory=list)
     vector_size: int = 0
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the env's observation has a text part (fed or dropped)."""
+        return self.mission_key is not None or self.dropped_mission is not None
 
     @property
     def keys(self) -> set[str]:
@@ -130,17 +134,18 @@ def _vector_width(space: gym.Space, name: str) -> int:
                               "MultiBinary, Text, and Dicts of them)")
 
 
-def describe_observations(env: gym.Env, image_kind: str = "auto", constant: str = "drop") -> ObservationLayout:
+def describe_observations(env: gym.Env, image_kind: str = "auto", constant_mission: str = "drop") -> ObservationLayout:
     """Decide what each part of `env`'s observation space is (see the module docstring);
-    `constant` ("drop" or "keep") says what to do with a mission that never changes."""
+    `constant_mission` ("drop" or "keep") says what to do with a mission that never changes."""
     space = env.observation_space
     layout = ObservationLayout()
     items = list(space.spaces.items()) if isinstance(space, gym.spaces.Dict) else [(None, space)]
     for key, sub in items:
         name = key or "observation"
         if _is_text(sub):
-            if constant == "drop" and constant_mission(sub) is not None:
-                layout.dropped_mission = constant_mission(sub)
+            fixed = fixed_mission(sub) if constant_mission == "drop" else None
+            if fixed is not None:
+                layout.dropped_mission = fixed
                 continue
             if layout.mission_key is not None:
                 raise UnsupportedEnvError(f"observation {name!r}: a second text observation ({layout.mission_key!r} is the first)")
@@ -290,7 +295,7 @@ class GymVectorEnv:
         if not isinstance(actions, gym.spaces.Discrete):
             raise UnsupportedEnvError(f"{env_id}: mmrl needs a Discrete action space, got {actions}")
         vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False}
-        if vectorization == "async" and (layout.mission_key is not None or layout.dropped_mission is not None):
+        if vectorization == "async" and layout.has_text:
             vector_kwargs["shared_memory"] = False  # text (MiniGrid's MissionSpace) has no shared-memory form
         self.vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
                                 vector_kwargs=vector_kwargs, **(env_kwargs or {}))
