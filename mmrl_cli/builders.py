@@ -45,7 +45,7 @@ def patch_size_for(env) -> int:
 def build_env_and_policy(cfg: TrainConfig, num_envs: int, device: torch.device, split: str = "train", seed: int | None = None):
     """The batched env and a matching freshly initialised policy on `device`."""
     env = make_env(cfg.data, num_envs, device, cfg.seed if seed is None else seed, split)
-    policy = build_policy(cfg.model, env.observation_spec, env.num_actions, patch_size_for(env))
+    policy = build_policy(cfg.model, env.observation_spec, env.action_spec, patch_size_for(env))
     return env, policy.to(device)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -49,6 +50,12 @@ FILES = ("model.safetensors", "state.safetensors", "config.yaml")  # in every ch
 POLICY = "policy"
 MODULE_FILE = re.compile(r"^[a-z][a-z0-9_]*\.safetensors$")
 LATEST = "latest"
+UPDATE_MAX = 2**63 - 1  # update counters are int64 everywhere they are stored
+# safetensors' names of the dtypes torch modules hold (header dtypes are compared with the module's)
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 def module_file(name: str) -> str:
@@ -213,8 +220,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} could not be read ({str(e).splitlines()[0]})") from None
-    sparse = file_metadata(path).get("mmrl_sparse")
-    return decode_sparse(tensors, json.loads(sparse)) if sparse else tensors
+    return decode_sparse(tensors, sparse_shapes(path, file_metadata(path)))
 
 
 def save_weights(tensors: dict[str, torch.Tensor], path: Path, structure: str | None = None) -> None:
@@ -297,7 +303,12 @@ def set_aside_newer(root: Path, name: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- reading
 def verify(path: Path) -> dict:
-    """The metadata of a complete, intact checkpoint directory; CheckpointError otherwise."""
+    """The metadata of a complete, intact checkpoint directory; CheckpointError otherwise.
+
+    meta.json holds the checksums of the other files but has none itself, so everything read
+    from it later is checked here: the kinds of its fields, the update counter's range, and that
+    every tensor the training state refers to is stored (with `check_meta_state`).
+    """
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise CheckpointError(f"{path} is not a complete mmrl checkpoint (no meta.json)")
@@ -305,20 +316,60 @@ def verify(path: Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{path}/meta.json is corrupted (not valid JSON)") from None
+    except OSError as e:  # removed by a concurrent prune, or not readable
+        raise CheckpointError(f"{path}/meta.json could not be read ({e.strerror})") from None
     if (not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *OLD_FORMATS)
             or not isinstance(meta.get("sha256"), dict)):
         raise CheckpointError(f"{path}/meta.json is not an {FORMAT} file")
     modules = meta.setdefault("modules", {POLICY: FILES[0]})  # format 1: the policy only
-    if not isinstance(modules, dict) or not all(isinstance(f, str) and MODULE_FILE.match(f) for f in modules.values()):
-        raise CheckpointError(f"{path}/meta.json names module files that are not plain <name>.safetensors files")
+    if (not isinstance(modules, dict) or modules.get(POLICY) != FILES[0]
+            or not all(isinstance(f, str) and MODULE_FILE.match(f) for f in modules.values())):
+        raise CheckpointError(f"{path}/meta.json names module files that are not plain <name>.safetensors files "
+                              f"(or not the policy's {FILES[0]})")
+    update = meta.get("update")
+    if type(update) is not int or not 0 <= update <= UPDATE_MAX:
+        raise CheckpointError(f"{path}/meta.json: update is {update!r}, expected an integer in [0, {UPDATE_MAX}]")
     for file in sorted(set(FILES) | set(modules.values())):
         if not (path / file).is_file():
             raise CheckpointError(f"{path} is incomplete ({file} is missing)")
-        if sha256(path / file) != meta["sha256"].get(file):
+        try:
+            digest = sha256(path / file)
+        except OSError as e:
+            raise CheckpointError(f"{path}/{file} could not be read ({e.strerror})") from None
+        if digest != meta["sha256"].get(file):
             raise CheckpointError(f"{path}/{file} is truncated or corrupted (its checksum does not match meta.json)")
-    for file in sorted({FILES[1], *modules.values()}):
-        tensor_shapes(path / file)  # the safetensors headers parse (never unpickled: safetensors has no code)
+    for file in sorted(set(modules.values())):
+        tensor_specs(path / file)  # the safetensors headers parse (never unpickled: safetensors has no code)
+    check_meta_state(meta.get("state"), tensor_specs(path / FILES[1]), f"{path}/meta.json")
     return meta
+
+
+def check_meta_state(state: Any, stored: dict, where: str) -> None:
+    """CheckpointError unless the training state skeleton in meta.json is well formed: a mapping
+    whose tensor references (``{"__tensor__": key}``) name tensors of ``state.safetensors`` and
+    whose ``{"__items__": [[key, value], ...]}`` entries are pairs with integer or string keys."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: the training state is {type(state).__name__}, expected a mapping")
+
+    def walk(tree: Any, at: str) -> None:
+        if isinstance(tree, dict) and "__tensor__" in tree:
+            if set(tree) != {"__tensor__"} or not isinstance(tree["__tensor__"], str) or tree["__tensor__"] not in stored:
+                raise CheckpointError(f"{where}: {at} refers to a tensor {tree.get('__tensor__')!r} that is not stored")
+        elif isinstance(tree, dict) and "__items__" in tree:
+            items = tree["__items__"]
+            if set(tree) != {"__items__"} or not isinstance(items, list) or not all(
+                    isinstance(i, list) and len(i) == 2 and type(i[0]) in (int, str) for i in items):
+                raise CheckpointError(f"{where}: {at} is not a list of [key, value] pairs")
+            for key, value in items:
+                walk(value, f"{at}.{key}")
+        elif isinstance(tree, dict):
+            for key, value in tree.items():
+                walk(value, f"{at}.{key}")
+        elif isinstance(tree, list):
+            for i, value in enumerate(tree):
+                walk(value, f"{at}.{i}")
+
+    walk(state, "state")
 
 
 def checkpoint_names(root: Path) -> list[str]:
@@ -360,17 +411,67 @@ def find_checkpoint(run_dir: Path, name: str = LATEST) -> tuple[Path, list[str]]
     raise CheckpointError(f"{run_dir} has no checkpoint yet")
 
 
+def tensor_specs(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor names, dtypes (safetensors' names: ``F32``, ``I64``, ...) and shapes of a safetensors
+    file, from its header (compact sparse tensors by their dense shape, once their parts are
+    checked to add up: `check_sparse_parts`)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            specs = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+            metadata = f.metadata() or {}
+            sparse = sparse_shapes(path, metadata)
+            masks = {name: f.get_tensor(name + SPARSE_SUFFIXES[1]) for name in sparse
+                     if specs.get(name + SPARSE_SUFFIXES[1], ("",))[0] == "U8"}
+    except CheckpointError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]})") from None
+    dense = {k: v for k, v in specs.items() if not k.endswith(SPARSE_SUFFIXES)}
+    for name, shape in sparse.items():
+        dense[name] = check_sparse_parts(path, name, shape, specs, masks.get(name))
+    return dense
+
+
+def sparse_shapes(path: Path, metadata: dict[str, str]) -> dict[str, list[int]]:
+    """The dense shapes of a file's compact sparse tensors (its ``mmrl_sparse`` header entry), checked."""
+    text = metadata.get("mmrl_sparse")
+    if text is None:
+        return {}
+    try:
+        shapes = json.loads(text)
+    except ValueError:
+        raise CheckpointError(f"{path}: its mmrl_sparse header entry is not valid JSON") from None
+    if not isinstance(shapes, dict) or not all(
+            isinstance(shape, list) and all(type(n) is int and 0 <= n <= UPDATE_MAX for n in shape)
+            for shape in shapes.values()):
+        raise CheckpointError(f"{path}: its mmrl_sparse header entry is not a mapping of names to shapes")
+    return shapes
+
+
+def check_sparse_parts(path: Path, name: str, shape: list[int], specs: dict, mask: torch.Tensor | None) -> tuple:
+    """(dtype, dense shape) of compact sparse tensor `name`: its bit mask is a uint8 vector of
+    ceil(numel / 8) bytes, its values a float vector with one entry per set bit."""
+    numel = math.prod(shape)
+    values = specs.get(name + SPARSE_SUFFIXES[0])
+    mask_spec = specs.get(name + SPARSE_SUFFIXES[1])
+    problem = None
+    if values is None or mask_spec is None:
+        problem = "its values or its mask are missing"
+    elif mask_spec != ("U8", ((numel + 7) // 8,)):
+        problem = f"its mask is {mask_spec[0]} {list(mask_spec[1])}, expected U8 [{(numel + 7) // 8}]"
+    elif values[0] not in FLOAT_DTYPES or len(values[1]) != 1:
+        problem = f"its values are {values[0]} {list(values[1])}, expected a float vector"
+    elif mask is not None and int(np.unpackbits(mask.numpy(), count=numel).sum()) != values[1][0]:
+        problem = f"its mask has another number of set bits than its {values[1][0]} values"
+    if problem:
+        raise CheckpointError(f"{path}: the compact sparse tensor {name} is inconsistent ({problem})")
+    return values[0], tuple(shape)
+
+
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a safetensors file, read from its header only (compact sparse
     tensors by their dense shape)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            sparse = json.loads((f.metadata() or {}).get("mmrl_sparse", "{}"))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]})") from None
-    shapes = {k: v for k, v in shapes.items() if not k.endswith(SPARSE_SUFFIXES)}
-    return {**shapes, **{k: tuple(v) for k, v in sparse.items()}}
+    return {name: shape for name, (_, shape) in tensor_specs(path).items()}
 
 
 def check_model_fits(path: Path, model: torch.nn.Module) -> None:
@@ -379,7 +480,13 @@ def check_model_fits(path: Path, model: torch.nn.Module) -> None:
     The rule is the module's own ``check_checkpoint_shapes(saved_shapes)`` if it has one (for
     modules whose shapes change by design), else: exactly the model's tensor names and shapes.
     """
-    saved = tensor_shapes(path)
+    specs = tensor_specs(path)
+    saved = {name: shape for name, (_, shape) in specs.items()}
+    for key, tensor in model.state_dict().items():  # a tensor's kind never changes, whatever its shape
+        wanted = SAFETENSORS_DTYPES.get(tensor.dtype)
+        if key in specs and wanted is not None and specs[key][0] != wanted:
+            raise CheckpointError(f"{path} does not match the configured model ({key} is {specs[key][0]} in the "
+                                  f"checkpoint, {wanted} in the model)")
     own_rule = getattr(model, "check_checkpoint_shapes", None)
     if own_rule is not None:
         problem = own_rule(saved)
@@ -426,3 +533,66 @@ def load_state(path: Path) -> dict:
         return join_tensors(meta["state"], tensors)
     except KeyError as e:
         raise CheckpointError(f"{path}/meta.json refers to a tensor {e} that is not stored") from None
+
+
+# ------------------------------------------------------------ checking a loaded state
+def state_mismatch(saved: Any, live: Any, where: str, other_device: bool = False) -> str | None:
+    """How the training state `saved` (read from a checkpoint) differs in kind from `live` (what
+    the running objects' ``state_dict()`` gives now), or None when it fits: the same keys, list
+    lengths and kinds of values, every tensor of the same dtype and shape, every integer >= 0
+    (each counts something) and every float finite.
+
+    Exceptions, each where the loader copes: an empty live mapping takes any mapping (state that
+    fills lazily, an optimiser's moments, is checked once loaded: `optimizer_state_mismatch`); an
+    optimiser's parameter group compares only the keys both have (torch adds keys across versions
+    and fills in missing ones); with `other_device` (saved on another device type) a generator
+    state (a uint8 vector) may have any length (the generator is reseeded).
+    """
+    if isinstance(live, torch.Tensor):
+        if not isinstance(saved, torch.Tensor):
+            return f"{where} is {type(saved).__name__}, expected a tensor"
+        generator_state = other_device and live.dtype == saved.dtype == torch.uint8 and live.dim() == saved.dim() == 1
+        if saved.dtype != live.dtype or (saved.shape != live.shape and not generator_state):
+            return (f"{where} is a {saved.dtype} tensor of shape {list(saved.shape)}, expected {live.dtype} "
+                    f"{list(live.shape)}")
+        return None
+    if isinstance(live, dict):
+        if not isinstance(saved, dict):
+            return f"{where} is {type(saved).__name__}, expected a mapping"
+        if not live:
+            return None
+        keys = set(live)
+        if "params" in live:  # an optimiser's parameter group
+            keys &= set(saved)
+        elif set(saved) != keys:
+            missing, unexpected = sorted(map(str, keys - set(saved))), sorted(map(str, set(saved) - keys))
+            return f"{where} has no {missing[0]}" if missing else f"{where} has an unexpected {unexpected[0]}"
+        return next((m for k in live if k in keys and (m := state_mismatch(saved[k], live[k], f"{where}.{k}", other_device))),
+                    None)
+    if isinstance(live, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(live):
+            return f"{where} is not a list of {len(live)} entries"
+        return next((m for i, (s, v) in enumerate(zip(saved, live))
+                     if (m := state_mismatch(s, v, f"{where}.{i}", other_device))), None)
+    if live is None or isinstance(live, (bool, str)):
+        return None if type(saved) is type(live) else f"{where} is {saved!r}, expected a {type(live).__name__}"
+    if isinstance(live, int):
+        return None if type(saved) is int and saved >= 0 else f"{where} is {saved!r}, expected an integer >= 0"
+    if isinstance(live, float):
+        ok = type(saved) in (int, float) and math.isfinite(saved)
+        return None if ok else f"{where} is {saved!r}, expected a finite number"
+    return None
+
+
+def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, where: str) -> str | None:
+    """How a loaded optimiser's state does not fit its parameters, or None: every entry belongs to
+    one of its parameters and each tensor in it is a scalar (a step count) or of its parameter's shape."""
+    params = {id(p): p for group in optimizer.param_groups for p in group["params"]}
+    for param, entry in optimizer.state.items():
+        if id(param) not in params or not isinstance(entry, dict):
+            return f"{where} holds state for a parameter the optimiser does not have"
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                return (f"{where}: {name} has shape {list(value.shape)} where its parameter has "
+                        f"{list(param.shape)}")
+    return None

@@ -8,18 +8,23 @@ traceback or a half-made run directory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 from dataclasses import dataclass
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate, validate_eval
+from .demos.command import check_demos, demos_task
+from .distributions import ActionSpace
 from .models.patches import default_patch_size
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -28,8 +33,8 @@ SWEEP_GROUPS = ("hpo",)  # groups of `mmrl sweep` (the study: space, objective, 
 # Flags that ask Hydra for information rather than a run: no validation needed before them.
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve", "-p", "--package"}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
+RUN_DIR_VARIABLE = "MMRL_RUN_DIR"  # the run directory the torchrun launcher hands every rank (= runs.RUN_DIR_VARIABLE)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-RUN_DIR_VARIABLE = "MMRL_RUN_DIR"  # the run directory the torchrun launcher hands every rank
 
 
 def fail(command: str, message: str) -> None:
@@ -54,14 +59,18 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
 
     from .compress.teacher import source_run
 
-    from .preflight import check_inference_memory, check_memory, check_numbers
+    from .preflight import check_inference_memory, check_memory, check_name, check_numbers
 
     check_numbers(cfg)
     if cfg.hardware.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"hardware.device: {cfg.hardware.device} requested but no CUDA device is available (use hardware=cpu)")
-    if cfg.run_name is not None and not RUN_NAME.match(cfg.run_name):
-        raise ConfigError(f"run_name: expected letters, digits, '-', '_' or '.', got {cfg.run_name!r}")
-    spec, num_actions = observation_spec_of(cfg.data)
+    on_cpu = cfg.hardware.device == "cpu" or (cfg.hardware.device == "auto" and not torch.cuda.is_available())
+    if cfg.hardware.distributed and cfg.hardware.backend == "nccl" and on_cpu:
+        raise ConfigError("hardware.backend: nccl needs CUDA devices, but the ranks would run on the CPU "
+                          f"(hardware.device={cfg.hardware.device}{', no CUDA device is available' if cfg.hardware.device == 'auto' else ''}); "
+                          "use hardware.backend=gloo or auto")
+    check_name("run_name", cfg.run_name)
+    spec, action_space = observation_spec_of(cfg.data)
     if cfg.model.type in ("vit-gpt2", "cnn") and not spec.keys() & {"image", "grid"}:
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
     patch = cfg.data.tile_size if cfg.data.type == "goto" else 1
@@ -71,13 +80,14 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
         if height % patch or width % patch:
             raise ConfigError(f"model: a {height}x{width} image is not a whole number of {patch}-pixel ViT patches (try model=cnn)")
 
+    from .models import build_policy
+
     def measure_model() -> tuple[int, int]:
-        from .models import build_policy
         from .preflight import activation_elements_per_sample
 
         try:
             with torch.device("meta"):
-                policy = build_policy(cfg.model, spec, num_actions, patch)
+                policy = build_policy(cfg.model, spec, action_space, patch)
         except ValueError as e:
             raise ConfigError(str(e) if str(e).startswith("model") else f"model: {e}") from None
         return sum(p.numel() for p in policy.parameters()), activation_elements_per_sample(policy, spec)
@@ -88,50 +98,96 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
     if cfg.teacher is not None and not evaluating:
         source_run(cfg, "teacher")
     if cfg.init_from is not None and not resuming and not evaluating:
-        source_run(cfg, "init_from")
+        check_init_from_fits(source_run(cfg, "init_from"), lambda: build_policy(cfg.model, spec, action_space, patch))
 
 
-def observation_spec_of(data_cfg) -> tuple[dict, int]:
-    """The observation spec and number of actions of the env `data_cfg` names, without building it."""
+def check_init_from_fits(run, build) -> None:
+    """ConfigError unless the weights of the `init_from` run fit the policy this run builds
+    (`build()`, here on torch's meta device): the same model config on another env may still
+    differ in its input or output layers."""
+    import torch
+
+    from .checkpoint import CheckpointError, check_model_fits
+    from .compress.structure import adopt_saved_structure
+
+    weights = run.checkpoint_dir / "model.safetensors"
+    try:
+        with torch.device("meta"):
+            policy = build()
+            adopt_saved_structure(policy, weights)
+        check_model_fits(weights, policy)
+    except CheckpointError as e:
+        raise ConfigError(f"init_from: {e}; its env must give the same observations and actions as this run's") from None
+
+
+def observation_spec_of(data_cfg) -> tuple[dict, ActionSpace]:
+    """The observation spec and action space of the env `data_cfg` names, without building it."""
     import torch
 
     if data_cfg.type == "goto":
         from .envs.goto import ACTION_NAMES, MISSION_TOKENS
 
         side = data_cfg.grid_size * data_cfg.tile_size
-        return {"image": ((side, side, 3), torch.uint8), "mission": ((MISSION_TOKENS,), torch.int64)}, len(ACTION_NAMES)
+        spec = {"image": ((side, side, 3), torch.uint8), "mission": ((MISSION_TOKENS,), torch.int64)}
+        return spec, ActionSpace.discrete(len(ACTION_NAMES))
     if data_cfg.type == "cartpole":
-        return {"vector": ((4,), torch.float32)}, 2
+        return {"vector": ((4,), torch.float32)}, ActionSpace.discrete(2)
     return gym_observations(data_cfg)
 
 
-def gym_observations(data_cfg) -> tuple[dict, int]:
-    """Observation spec mmrl would feed from a gymnasium env id, and its number of actions.
+def gym_observations(data_cfg) -> tuple[dict, ActionSpace]:
+    """Observation spec mmrl would feed from a gymnasium env id, and its action space.
 
     Makes the env once to check the id, its kwargs, and that its spaces are ones mmrl handles.
     """
     import gymnasium as gym
 
-    from .envs.gym_adapter import GymObservations, UnsupportedEnvError, describe_observations, import_env_packages
+    from .envs.gym_adapter import (GymObservations, UnsupportedEnvError, action_space_of, describe_observations,
+                                   import_env_packages, make_quiet)
 
     import_env_packages()
     if data_cfg.env_id not in gym.registry:
         raise ConfigError(f"data.env_id: {data_cfg.env_id!r} is not a registered gymnasium env id")
     try:
-        env = gym.make(data_cfg.env_id, **dict(data_cfg.env_kwargs))
+        env = make_quiet(data_cfg.env_id, **dict(data_cfg.env_kwargs))
     except Exception as e:  # a bad kwarg, a missing dependency, ...
         raise ConfigError(f"data.env_kwargs: gymnasium could not make {data_cfg.env_id}: {str(e).splitlines()[0]}") from None
     try:
-        actions = env.action_space
-        if not isinstance(actions, gym.spaces.Discrete):
-            raise ConfigError(f"data.env_id: {data_cfg.env_id} has {type(actions).__name__} actions; mmrl needs Discrete")
         try:
+            actions = action_space_of(env.action_space, data_cfg.env_id, data_cfg.action_squash)
             layout = describe_observations(env, data_cfg.image, data_cfg.constant_mission)
         except UnsupportedEnvError as e:
-            raise ConfigError(f"data.env_id: {data_cfg.env_id}: {e}") from None
+            raise ConfigError(f"data.env_id: {str(e) if str(e).startswith(data_cfg.env_id) else f'{data_cfg.env_id}: {e}'}") from None
     finally:
         env.close()
-    return GymObservations(layout, data_cfg.mission_tokens, "cpu").spec, int(actions.n)
+    return GymObservations(layout, data_cfg.mission_tokens, "cpu").spec, actions
+
+
+# Keys that moved since earlier versions (mmrl 0.1 kept the loop settings in `algo`).
+MOVED_KEYS = {
+    "algo.total_steps": "total_steps",
+    "algo.n_envs": "rollout.n_envs",
+    "algo.n_steps": "rollout.n_steps",
+    "algo.bootstrap_truncated": "rollout.bootstrap_truncated",
+}
+
+
+def moved_key(key: str) -> str | None:
+    """Where an unknown `<group>.<name>` key lives now: the `MOVED_KEYS` table, or the top-level or
+    `rollout` key of that name (the settings every algorithm shares)."""
+    import dataclasses
+
+    if key in MOVED_KEYS:
+        return MOVED_KEYS[key]
+    group, _, name = key.partition(".")
+    if group not in GROUP_SCHEMAS or "." in name:
+        return None
+    defaults = TrainConfig()
+    if name in {f.name for f in dataclasses.fields(defaults)}:
+        return name
+    if name in {f.name for f in dataclasses.fields(defaults.rollout)}:
+        return f"rollout.{name}"
+    return None
 
 
 def compose_error(e: Exception) -> str:
@@ -146,9 +202,49 @@ def compose_error(e: Exception) -> str:
         key = not_struct.group(1)
         group = key.split(".")[0]
         hint = f" (see `mmrl train --cfg job` for the keys of this {group})" if group in GROUP_SCHEMAS else ""
+        if moved_key(key):
+            hint = f" (did you mean {moved_key(key)}=...?)"
         return f"{key}: unknown key{hint}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " ".join(lines[:2]) if lines else type(e).__name__
+
+
+# Hydra's own output settings: each would make Hydra write outside the run directory (mmrl writes
+# only there), so they are refused with what to set instead. hydra.searchpath, hydra/launcher
+# and hydra.launcher.* (and the multirun directory under runs_root) stay as they are.
+HYDRA_OUTPUT_KEYS = {
+    "hydra.run": "mmrl makes the run directory itself (<runs_root>/<date>/<time>[-<run_name>]): set runs_root or run_name",
+    "hydra.sweep": "a multirun (-m) writes under <runs_root>/multirun/: set runs_root",
+    "hydra.output_subdir": "mmrl saves the composed config as <run>/config.yaml and writes no Hydra output files",
+    "hydra.job.chdir": "mmrl stays in the launch directory (paths in the config are relative to it)",
+    "hydra/job_logging": "mmrl logs to the terminal only (a Hydra log file would be written outside the run directory)",
+    "hydra.job_logging": "mmrl logs to the terminal only (a Hydra log file would be written outside the run directory)",
+    "hydra/hydra_logging": "mmrl logs to the terminal only (a Hydra log file would be written outside the run directory)",
+    "hydra.hydra_logging": "mmrl logs to the terminal only (a Hydra log file would be written outside the run directory)",
+}
+
+
+def check_hydra_key(key: str) -> None:
+    """ConfigError if `key` is one of Hydra's output settings (`HYDRA_OUTPUT_KEYS`)."""
+    for prefix, why in HYDRA_OUTPUT_KEYS.items():
+        if key == prefix or key.startswith(prefix + "."):
+            raise ConfigError(f"{key}: cannot be overridden: {why}")
+
+
+def check_hydra_flags(command: str, args: list[str]) -> None:
+    """ConfigError (one line) if Hydra's own flags are malformed (`--cfg nonsense`, `-p` without
+    a value), instead of argparse's usage message; flags that print and exit are left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    if {"--help", "-h", "--hydra-help", "--version"}.intersection(args):
+        return
+    parser = get_args_parser()
+
+    def error(message: str) -> None:
+        raise ConfigError(f"{message.removeprefix('argument ')} (see `mmrl {command} --help`)")
+
+    parser.error = error
+    parser.parse_known_args(args)  # unknown flags: main names them
 
 
 def check_overrides(command: str, overrides: list[str]) -> None:
@@ -165,6 +261,7 @@ def check_overrides(command: str, overrides: list[str]) -> None:
     for override, text in zip(parsed, overrides):
         if not override.key_or_group:
             raise ConfigError(f"malformed override {text!r}: expected key=value")
+        check_hydra_key(override.key_or_group)
         if override.is_sweep_override():
             key = override.get_key_element()
             values = list(override.sweep_string_iterator())
@@ -197,6 +294,46 @@ def check_train(cfg: DictConfig, overrides: list[str]) -> None:
     else:
         check_output_dir("runs_root", typed.runs_root)
     check_compatible(typed, resuming=resuming)
+    check_rendezvous(typed.hardware)
+
+
+RENDEZVOUS_TIMEOUT_S = 5  # how long a node > 0 waits for node 0's rendezvous before saying it is not there
+
+
+def check_rendezvous(hardware) -> None:
+    """On node > 0 of several: node 0's c10d rendezvous (`hardware.rdzv_endpoint`, a torch
+    TCPStore that node 0's torchrun hosts) answers within a few seconds; otherwise torchrun would
+    wait for it, silently, for many minutes. Start node 0 first. Ranks do not ask again."""
+    if hardware.nnodes == 1 or hardware.node_rank == 0 or RUN_DIR_VARIABLE in os.environ or "LOCAL_RANK" in os.environ:
+        return
+    import datetime
+
+    from torch.distributed import TCPStore
+
+    host, _, port = hardware.rdzv_endpoint.rpartition(":")
+    with c_stderr_silenced():  # the store's C++ client logs every retry to stderr
+        try:
+            TCPStore(host, int(port), is_master=False, wait_for_workers=False,
+                     timeout=datetime.timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
+            return
+        except Exception as e:  # DistNetworkError, DistStoreError, ...: the reason is in the first line
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ConfigError(f"hardware.rdzv_endpoint: no rendezvous answers at {hardware.rdzv_endpoint} within "
+                      f"{RENDEZVOUS_TIMEOUT_S} s ({reason}); start node 0 (hardware.node_rank=0) first, or check the address")
+
+
+@contextlib.contextmanager
+def c_stderr_silenced():
+    """Send file descriptor 2 (what C/C++ code writes to stderr) to /dev/null inside the block."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def resumed_run(resume: str, runs_root: str, overrides: list[str]):
@@ -216,33 +353,56 @@ def check_eval(cfg: DictConfig, overrides: list[str]) -> None:
 
 
 def evaluated_run(typed):
-    """The run and checkpoint `mmrl eval` evaluates."""
+    """The run and checkpoint `mmrl eval` evaluates, checked against what this evaluation asks for:
+    numbers by kind, paths the filesystem takes, and memory (the envs and forward pass of
+    `episodes`, their results, the GIF's frames)."""
+    from .evaluation import eval_envs
+    from .preflight import check_episode_results, check_gif_memory, check_numbers, check_path
     from .runs import load_run_checkpoint
 
+    check_numbers(typed)
+    check_path("run", typed.run)
+    check_path("runs_root", typed.runs_root)
+    check_episode_results("episodes", typed.episodes)
     run = load_run_checkpoint(typed.run, typed.runs_root, typed.checkpoint, "run")
-    check_compatible(run.typed, evaluating=True)
+    run.typed.hardware = typed.hardware  # evaluated on this command's hardware, not the training run's
+    check_compatible(run.typed, evaluating=True, inference_batches={"episodes": eval_envs(run.typed.data, typed.episodes)})
+    if typed.gif.episodes:
+        check_gif_memory(run.typed, typed.gif, observation_spec_of(run.typed.data)[0])
     return run
 
 
 def check_sweep(cfg: DictConfig, overrides: list[str]) -> None:
-    """Everything `mmrl sweep` needs settled: a valid study config, a base `mmrl train` config and
-    a valid, runnable config at every bound and choice of the search space, a writable sweep
-    directory, and (when resuming) the same study as before."""
+    """Everything `mmrl sweep` needs settled: a valid study config, a usable storage (URL, driver,
+    SQLite file or reachable server), a base `mmrl train` config and a valid, runnable config at
+    every bound and choice of the search space, memory for the workers, a writable sweep
+    directory, and (when resuming) the same study as before. No message shows a storage password."""
     from .preflight import check_output_dir
-    from .sweep.run import check_resumable
-    from .sweep.settings import validate_sweep
+    from .sweep.run import check_resumable, check_workers_fit
+    from .sweep.settings import short_path, validate_sweep
+    from .sweep.study import check_storage, mask_secrets
 
-    typed = validate_sweep(cfg)
-    if typed.hpo.html:
+    typed = None
+    try:
+        typed = validate_sweep(cfg)
+        check_storage(typed.hpo, Path(typed.directory))  # first: quick, and names the storage problem
+        if typed.hpo.html:
+            try:
+                import plotly  # noqa: F401
+            except ImportError:
+                raise ConfigError("hpo.html: interactive plots need plotly (pip install plotly), or set hpo.html=false") from None
+        if f"{typed.hpo.study_name}-best" in group_options("exp"):
+            raise ConfigError(f"hpo.study_name: {typed.hpo.study_name}-best would shadow the shipped exp preset of that name")
+        check_trial_configs(typed)
+        check_workers_fit(typed)
+        key = "sweep_dir" if typed.sweep_dir else "runs_root"
         try:
-            import plotly  # noqa: F401
-        except ImportError:
-            raise ConfigError("hpo.html: interactive plots need plotly (pip install plotly), or set hpo.html=false") from None
-    if f"{typed.hpo.study_name}-best" in group_options("exp"):
-        raise ConfigError(f"hpo.study_name: {typed.hpo.study_name}-best would shadow the shipped exp preset of that name")
-    check_trial_configs(typed)
-    check_output_dir("sweep_dir" if typed.sweep_dir else "runs_root", typed.directory)
-    check_resumable(typed)
+            check_output_dir(key, typed.directory)
+        except OSError as e:  # what the filesystem refuses beyond the length checks (e.g. ENAMETOOLONG)
+            raise ConfigError(f"{key}: {short_path(typed.directory)} cannot be used ({e.strerror})") from None
+        check_resumable(typed)
+    except ConfigError as e:  # whatever a check quotes, a password stays masked
+        raise ConfigError(mask_secrets(str(e), typed.hpo.storage if typed else None)) from None
 
 
 def check_trial_configs(config) -> None:
@@ -251,10 +411,6 @@ def check_trial_configs(config) -> None:
     from .sweep.settings import parse_space
 
     base = list(config.hpo.train)
-    storage = config.hpo.storage
-    if storage not in (None, "sqlite", "journal") and "://" not in storage:
-        raise ConfigError(f"hpo.storage: expected null, sqlite, journal or an RDB URL such as "
-                          f"postgresql://user@host/db, got {storage!r}")
     try:
         check_compatible(compose_train_config(base))
     except ConfigError as e:
@@ -268,21 +424,26 @@ def check_trial_configs(config) -> None:
 
 
 def check_compress(cfg: DictConfig, overrides: list[str]) -> None:
-    """Everything `mmrl compress` needs settled: a valid config, an intact teacher run, a valid
-    student run config, a writable output directory."""
+    """Everything `mmrl compress` needs settled: a valid config (run_name a plain name), paths the
+    filesystem takes, an intact teacher run, a valid student run config (low-rank: something to
+    factorise), memory for the report, a writable output directory."""
     from .compress.run import output_dir, student_config
     from .compress.settings import validate_compress
     from .compress.teacher import trained_run
-    from .preflight import check_numbers, check_output_dir
+    from .evaluation import eval_envs
+    from .preflight import check_episode_results, check_numbers, check_output_dir, check_path
 
     typed = validate_compress(cfg)
     check_numbers(typed)
+    for key in ("teacher", "runs_root", "out_dir"):
+        check_path(key, getattr(typed, key))
     teacher = trained_run(typed.teacher, typed.runs_root, "teacher")
     check_compatible(student_config(typed, teacher.typed, teacher.run_dir))
     report = typed.report  # the report evaluates and times every model on these batches
-    episodes_at_once = report.episodes if teacher.typed.data.type == "goto" else min(report.episodes, 64)
     check_compatible(teacher.typed, evaluating=True,
-                     inference_batches={"report.episodes": episodes_at_once, "report.latency_batch": report.latency_batch})
+                     inference_batches={"report.episodes": eval_envs(teacher.typed.data, report.episodes),
+                                        "report.latency_batch": report.latency_batch})
+    check_episode_results("report.episodes", report.episodes)
     check_output_dir("out_dir" if typed.out_dir else "runs_root", output_dir(typed, teacher.run_dir))
 
 
@@ -350,7 +511,8 @@ def train_task(cfg: DictConfig) -> float:
     """Hydra task of `mmrl train`: validate, make (or reopen) the run directory, train, summarise."""
     from hydra.core.hydra_config import HydraConfig
 
-    from .checkpoint import CheckpointError, write_text_atomic
+    from .checkpoint import CheckpointError
+    from .runs import RunLocked
     from .trainer import NumericalFault, train
 
     from .preflight import check_output_dir
@@ -382,31 +544,33 @@ def train_task(cfg: DictConfig) -> float:
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         if resume_from is None or restarts > 0:
             resume_from = latest_checkpoint(run_dir) or resume_from
-        if resume_from is not None and os.environ.get("RANK", "0") == "0":
-            print(f"mmrl train: {f'restart {restarts}: ' if restarts else ''}resuming {run_dir} from checkpoint "
-                  f"{resume_from.name} on {os.environ.get('WORLD_SIZE')} ranks", file=sys.stderr)
+        if restarts and os.environ.get("RANK", "0") == "0":  # the trainer says which checkpoint it resumes from
+            print(f"mmrl train: elastic restart {restarts} of hardware.max_restarts={typed.hardware.max_restarts}",
+                  file=sys.stderr)
     elif resume_from is None:
         try:
             run_dir = make_run_dir(typed)
         except OSError as e:
             fail("train", f"runs_root: could not create a run directory under {typed.runs_root} ({e.strerror})")
-    if resume_from is not None and launched_dir is None:
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(run.config))
-        print(f"mmrl train: resuming {run_dir} from checkpoint {resume_from.name}", file=sys.stderr)
+    # Nothing is written into a resumed run before the trainer has loaded its checkpoint and
+    # locked it: a refused checkpoint or a run in use leaves it as it was.
     main_rank = os.environ.get("RANK", "0") == "0"
     hint = f"resume with: mmrl train resume={run_dir}"
     try:
         summary = train(typed, run_dir, resume_from=resume_from)
     except KeyboardInterrupt:
         print(f"\nmmrl train: stopped at once; the last periodic checkpoint is in {run_dir}/checkpoints ({hint})", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(interrupted_status()) from None
     except NumericalFault as e:
         kept = f"the last good checkpoint is kept in {run_dir}/checkpoints" if (run_dir / "checkpoints").is_dir() \
             else "no checkpoint had been written yet"
         print(f"mmrl train: error: {e}; {kept}", file=sys.stderr)
         raise SystemExit(1) from None
-    except CheckpointError as e:
+    except (CheckpointError, RunLocked) as e:
         fail("train", f"resume: {e}")
+    except OSError as e:  # a full disk, a directory made read-only: a fault, not bad input (exit 1)
+        print(f"mmrl train: error: {io_failure(e)}; {kept_checkpoint(run_dir)} ({hint})", file=sys.stderr)
+        raise SystemExit(1) from None
     if summary["stopped_by"]:
         if main_rank:
             print(f"mmrl train: stopped by {summary['stopped_by']} after {summary['steps']:,} steps; checkpoint saved; {hint}",
@@ -415,6 +579,19 @@ def train_task(cfg: DictConfig) -> float:
     if main_rank:
         print_summary(summary)
     return summary["heldout_success_rate"]
+
+
+def io_failure(error: OSError) -> str:
+    """What an OSError says, in one line: the errno text and the path it concerns."""
+    what = error.strerror or str(error).splitlines()[0] or type(error).__name__
+    return f"{what}: {error.filename}" if error.filename else what
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """Where the newest intact checkpoint of `run_dir` is (the run continues from it), in words."""
+    latest = latest_checkpoint(run_dir)
+    return f"the last checkpoint, {latest.name}, is intact in {run_dir}/checkpoints" if latest \
+        else "no checkpoint had been written yet"
 
 
 def eval_task(cfg: DictConfig) -> float:
@@ -442,7 +619,10 @@ def sweep_task(cfg: DictConfig) -> float:
         check_sweep(cfg, [])
     except ConfigError as e:
         fail("sweep", str(e))
-    results = run_sweep(typed)
+    try:
+        results = run_sweep(typed)
+    except SystemExit as e:  # the sweep's own stop (its workers stopped) says 130 for any signal
+        raise SystemExit(interrupted_status() if e.code == 130 else e.code) from None
     print_sweep(results)
     best = results["best"]
     return best["validation_mean"] if best else float("nan")
@@ -450,7 +630,9 @@ def sweep_task(cfg: DictConfig) -> float:
 
 def compress_task(cfg: DictConfig) -> float:
     """Hydra task of `mmrl compress`: train the compressed student, report it beside the teacher."""
-    from .compress.run import run_compress
+    import shlex
+
+    from .compress.run import CompressStopped, run_compress
     from .compress.settings import validate_compress
 
     try:
@@ -458,7 +640,13 @@ def compress_task(cfg: DictConfig) -> float:
         check_compress(cfg, [])
     except ConfigError as e:
         fail("compress", str(e))
-    report = run_compress(typed)
+    try:
+        report = run_compress(typed)
+    except CompressStopped as e:
+        # run_hydra put this command's arguments in sys.argv: the same command continues the stopped run
+        command = shlex.join(["mmrl", "compress", *sys.argv[1:]])
+        print(f"mmrl compress: {e}; resume with: {command}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     print_compress(report)
     return report["rows"][-1]["success_rate"] or float("nan")
 
@@ -540,6 +728,7 @@ COMMANDS = {
     "eval": Command(eval_task, check_eval, "evaluate a run's checkpoint: success rate, return (95% CIs), GIF of episodes"),
     "sweep": Command(sweep_task, check_sweep, "Optuna hyperparameter search over train runs (hpo=<preset>); re-run to resume"),
     "compress": Command(compress_task, check_compress, "distill, prune or factorise a trained run (teacher=<run>); trade-off report"),
+    "demos": Command(demos_task, check_demos, "record expert demonstrations (goto planner, BabyAI bot) as a resumable dataset"),
 }
 
 
@@ -589,6 +778,8 @@ def launch_distributed(typed: TrainConfig, args: list[str], run_dir: Path | None
     new run directory, or the resumed run's); return the exit status."""
     import subprocess
 
+    from .runs import RunLock, RunLocked
+
     hardware = typed.hardware
     if run_dir is not None:
         pass
@@ -599,6 +790,10 @@ def launch_distributed(typed: TrainConfig, args: list[str], run_dir: Path | None
             run_dir = new_run_dir(typed)
         except OSError as e:
             fail("train", f"runs_root: could not create a run directory under {typed.runs_root} ({e.strerror})")
+    try:  # the launcher holds the run's lock for its ranks (and their elastic restarts)
+        lock = RunLock(run_dir).acquire()
+    except RunLocked as e:
+        fail("train", f"resume: {e}")
     env = {**os.environ, RUN_DIR_VARIABLE: str(run_dir), "OMP_NUM_THREADS": str(hardware.threads or 1)}
     process = subprocess.Popen(torchrun_command(hardware, args), env=env, stderr=subprocess.PIPE, text=True)
     tail: list[str] = []
@@ -607,8 +802,12 @@ def launch_distributed(typed: TrainConfig, args: list[str], run_dir: Path | None
             sys.stderr.write(line)
             tail = (tail + [line])[-400:]
         status = process.wait()
-    except KeyboardInterrupt:  # torchrun got the Ctrl-C too and passes it to every rank
+    except KeyboardInterrupt:  # torchrun got a Ctrl-C too (the terminal's process group); a SIGTERM is passed on
+        if STOP_SIGNAL["signum"] == signal.SIGTERM:
+            process.send_signal(signal.SIGTERM)
         status = process.wait()
+    finally:
+        lock.release()
     if status not in (0, 130, 143):
         kept = "the last checkpoint is in" if latest_checkpoint(run_dir) else "no checkpoint was written in"
         print(f"mmrl train: error: {failure_cause(tail)} and hardware.max_restarts={hardware.max_restarts} restarts "
@@ -658,6 +857,8 @@ def print_help() -> None:
         "  mmrl compress teacher=runs/2026-11-24/10-00-00 compression=distill   # 13x smaller student + report",
         "  mmrl compress -m teacher=... compression=prune,lowrank            # several methods, one shared table",
         "  mmrl train compression=kickstart teacher=runs/2026-11-24/10-00-00    # RL with an annealed teacher term",
+        "  mmrl demos episodes=2000                     # 2,000 shortest-path demonstrations -> runs/demos/goto-2000",
+        "  mmrl train algo=bc algo.demos=runs/demos/goto-2000   # behaviour cloning from them (then init_from=<run> for RL)",
         "  eval \"$(mmrl -sc install=bash)\"              # tab completion in bash",
         "", "`mmrl <command> --help` shows that command's config and Hydra's flags.",
     ]
@@ -681,7 +882,10 @@ def shell_completion(argv: list[str]) -> None:
 def sweep_preset_dirs(runs_root: str) -> list[Path]:
     """Sweep directories under `runs_root` that hold an exported `exp` preset."""
     root = Path(runs_root) / "sweeps"
-    return sorted({p.parent.parent.resolve() for p in root.glob("*/exp/*.yaml")}) if root.is_dir() else []
+    try:
+        return sorted({p.parent.parent.resolve() for p in root.glob("*/exp/*.yaml")}) if root.is_dir() else []
+    except OSError:  # a runs_root the filesystem cannot take (too long, ...): the config check names it
+        return []
 
 
 def sweep_preset_searchpath(args: list[str]) -> list[str]:
@@ -717,6 +921,21 @@ def main(argv: list[str] | None = None) -> None:
         fail(command, f"unknown command (expected one of: {', '.join(COMMANDS)}); see `mmrl --help`")
     if command == "train":
         args += sweep_preset_searchpath(args)
+    try:
+        check_hydra_flags(command, args)
+    except ConfigError as e:
+        fail(command, str(e))
+    with signals_interrupt():
+        try:
+            run_command(command, args)
+        except KeyboardInterrupt:  # a signal where the command has no graceful stop of its own
+            print(f"\nmmrl {command}: stopped by {SIGNAL_NAMES.get(STOP_SIGNAL['signum'], 'SIGINT')}; nothing was "
+                  f"half-written: run the same command again", file=sys.stderr)
+            raise SystemExit(interrupted_status()) from None
+
+
+def run_command(command: str, args: list[str]) -> None:
+    """Check the overrides, then run `mmrl <command>` (under torchrun when it asks for ranks)."""
     if not INFO_FLAGS.intersection(args):
         overrides = [a for a in args if a not in MULTIRUN_FLAGS]
         bad_flag = next((a for a in overrides if a.startswith("-")), None)
@@ -730,6 +949,41 @@ def main(argv: list[str] | None = None) -> None:
         if launch is not None:
             raise SystemExit(launch_distributed(launch, args))
     run_hydra(command, args)
+
+
+# ----------------------------------------------------------------------------- signals
+SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+STOP_SIGNAL: dict = {"signum": None}  # the signal `signals_interrupt` turned into KeyboardInterrupt, if any
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """While a command runs, SIGTERM interrupts it as Ctrl-C does (KeyboardInterrupt) instead of
+    killing it outright, so one path stops a command on either (the sweep stops its workers, an
+    evaluation writes nothing half-done); `interrupted_status()` is then 143 for SIGTERM, 130 for
+    SIGINT. The trainer and `mmrl compress` put their own graceful handlers over this one while
+    they run. (A signal during Python's start-up, before this, ends the process the default way.)"""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupt(signum, _frame):
+        STOP_SIGNAL["signum"] = signum
+        raise KeyboardInterrupt
+
+    STOP_SIGNAL["signum"] = None
+    previous = {signum: signal.signal(signum, interrupt) for signum in SIGNAL_NAMES
+                if signal.getsignal(signum) is not signal.SIG_IGN}  # nohup's ignored signals stay ignored
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interrupted_status() -> int:
+    """128 + the number of the signal that interrupted the command (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + (STOP_SIGNAL["signum"] or signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,34 @@ class A2CConfig:
         one_of("algo", self, "optimizer", ("rmsprop", "adam"))
 
 
+@dataclass
+class BCConfig:
+    """Behaviour cloning from a demonstration dataset (`mmrl demos`); see algos/bc.py."""
+
+    type: str = "bc"
+    demos: str = MISSING           # the dataset directory `mmrl demos` wrote
+    fraction: float = 1.0          # use the first fraction of its episodes
+    updates: int = 2000            # gradient steps (the run's length: BC plays no env steps)
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    gamma: float = 0.99            # discount of the returns-to-go the critic is fitted to
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    eval_every_updates: int = 500  # validation evaluations every this many gradient steps
+
+    def check(self) -> None:
+        positive("algo", self, "updates", "batch_size", "lr", "max_grad_norm", "eval_every_updates")
+        between("algo", self, "updates", 1, 10**9)
+        between("algo", self, "batch_size", 1, 2**24)
+        between("algo", self, "gamma", 0.0, 1.0)
+        non_negative("algo", self, "vf_coef", "ent_coef")
+        one_of("algo", self, "lr_schedule", SCHEDULES)
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"algo.fraction: expected a fraction in (0, 1], got {self.fraction}")
+
+
 # -------------------------------------------------------------------------------- model
 @dataclass
 class VitGpt2Config:
@@ -213,12 +241,14 @@ class GymDataConfig:
     vectorization: str = "sync"
     image: str = "auto"
     constant_mission: str = "drop"
+    action_squash: str = "clip"  # Box actions: a Gaussian sample is clipped to the bounds, or squashed by tanh
 
     def check(self) -> None:
         positive("data", self, "mission_tokens")
         one_of("data", self, "vectorization", ("sync", "async"))
         one_of("data", self, "image", ("auto", "pixels", "symbolic"))
         one_of("data", self, "constant_mission", ("drop", "keep"))
+        one_of("data", self, "action_squash", ("clip", "tanh"))
 
 
 # ------------------------------------------------------------------- other groups
@@ -437,8 +467,10 @@ class TrainConfig:
             section.check()
         # Per rank, like rollout.n_envs: under hardware=ddp each rank steps on its own minibatch of
         # this size and the gradients are averaged (CleanRL's multi-GPU PPO does the same).
-        for section in ("algo", "compression"):  # PPO's minibatch; distillation's
+        for section in ("algo", "compression"):  # PPO's minibatch; distillation's (BC's comes from a dataset)
             batch_size = getattr(getattr(self, section), "batch_size", None)
+            if getattr(self, section).type == "bc":
+                continue
             if batch_size is not None and batch_size > self.steps_per_update:
                 raise ConfigError(f"{section}.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
                                   f"{self.steps_per_update}, got {batch_size}")
@@ -465,9 +497,13 @@ class GifConfig:
     fps: int = 6
     max_steps: int = 100
 
+    MAX_EPISODES = 64  # a GIF is watched: more episodes than this make a file nobody plays through
+    MAX_FPS = 100      # GIF frame delays are whole hundredths of a second: 10 ms is the shortest
+
     def check(self) -> None:
-        non_negative("gif", self, "episodes")
-        positive("gif", self, "fps", "max_steps")
+        between("gif", self, "episodes", 0, self.MAX_EPISODES)
+        between("gif", self, "fps", 1, self.MAX_FPS)
+        positive("gif", self, "max_steps")  # the frames it keeps are checked against memory (preflight)
 
 
 @dataclass
@@ -494,7 +530,7 @@ class EvalCommandConfig:
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "algo": {"ppo": PPOConfig, "a2c": A2CConfig},
+    "algo": {"ppo": PPOConfig, "a2c": A2CConfig, "bc": BCConfig},
     "model": {"vit-gpt2": VitGpt2Config, "cnn": CnnConfig, "mlp": MlpConfig},
     "data": {"goto": GotoDataConfig, "cartpole": CartPoleDataConfig, "gym": GymDataConfig},
     "compression": {"none": NoCompression, "kickstart": KickstartCompression, "distill": DistillCompression,

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .actions import sample_actions
+from .distributions import act
 from .checkpoint import publish, temp_path
 from .config import TrainConfig
 from .envs import make_env, split_seed
 
 MIN_SIDE = 240  # frames are upscaled (nearest neighbour) to at least this many pixels a side
 BAND = 22       # height of the text bands above and below the picture
+CARTPOLE_SIZE = (160, 240)  # (height, width) of the CartPole sketch
 
 
 class GifUnavailable(RuntimeError):
@@ -104,7 +105,10 @@ class GymEpisodes:
         """Frame, reward, episode over, success (None: not over, or the env does not define it)."""
         from .envs.gym_adapter import SUCCESS_INFO_KEYS
 
-        self.raw, reward, terminated, truncated, info = self.env.step(int(action[0]) + int(self.env.action_space.start))
+        space = self.env.action_space
+        # Discrete: an id (offset by the space's start); Box: the action vector, as the policy gives it
+        chosen = int(action[0]) + int(space.start) if hasattr(space, "start") else action[0].cpu().numpy()
+        self.raw, reward, terminated, truncated, info = self.env.step(chosen)
         picture = self.picture()
         done = bool(terminated or truncated)
         success = None
@@ -121,7 +125,7 @@ class GymEpisodes:
 
 def draw_cartpole(state: list[float]) -> np.ndarray:
     """A 240x160 sketch of a CartPole state (x, x_dot, theta, theta_dot)."""
-    width, height, ground = 240, 160, 120
+    (height, width), ground = CARTPOLE_SIZE, 120
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     cart_x = width / 2 + state[0] / 2.4 * (width / 2 - 20)
@@ -146,8 +150,9 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
         done, success = False, False
         while not done and len(rewards) < max_steps:
             with autocast():
-                logits, _ = policy(session.obs)
-            picture, reward, done, success = session.step(sample_actions(logits, deterministic, generator)[0])
+                params, _ = policy(session.obs)
+            dist = policy.distribution(params)
+            picture, reward, done, success = session.step(dist.to_env(act(dist, deterministic, generator)))
             frames.append(picture)
             rewards.append(reward)
         if not done:
@@ -158,6 +163,27 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
             outcome = "success" if success else "failed"
         recorded.append({"caption": caption, "frames": frames, "rewards": rewards, "outcome": outcome})
     return recorded
+
+
+def steps_recorded(data_cfg, max_steps: int) -> int:
+    """At most how many steps of one episode are recorded: `max_steps`, or the env's own time limit
+    when that is shorter (built-in envs; a gymnasium env's limit is known only once it is made)."""
+    limit = getattr(data_cfg, "max_steps", None)
+    return min(max_steps, limit) if limit else max_steps
+
+
+def frame_bytes(data_cfg, observation_spec: dict) -> int:
+    """Bytes one recorded frame holds until the GIF is written: the picture as seen (RGB) and as
+    drawn by `annotate` (upscaled, two text bands; PIL keeps an RGB pixel in 4 bytes). A gymnasium
+    renderer's size is known only once it draws: its image observation's size, else MIN_SIDE."""
+    if data_cfg.type == "cartpole":
+        height, width = CARTPOLE_SIZE
+    elif "image" in observation_spec:
+        height, width = observation_spec["image"][0][:2]
+    else:
+        height = width = MIN_SIDE
+    scale = max(1, math.ceil(MIN_SIDE / max(height, width)))
+    return 3 * height * width + 4 * (width * scale) * (height * scale + 2 * BAND)
 
 
 def _font(size: int):

@@ -7,7 +7,10 @@ keys have in common, so a new key of the same kind is covered without a new rule
   (C ints, 2**31 - 1, except step counters, which are int64);
 - `check_output_dir`: a directory mmrl will write into can be created and written;
 - `check_memory`: the largest allocations a run makes (env state, rollout buffer, evaluation
-  envs, model weights with gradients and optimiser state) fit in the memory available.
+  envs, model weights with gradients and optimiser state) fit in the memory available;
+- `check_name`: a name that becomes part of a path (a run name, a study name) is one plain
+  path component, so it cannot climb out of the directory it names something in;
+- `check_path`: a path the user gives is one the filesystem can take (length, no NUL byte).
 Each raises a ConfigError: one line naming the key and what was expected.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -25,6 +29,13 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 # Keys counting environment steps (summed in int64 tensors and Python ints) may exceed int32.
 STEP_COUNT_KEYS = {"total_steps", "eval.every_steps"}
+NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
+NAME_MAX_CHARS = 100
+# Linux's limits (and most filesystems'): a path of at most PATH_MAX - 1 bytes, each part at most
+# NAME_MAX bytes; beyond them every call fails with ENAMETOOLONG.
+PATH_MAX = 4096
+NAME_MAX = 255
+EPISODE_RESULT_BYTES = 17  # what evaluation keeps per episode: float64 return, int64 length, bool success
 
 
 def _walk(obj, prefix: str = ""):
@@ -53,6 +64,45 @@ def check_numbers(cfg) -> None:
                     raise ConfigError(f"{key}: expected an integer of at most {limit:,} in size, got {v:,}")
 
 
+def shown(value: str, limit: int = 60) -> str:
+    """`value` quoted for an error line, cut short when it is long (the line stays one line)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
+def check_name(key: str, value: str | None) -> None:
+    """`value` can name one directory or file: letters, digits, '-', '_' and '.', not starting with
+    '.' or '-', at most 100 characters. No '/', no '..': a name never reaches outside the directory
+    it is used in. None (no name given) passes. Every key whose value becomes part of a path goes
+    through here."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not NAME_CHARS.fullmatch(value) or value[0] in ".-" \
+            or len(value) > NAME_MAX_CHARS:
+        raise ConfigError(f"{key}: expected a name of at most {NAME_MAX_CHARS} letters, digits, '-', '_' or '.' "
+                          f"(not starting with '.' or '-'), got {shown(str(value))}")
+
+
+def check_path(key: str, value: str | Path | None) -> None:
+    """`value` is a path the filesystem can take: no NUL byte, at most PATH_MAX - 1 bytes once made
+    absolute, no part longer than NAME_MAX bytes. Beyond those limits every file operation fails
+    with ENAMETOOLONG, which would otherwise surface as a traceback from deep inside. None passes."""
+    if value is None:
+        return
+    text = str(value)
+    if "\0" in text:
+        raise ConfigError(f"{key}: a path cannot contain a NUL byte, got {shown(text)}")
+    absolute = os.fsencode(os.path.abspath(os.path.expanduser(text)))
+    if len(absolute) >= PATH_MAX:
+        raise ConfigError(f"{key}: a path of {len(absolute):,} bytes (made absolute) is longer than the "
+                          f"{PATH_MAX - 1:,} the filesystem takes, got {shown(text)}")
+    longest = max(absolute.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise ConfigError(f"{key}: a path part of {len(longest):,} bytes is longer than the {NAME_MAX} a file "
+                          f"name may have, got {shown(text)}")
+
+
 def check_output_dir(key: str, path: str | Path, probe: bool = True) -> None:
     """`path` is a directory that exists or can be created, and can be written.
 
@@ -60,6 +110,7 @@ def check_output_dir(key: str, path: str | Path, probe: bool = True) -> None:
     made (and removed) in it, which is the only test that also holds for root and for special
     filesystems such as /proc.
     """
+    check_path(key, path)
     target = Path(path).expanduser()
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{key}: {path} exists and is not a directory")
@@ -184,6 +235,35 @@ def check_inference_memory(cfg: TrainConfig, observation_spec: dict, measure_mod
         if needed > available:
             raise ConfigError(f"{key}: {count:,} observations at once need {_gib(needed)}, more than the "
                               f"{_gib(available)} of memory available")
+
+
+def check_episode_results(key: str, episodes: int) -> None:
+    """Refuse an evaluation whose per-episode results alone cannot fit in the available memory
+    (`key` names the episode count, e.g. `episodes` of `mmrl eval`)."""
+    available = available_memory()
+    needed = episodes * EPISODE_RESULT_BYTES
+    if needed > available:
+        raise ConfigError(f"{key}: keeping the results of {episodes:,} episodes needs {_gib(needed)}, more than the "
+                          f"{_gib(available)} of memory available")
+
+
+def check_gif_memory(cfg: TrainConfig, gif, observation_spec: dict) -> None:
+    """Refuse a GIF whose frames cannot fit: `gif.episodes` x (steps recorded + 1) frames, each kept
+    as seen and as drawn until the file is written; blames `gif.episodes` or `gif.max_steps`,
+    whichever is further above its default."""
+    from .config import GifConfig
+    from .gif import frame_bytes, steps_recorded
+
+    if not gif.episodes:
+        return
+    available = available_memory()
+    steps = steps_recorded(cfg.data, gif.max_steps)
+    needed = gif.episodes * (steps + 1) * frame_bytes(cfg.data, observation_spec)
+    if needed > available:
+        default = GifConfig()
+        key = "gif.episodes" if gif.episodes / default.episodes > steps / default.max_steps else "gif.max_steps"
+        raise ConfigError(f"{key}: {gif.episodes:,} GIF episodes of up to {steps:,} steps need {_gib(needed)} of frames, "
+                          f"more than the {_gib(available)} of memory available")
 
 
 def _is_size(value) -> bool:

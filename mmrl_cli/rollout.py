@@ -16,18 +16,20 @@ from collections.abc import Iterator
 
 import torch
 
-from .actions import sample_actions
+from .distributions import ActionSpace, sample_actions
 from .rng import load_generator_state
 
 
 class RolloutBuffer:
     """One rollout of `n_steps` x `n_envs` transitions plus its advantages and returns."""
 
-    def __init__(self, n_steps: int, n_envs: int, observation_spec: dict, device: torch.device):
+    def __init__(self, n_steps: int, n_envs: int, observation_spec: dict, device: torch.device,
+                 action_space: ActionSpace | None = None):
         self.n_steps, self.n_envs = n_steps, n_envs
         shape = (n_steps, n_envs)
         self.obs = {k: torch.zeros(shape + tuple(s), dtype=dt, device=device) for k, (s, dt) in observation_spec.items()}
-        self.actions = torch.zeros(shape, dtype=torch.int64, device=device)
+        action_shape, action_dtype = (action_space or ActionSpace.discrete(1)).storage  # int ids, or box vectors
+        self.actions = torch.zeros(shape + action_shape, dtype=action_dtype, device=device)
         self.logprobs = torch.zeros(shape, device=device)
         self.values = torch.zeros(shape, device=device)
         self.rewards = torch.zeros(shape, device=device)
@@ -78,7 +80,7 @@ class RolloutBuffer:
         """Every transition as one batch (n_steps * n_envs rows), in time-major order."""
         return {
             "obs": {k: v.flatten(0, 1) for k, v in self.obs.items()},
-            "actions": self.actions.flatten(), "logprobs": self.logprobs.flatten(),
+            "actions": self.actions.flatten(0, 1), "logprobs": self.logprobs.flatten(),
             "values": self.values.flatten(), "advantages": self.advantages.flatten(),
             "returns": self.returns.flatten(), **self.labels,
         }
@@ -108,7 +110,7 @@ class Collector:
     def __init__(self, env, policy: torch.nn.Module, n_steps: int, device: torch.device, seed: int,
                  autocast, bootstrap_truncated: bool = True):
         self.env, self.policy, self.n_steps, self.autocast = env, policy, n_steps, autocast
-        self.buffer = RolloutBuffer(n_steps, env.num_envs, env.observation_spec, device)
+        self.buffer = RolloutBuffer(n_steps, env.num_envs, env.observation_spec, device, env.action_spec)
         self.action_rng = torch.Generator(device=device)  # action sampling, apart from torch's global generator
         self.action_rng.manual_seed(seed)
         # Time-limit bootstrapping only where the env's limit is not part of the task.
@@ -127,10 +129,11 @@ class Collector:
         obs = self.obs
         for t in range(self.n_steps):
             with self.autocast():
-                logits, value = policy(obs)
-            action, logprob = sample_actions(logits, generator=self.action_rng)
+                params, value = policy(obs)
+            dist = policy.distribution(params)
+            action, logprob = sample_actions(dist, generator=self.action_rng)
             buffer.store_obs(t, obs)  # before stepping: env buffers are updated in place
-            obs, reward, terminated, truncated, info = self.env.step(action)
+            obs, reward, terminated, truncated, info = self.env.step(dist.to_env(action))
             buffer.store(t, action, logprob, value.float(), reward, terminated | truncated)
             if "final_obs" in info:
                 self.episodes.append((info["episode_return"], info["episode_length"], info.get("success")))

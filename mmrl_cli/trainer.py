@@ -27,19 +27,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .algos import ALGOS
+from .algos import ALGOS, Setup, algorithm_name
 from .algos.optim import global_norm
 from .builders import autocast_for, build_env_and_policy, pick_device
 from .compress.setup import attach, prepare_policy
 from .compress.structure import STRUCTURE_NOTE, is_structured
-from .checkpoint import (POLICY, load_modules, load_state, save_checkpoint, save_weights, set_aside_newer,
-                         write_text_atomic)
+from .checkpoint import (POLICY, CheckpointError, load_modules, optimizer_state_mismatch, save_checkpoint,
+                         save_weights, set_aside_newer, state_mismatch, write_text_atomic)
 from .config import TrainConfig, validate
 from .evaluation import evaluate, write_json
 from .distributed import Distributed
 from .monitor import Monitor, SilentMonitor
 from .rng import global_rng_state, seed_everything, set_global_rng_state
-from .rollout import Collector
+from .runs import checked_state, lock_run
 from .signals import StopRequests
 
 
@@ -91,46 +91,49 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     env, policy = build_env_and_policy(cfg, cfg.rollout.n_envs, device, seed=dist.seed(cfg.seed))
     # Compression: the checkpoint's structure, init_from's (shrunk) weights, the frozen teacher.
     teacher, compression_done = prepare_policy(cfg, policy, device, resume_from)
-    steps_per_update = cfg.steps_per_update * dist.world_size  # env steps of all ranks together
-    total_updates = updates_of(cfg, dist.world_size)
-    if resume_from is not None:  # the steps left, in updates of this run's size (the rank count may have changed)
-        saved = load_state(resume_from)["progress"]
-        total_updates = max(1, saved["update"] + max(0, cfg.total_steps - saved["steps"]) // steps_per_update)
-    if cfg.compression.type == "distill":  # learns from the teacher, with the compression section's settings
-        algo = ALGOS["distill"](cfg.compression, policy, total_updates, autocast)
-    else:
-        algo = ALGOS[cfg.algo.type](cfg.algo, policy, total_updates, autocast, cfg.hardware.fast_path)
+    algo_class = ALGOS[algorithm_name(cfg)]
+    # Train steps of the run (resumed: the steps left, in steps of this run's size; the rank count may have changed).
+    saved = checked_state(resume_from)["progress"] if resume_from is not None else None
+    total_updates = algo_class.planned_updates(cfg, dist.world_size, saved)
+    algo = algo_class.build(Setup(cfg, env, policy, device, autocast, total_updates, dist.seed(cfg.seed), teacher))
     algo.seed(cfg.seed)
     if dist.enabled:  # every rank starts from rank 0's weights, then draws its own random streams
-        dist.broadcast_parameters(policy)
+        for module in algo.modules().values():
+            dist.broadcast_parameters(module)
         seed_everything(dist.seed(cfg.seed))
-        algo.distributed = algo.gradient.distributed = dist
-    collector = Collector(env, policy, cfg.rollout.n_steps, device, dist.seed(cfg.seed), autocast,
-                          cfg.rollout.bootstrap_truncated)
-    modules = {POLICY: policy}  # named modules saved in checkpoints (methods may add a teacher, a world model)
+        algo.set_distributed(dist)
+    modules = algo.modules()  # named modules saved in checkpoints (the policy, a teacher, a world model, ...)
     progress = Progress(next_eval=cfg.eval.every_steps)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(dataclasses.replace(cfg, resume=None)))
     if resume_from is not None:
         # Under several ranks each rank's envs start afresh (their saved state is rank 0's alone).
-        restore(resume_from, modules, algo, None if dist.enabled else collector, progress, device)
+        restore(resume_from, modules, algo, not dist.enabled, progress, device)
+    # Locked only now: a checkpoint refused above leaves the run directory as it was.
+    lock = lock_run(run_dir, dist.is_main)
+    if resume_from is not None:
+        if dist.is_main:
+            ranks = f" on {dist.world_size} ranks" if dist.enabled else ""
+            print(f"mmrl train: resuming {run_dir} from checkpoint {resume_from.name}{ranks}", file=sys.stderr)
         for name in set_aside_newer(resume_from.parent, resume_from.name) if dist.is_main else []:
             print(f"mmrl train: checkpoint {name} is newer than the one resumed from: moved to checkpoints/abandoned/",
                   file=sys.stderr)
-        if algo.clock.remaining() == 0 and progress.update < total_updates and cfg.algo.lr_schedule == "linear" \
+        if getattr(algo, "clock", None) is not None and algo.clock.remaining() == 0 and progress.update < total_updates and cfg.algo.lr_schedule == "linear" \
                 and dist.is_main:
             print("mmrl train: warning: this run's linear learning-rate schedule has annealed to 0, so further updates "
                   "change nothing; add algo.lr_schedule=constant to go on at algo.lr", file=sys.stderr)
-    elif dist.is_main:
+    if dist.is_main:  # a resumed run's too: overrides such as total_steps change it
         write_text_atomic(run_dir / "config.yaml", config_yaml)
         if compression_done:
             write_json(run_dir / "compression.json", compression_done)
     callbacks += attach(cfg, policy, algo, teacher, total_updates, progress.steps)
+    algo.watch(callbacks)
     if cfg.hardware.compile:
         policy.compile(mode=cfg.hardware.compile_mode)
     if monitor is None:
-        final_step = progress.steps + (total_updates - progress.update) * steps_per_update
-        monitor = Monitor(cfg, run_dir, final_step, start=(progress.update, progress.steps),
-                          skipped_before=algo.gradient.skipped_steps) if dist.is_main else SilentMonitor()
+        final_step = (progress.steps + (total_updates - progress.update) * algo.steps_per_update * dist.world_size
+                      if algo.steps_per_update else total_updates)
+        monitor = Monitor(cfg, run_dir, final_step, start=(progress.update, position(progress, algo)),
+                          skipped_before=algo.skipped_steps) if dist.is_main else SilentMonitor()
     saved_update = progress.update if resume_from is not None else None
     session_start = time.perf_counter()
 
@@ -144,7 +147,8 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         saved_update = progress.update
         if not dist.is_main:  # rank 0 writes for everyone
             return
-        state = {"algo": algo.state_dict(), "collector": collector.state_dict(), "progress": dataclasses.asdict(progress),
+        # "collector": the algorithm's data source (named for the on-policy collector, so older checkpoints resume)
+        state = {"algo": algo.state_dict(), "collector": algo.source_state_dict(), "progress": dataclasses.asdict(progress),
                  "device_type": device.type, "rng": global_rng_state(), "world_size": dist.world_size}
         save_checkpoint(run_dir / "checkpoints", progress.update, {k: m.state_dict() for k, m in modules.items()},
                         state, config_yaml, cfg.checkpoint.keep_last, structures={POLICY: structure_note(policy)})
@@ -154,32 +158,31 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     with monitor, stop:
         while progress.update < total_updates and not stopping and stopped_by is None:
             update_start = time.perf_counter()
-            # 1. Collect a rollout with the current policy (callbacks may label it, e.g. a teacher's logits).
-            rollout = collector.collect()
-            notify(callbacks, "on_rollout", rollout)
-            # 2. Learn from it: the algorithm's losses, backward, optimiser step(s).
-            metrics = dist.mean_metrics(algo.update(rollout))
+            # 1-2. One step of the algorithm: whatever it is (on-policy: collect a rollout with the current
+            #      policy, callbacks may label it, then the losses, backward, optimiser steps).
+            env_steps, metrics = algo.train_step()
+            metrics = dist.mean_metrics(metrics)
             progress.update += 1
-            progress.steps += steps_per_update
-            if algo.gradient.skipped_in_a_row >= cfg.numerics.max_skipped_in_a_row:
+            progress.steps += env_steps * dist.world_size  # env steps of all ranks together
+            if algo.skipped_in_a_row >= cfg.numerics.max_skipped_in_a_row:
                 raise NumericalFault(
-                    f"{algo.gradient.skipped_in_a_row} gradient steps in a row had a non-finite loss or gradient "
+                    f"{algo.skipped_in_a_row} gradient steps in a row had a non-finite loss or gradient "
                     f"(numerics.max_skipped_in_a_row={cfg.numerics.max_skipped_in_a_row}); stopped at update {progress.update}"
                 )
 
             # 3. Report; evaluate on validation levels now and then; let callbacks watch (and stop).
             elapsed = progress.wall_seconds + time.perf_counter() - session_start
             stopped_by = notify(callbacks, "on_update", progress, metrics)  # callbacks may add metrics (e.g. sparsity)
-            episodes = dist.gather(collector.take_episodes())
+            episodes = dist.gather(algo.take_episodes())
             progress.episodes += sum(len(returns) for returns, _, _ in episodes)
-            monitor.log_update(progress.update, progress.steps, metrics, episodes,
-                               algo.gradient.skipped_steps, progress.steps / elapsed,
-                               time.perf_counter() - update_start, algo.gradient.module_grad_norms)
+            monitor.log_update(progress.update, position(progress, algo), metrics, episodes,
+                               algo.skipped_steps, progress.steps / elapsed,
+                               time.perf_counter() - update_start, algo.module_grad_norms)
             last = progress.update == total_updates
-            if progress.steps >= progress.next_eval or last:
+            if evaluation_due(progress, algo) or last:
                 progress.next_eval += cfg.eval.every_steps
                 eval_start = time.perf_counter()
-                results = run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed)
+                results = run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed, position(progress, algo))
                 progress.eval_seconds += time.perf_counter() - eval_start
                 reason = notify(callbacks, "on_evaluation", progress, results)  # every callback sees every evaluation
                 stopped_by = stopped_by or reason
@@ -188,7 +191,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
                 progress.heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic,
                                             autocast)
                 progress.eval_seconds += time.perf_counter() - eval_start
-                monitor.log_heldout(progress.steps, progress.heldout)
+                monitor.log_heldout(position(progress, algo), progress.heldout)
 
             # 4. Checkpoint now and then, at the end, and before any early stop (a signal on any rank
             #    stops every rank at this same update).
@@ -203,6 +206,8 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         save_weights(policy.state_dict(), run_dir / "model.safetensors", structure_note(policy))
         write_json(run_dir / "summary.json", summary)
     dist.close()  # every rank leaves together, after rank 0 has written
+    if lock is not None:
+        lock.release()
     return summary
 
 
@@ -215,10 +220,18 @@ def stop_reason(stop: StopRequests, stopping: bool, stopped_by: str | None) -> s
     return stopped_by
 
 
-def updates_of(cfg: TrainConfig, world_size: int) -> int:
-    """Updates the run makes: total_steps over the env steps of one update of every rank (at least one)."""
-    return max(1, cfg.total_steps // (cfg.steps_per_update * world_size))
+def position(progress: Progress, algo) -> int:
+    """Where the run stands on the monitor's x-axis: env steps, or train steps for an algorithm that
+    plays none (behaviour cloning learns from a dataset)."""
+    return progress.steps if algo.steps_per_update else progress.update
 
+
+def evaluation_due(progress: Progress, algo) -> bool:
+    """Time for a periodic evaluation: every `eval.every_steps` env steps (`progress.next_eval`), or
+    every ``algo.eval_every_updates`` train steps for an algorithm that plays no env steps."""
+    if algo.steps_per_update:
+        return progress.steps >= progress.next_eval
+    return progress.update % algo.eval_every_updates == 0
 
 
 def notify(callbacks: list, event: str, *args) -> str | None:
@@ -255,7 +268,7 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
         "steps_per_second": progress.steps / wall if wall else nan,
         "eval_seconds": progress.eval_seconds,
         "train_steps_per_second": progress.steps / (wall - progress.eval_seconds) if wall > progress.eval_seconds else nan,
-        "skipped_steps": algo.gradient.skipped_steps,
+        "skipped_steps": algo.skipped_steps,
         "device": str(device),
         "run_dir": str(run_dir),
         "stopped_by": stopped_by,
@@ -279,30 +292,47 @@ def uses_level_subset(cfg: TrainConfig) -> bool:
 
 
 def run_evaluations(policy, cfg: TrainConfig, device, autocast, monitor: Monitor, progress: Progress,
-                    elapsed: float) -> dict:
-    """Evaluate on validation levels (and on the training levels when they are a finite subset); log it."""
+                    elapsed: float, at: int) -> dict:
+    """Evaluate on validation levels (and on the training levels when they are a finite subset); log it
+    at x-axis position `at`."""
     validation = evaluate(policy, cfg, device, "validation", cfg.eval.episodes, cfg.eval.deterministic, autocast)
     on_train = None
     if uses_level_subset(cfg):
         on_train = evaluate(policy, cfg, device, "train", cfg.eval.episodes, cfg.eval.deterministic, autocast)
-    monitor.log_eval(progress.steps, validation, on_train)
-    results = {"step": progress.steps, "episodes": progress.episodes, "validation": validation, "train": on_train,
+    monitor.log_eval(at, validation, on_train)
+    results = {"step": at, "updates": progress.update, "episodes": progress.episodes, "validation": validation, "train": on_train,
                "wall_seconds": elapsed}
     progress.evaluations.append(results)
     return results
 
 
-def restore(path: Path, modules: dict, algo, collector: Collector | None, progress: Progress, device: torch.device) -> None:
-    """Load checkpoint `path` into the live objects (modules, algorithm, collector, counters, RNGs);
-    `collector` None: the envs start afresh (several ranks: the saved env state is one rank's)."""
+def restore(path: Path, modules: dict, algo, with_source: bool, progress: Progress, device: torch.device) -> None:
+    """Load checkpoint `path` into the live objects (modules, algorithm, its data source, counters, RNGs);
+    `with_source` False: the envs start afresh (several ranks: the saved env state is one rank's)."""
+    state = checked_state(path)  # counters and global RNG states
     load_modules(path, modules)
-    state = load_state(path)
-    algo.load_state_dict(state["algo"])
-    for key, value in state["progress"].items():
-        setattr(progress, key, value)
-    if collector is None:
+    # The algorithm's and the data source's state must be what these live objects hold (types,
+    # dtypes, shapes): meta.json has no checksum of its own, and a wrong shape fails only later.
+    other_device = state.get("device_type", device.type) != device.type
+    problem = state_mismatch(state["algo"], algo.state_dict(), "algo")
+    if problem is None and with_source:
+        problem = state_mismatch(state["collector"], algo.source_state_dict(), "collector", other_device)
+    try:
+        if problem is None:
+            algo.load_state_dict(state["algo"])
+            problem = next(filter(None, (optimizer_state_mismatch(g.optimizer, "algo.optimizer")
+                                         for g in getattr(algo, "gradients", []))), None)
+        if problem is None and with_source:
+            algo.load_source_state_dict(state["collector"])
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError) as e:  # what the loaders refuse
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if problem is not None:
+        raise CheckpointError(f"{path}: the training state does not fit this run's algorithm and env ({problem})")
+    for field in dataclasses.fields(progress):
+        if field.name in state["progress"]:
+            setattr(progress, field.name, state["progress"][field.name])
+    if not with_source:
         return
-    collector.load_state_dict(state["collector"])
     set_global_rng_state(state["rng"])
     if state.get("device_type", device.type) != device.type:
         print(f"mmrl train: warning: resuming on {device.type} a run checkpointed on {state['device_type']}: the env and "

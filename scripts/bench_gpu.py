@@ -67,7 +67,7 @@ def update_throughput(model: str, precision: str, compiled: bool, batch: int, st
 
     def one_step() -> None:
         outputs = step.forward(data["obs"])
-        step.step(ppo_loss(*outputs, data, 0.2, None, True, 0.5, 0.01), outputs)
+        step.step(ppo_loss(policy.distribution(outputs[0]), outputs[1], data, 0.2, None, True, 0.5, 0.01), outputs)
 
     with FlopCounterMode(display=False) as counter:  # eager, before compiling: the model's own FLOPs
         one_step()

@@ -9,6 +9,7 @@ import torch
 
 from mmrl_cli.algos import ALGOS
 from mmrl_cli.algos.a2c import A2C, a2c_loss
+from mmrl_cli.distributions import Categorical, sample_actions
 from mmrl_cli.algos.gradient import TrainingClock, total_loss
 from mmrl_cli.algos.ppo import PPO, normalized, ppo_loss, ppo_loss_and_output_gradients
 from mmrl_cli.config import A2CConfig, MlpConfig, PPOConfig
@@ -59,6 +60,9 @@ def test_a_time_limit_cut_bootstraps_from_the_value_of_the_last_observation():
 class ConstantValue(torch.nn.Module):
     """Uniform logits; the value of an observation is its first coordinate plus 100."""
 
+    def distribution(self, logits):
+        return Categorical(logits)
+
     def forward(self, obs):
         x = obs["vector"]
         return torch.zeros(len(x), 2), x[:, 0] + 100.0
@@ -99,7 +103,7 @@ def test_ppo_policy_loss_clips_the_ratio():
     logits = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
     # Old probabilities 0.25 -> ratio 2 for both; one positive, one negative advantage.
     b = batch([0, 1], [math.log(0.25)] * 2, [1.0, -1.0], [0.0, 0.0], [0.0, 0.0])
-    terms = ppo_loss(logits, torch.zeros(2), b, clip_range=0.2, clip_value=None, normalize_advantages=False,
+    terms = ppo_loss(Categorical(logits), torch.zeros(2), b, clip_range=0.2, clip_value=None, normalize_advantages=False,
                      vf_coef=0.5, ent_coef=0.1)
     # A=+1: min(2*1, 1.2*1) = 1.2; A=-1: min(-2, -1.2) = -2 -> mean surrogate -0.4
     assert terms["loss_policy"].item() == pytest.approx(0.4)
@@ -112,7 +116,7 @@ def test_ppo_policy_loss_clips_the_ratio():
 def test_ppo_value_loss_with_and_without_clipping():
     logits = torch.zeros(1, 2)
     b = batch([0], [math.log(0.5)], [0.0], [1.0], [0.0])
-    value = lambda v, clip: ppo_loss(logits, torch.tensor([v]), b, 0.2, clip, False, 0.5, 0.0)["loss_value"].item()  # noqa: E731
+    value = lambda v, clip: ppo_loss(Categorical(logits), torch.tensor([v]), b, 0.2, clip, False, 0.5, 0.0)["loss_value"].item()  # noqa: E731
     assert value(3.0, None) == pytest.approx(0.5 * 4.0)  # vf_coef * MSE
     # clipped prediction 0.5 -> error 0.25; the max of (4, 0.25) keeps the pessimistic 4.
     assert value(3.0, 0.5) == pytest.approx(0.5 * 4.0)
@@ -122,7 +126,7 @@ def test_ppo_value_loss_with_and_without_clipping():
 def test_a2c_loss_terms_match_hand_computation():
     probs = torch.tensor([[0.25, 0.75], [0.5, 0.5]])
     b = batch([1, 0], [0.0, 0.0], [2.0, -1.0], [1.0, 3.0], [0.0, 0.0])
-    terms = a2c_loss(probs.log(), torch.tensor([0.5, 1.0]), b, normalize_advantages=False, vf_coef=0.5, ent_coef=0.01)
+    terms = a2c_loss(Categorical(probs.log()), torch.tensor([0.5, 1.0]), b, normalize_advantages=False, vf_coef=0.5, ent_coef=0.01)
     assert terms["loss_policy"].item() == pytest.approx(-(2.0 * math.log(0.75) + -1.0 * math.log(0.5)) / 2)
     assert terms["loss_value"].item() == pytest.approx(0.5 * ((0.5 - 1.0) ** 2 + (1.0 - 3.0) ** 2) / 2)
     entropy = (-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) + math.log(2)) / 2
@@ -143,7 +147,7 @@ def test_ppo_closed_form_equals_autograd_of_the_loss(clip_value, ent_coef, norma
          "values": values.detach() + 0.5 * torch.randn(n)}
     # old log-probs spread so that ratios fall on both sides of the clip range and inside it
     b["logprobs"] = torch.log_softmax(logits.detach(), -1).gather(1, b["actions"][:, None]).squeeze(1) + 0.4 * torch.randn(n)
-    reference = ppo_loss(logits, values, b, 0.2, clip_value, normalize, 0.7, ent_coef)
+    reference = ppo_loss(Categorical(logits), values, b, 0.2, clip_value, normalize, 0.7, ent_coef)
     total_loss(reference).backward()
     terms, (d_logits, d_values) = ppo_loss_and_output_gradients(logits.detach(), values.detach(), b, 0.2, clip_value,
                                                                 normalize, 0.7, ent_coef)
@@ -258,7 +262,8 @@ def test_gradient_norms_are_measured_before_clipping():
     buf = random_rollout()
     metrics = algo.update(buf)
     batch_ = buf.flat()
-    total_loss(a2c_loss(*reference(batch_["obs"]), batch_, False, cfg.vf_coef, cfg.ent_coef)).backward()
+    params, values = reference(batch_["obs"])
+    total_loss(a2c_loss(reference.distribution(params), values, batch_, False, cfg.vf_coef, cfg.ent_coef)).backward()
     expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), float("inf")).item()
     assert metrics["grad_norm"] == pytest.approx(expected, rel=1e-5) and expected > 1e-3
     norms = algo.gradient.module_grad_norms()
@@ -299,16 +304,14 @@ def test_normalized_advantages():
 
 
 def test_sampled_actions_follow_the_policy_distribution():
-    from mmrl_cli.actions import sample_actions
-
     probs = torch.tensor([0.1, 0.6, 0.3])
     logits = probs.log().expand(40_000, 3)
     generator = torch.Generator().manual_seed(0)
-    actions, logprobs = sample_actions(logits, generator=generator)
+    actions, logprobs = sample_actions(Categorical(logits), generator=generator)
     frequencies = torch.bincount(actions, minlength=3).float() / len(actions)
     assert torch.allclose(frequencies, probs, atol=0.01)
     assert torch.allclose(logprobs, probs.log()[actions])
-    again = sample_actions(logits, generator=torch.Generator().manual_seed(0))[0]
+    again = sample_actions(Categorical(logits), generator=torch.Generator().manual_seed(0))[0]
     assert torch.equal(actions, again)  # reproducible from the generator alone
 
 

@@ -105,6 +105,10 @@ def test_shell_completion(run_mmrl):
         (["trian"], "unknown command"),
         (["train", "-m", "seed=1,x"], "seed"),
         (["eval", "run=nowhere"], "run: nowhere does not exist"),
+        (["train", "--cfg", "nonsense"], "--cfg/-c: invalid choice: 'nonsense'"),
+        (["train", "hydra.run.dir=elsewhere"], "hydra.run.dir: cannot be overridden"),
+        (["train", "data=cartpole", "model=mlp", "hardware=ddp", "hardware.device=cpu", "hardware.backend=nccl"],
+         "hardware.backend: nccl needs CUDA devices"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(run_mmrl, args, needle):
@@ -131,3 +135,60 @@ def test_the_default_goto_run_learns(run_mmrl):
     assert out.returncode == 0, out.stderr
     (summary,) = list(run_mmrl.cwd.glob("out/*/*/summary.json"))
     assert json.loads(summary.read_text())["validation_success_rate"] >= 0.8
+
+
+def test_a_node_other_than_0_checks_that_the_rendezvous_answers(monkeypatch):
+    """nnodes > 1, node_rank > 0: node 0's rendezvous store must answer within a few seconds
+    (otherwise torchrun would wait silently for minutes); node 0 and single machines do not ask."""
+    import socket
+    from types import SimpleNamespace
+
+    from torch.distributed import TCPStore
+
+    from mmrl_cli import cli
+    from mmrl_cli.config import ConfigError
+
+    monkeypatch.setattr(cli, "RENDEZVOUS_TIMEOUT_S", 1)
+    for variable in ("LOCAL_RANK", cli.RUN_DIR_VARIABLE):
+        monkeypatch.delenv(variable, raising=False)
+    server = TCPStore("localhost", 0, is_master=True, wait_for_workers=False)
+    cli.check_rendezvous(SimpleNamespace(nnodes=2, node_rank=1, rdzv_endpoint=f"localhost:{server.port}"))
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("localhost", 0))
+        closed = probe.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"hardware.rdzv_endpoint: no rendezvous answers at localhost:{closed} within 1 s"):
+        cli.check_rendezvous(SimpleNamespace(nnodes=2, node_rank=1, rdzv_endpoint=f"localhost:{closed}"))
+    cli.check_rendezvous(SimpleNamespace(nnodes=2, node_rank=0, rdzv_endpoint=f"localhost:{closed}"))  # hosts it
+    cli.check_rendezvous(SimpleNamespace(nnodes=1, node_rank=0, rdzv_endpoint=f"localhost:{closed}"))
+
+
+def test_hydra_search_path_and_launcher_overrides_are_still_accepted(tmp_path):
+    """Only Hydra's output settings are refused; the search path and the launcher are not."""
+    from mmrl_cli.cli import check_overrides
+
+    check_overrides("train", ["data=cartpole", "model=mlp", "hydra/launcher=basic", f"hydra.searchpath=[file://{tmp_path}]",
+                              "hydra.verbose=true"])
+
+
+def test_env_prints_to_stdout_do_not_reach_the_console(capfd):
+    """BabyAI prints "Sampling rejected: ..." for rejected level draws (about one reset in ten):
+    mmrl's gymnasium adapter drops what envs print to stdout (in sync and async vector envs)."""
+    pytest.importorskip("minigrid")
+    import gymnasium as gym
+    import torch
+
+    from mmrl_cli.envs.gym_adapter import GymVectorEnv, import_env_packages
+
+    import_env_packages()
+    raw = gym.make("BabyAI-GoToLocal-v0")
+    for seed in range(100):
+        raw.reset(seed=seed)
+    assert "Sampling rejected" in capfd.readouterr().out  # the env does print
+    for vectorization in ("sync", "async"):
+        env = GymVectorEnv("BabyAI-GoToLocal-v0", 4, torch.device("cpu"), vectorization=vectorization)
+        for seed in range(25):
+            env.reset(seed=4 * seed)
+        for _ in range(50):
+            env.step(torch.randint(0, env.num_actions, (4,)))
+        env.close()
+        assert "Sampling rejected" not in capfd.readouterr().out, vectorization

@@ -327,3 +327,78 @@ def test_bad_compression_input_is_one_line_exit_2_and_creates_nothing(args, need
     assert exit_info.value.code == 2
     assert len(lines) == 1 and needle in lines[0], lines
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ stops and re-runs
+CARTPOLE = ["data=cartpole", "model=mlp", "rollout.n_envs=4", "rollout.n_steps=32", "algo.batch_size=64",
+            "eval.episodes=2", "monitor.progress=false", "monitor.tensorboard=false", "hardware.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def cartpole_teacher(tmp_path_factory):
+    """A tiny CartPole MLP run (two updates): a fast teacher."""
+    from mmrl_cli.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("cartpole-teacher") / "run"
+    train(compose_train_config(CARTPOLE + ["total_steps=256"]), run_dir)
+    return run_dir
+
+
+def signal_at_update(monkeypatch, signum, update: int, run_suffix: str = ""):
+    """Make the trainer send `signum` to this process after `update` updates of a run whose
+    directory ends with `run_suffix`, as a terminal's Ctrl-C or a scheduler's SIGTERM would."""
+    import os
+    import signal as signals
+
+    from mmrl_cli import trainer
+
+    real_train, real_notify = trainer.train, trainer.notify
+    current = {}
+
+    def train(cfg, run_dir, *args, **kwargs):
+        current["run_dir"] = str(run_dir)
+        return real_train(cfg, run_dir, *args, **kwargs)
+
+    def notify(callbacks, event, *args):
+        if event == "on_update" and args[0].update == update and current["run_dir"].endswith(run_suffix):
+            os.kill(os.getpid(), signum)
+        return real_notify(callbacks, event, *args)
+
+    monkeypatch.setattr(trainer, "train", train)
+    monkeypatch.setattr(trainer, "notify", notify)
+
+
+@pytest.mark.parametrize("signum, code, stage", [(15, 143, "distill"), (2, 130, "fine-tune")])
+def test_a_stopped_compress_exits_with_the_signal_and_the_same_command_continues_it(
+        cartpole_teacher, tmp_path, monkeypatch, capsys, signum, code, stage):
+    """A signal stops `mmrl compress` (128 + signal, one line saying how to resume, no report, no
+    fine-tune from half-distilled weights); the same command continues the stopped run in its own
+    directory, then reports."""
+    from mmrl_cli.cli import main
+
+    out = tmp_path / "out"
+    args = ["compress", f"teacher={cartpole_teacher}", "compression=distill", "model=mlp", "compression.batch_size=64",
+            "compression.finetune_steps=256", f"out_dir={out}", "total_steps=512", "report.episodes=4",
+            "report.latency_batch=4", "report.latency_repeats=1", "hardware=cpu", "hardware.threads=1"]
+    with monkeypatch.context() as patch:
+        signal_at_update(patch, signum, 1, "-rl" if stage == "fine-tune" else "-s1")
+        with pytest.raises(SystemExit) as stopped:
+            main(list(args))
+    assert stopped.value.code == code
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("mmrl compress: stopped by ") and last.endswith("resume with: mmrl " + " ".join(args)), last
+    assert not (out / "report.json").exists()
+    distilled = out / "distill-s1"
+    summary = json.loads(((distilled / "summary.json") if stage == "distill" else
+                          (out / "distill-s1-rl" / "summary.json")).read_text())
+    assert summary["stopped_by"] == {15: "SIGTERM", 2: "SIGINT"}[signum] and summary["steps"] == 128
+    assert (out / "distill-s1-rl").exists() == (stage == "fine-tune")  # no fine-tune of a half-distilled student
+
+    main(list(args))  # the same command again: continues, then reports
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["distill-s1", "distill-s1-rl"]
+    assert "continuing" in capsys.readouterr().err
+    for run_dir, steps in ((distilled, 512), (out / "distill-s1-rl", 256)):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["stopped_by"] is None and summary["steps"] == steps
+    report = json.loads((out / "report.json").read_text())
+    assert [Path(r["run"]).name for r in report["rows"][1:]] == ["distill-s1", "distill-s1-rl"]

@@ -31,6 +31,11 @@ def test_every_group_option_composes_and_validates(group):
             with pytest.raises(ConfigError, match="^(teacher|init_from): compression="):
                 validate(composed(*overrides))
             continue
+        if group == "algo" and option == "bc":
+            # It needs a demonstration dataset: tests/test_bc.py trains it on one.
+            with pytest.raises(ConfigError, match="^algo.demos: required"):
+                validate(composed(*overrides))
+            continue
         cfg = validate(composed(*overrides))
         check_compatible(cfg)
         assert getattr(cfg, group) is not None

@@ -111,6 +111,74 @@ def a_file(cwd):
     (cwd / "somefile.txt").write_text("hello")
 
 
+# --- tampered checkpoints (meta.json has no checksum of its own; rehash() makes the others agree),
+# and a run another process trains in
+def edit_meta(cwd, edit) -> None:
+    checkpoint = only_checkpoint(cwd)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    edit(meta)
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+
+
+def edit_tensors(cwd, file, edit, metadata=None) -> None:
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = only_checkpoint(cwd)
+    tensors = load_file(str(checkpoint / file))
+    edit(tensors)
+    save_file(tensors, str(checkpoint / file), metadata=metadata)
+    rehash(checkpoint)
+
+
+def meta_damage(name, edit):
+    """A damage function that edits meta.json with `edit(meta)`."""
+    def damage(cwd):
+        edit_meta(cwd, edit)
+    damage.__name__ = name
+    return damage
+
+
+def state_damage(name, key, make):
+    """A damage function that replaces tensor `key` of state.safetensors by `make(old)`."""
+    def damage(cwd):
+        edit_tensors(cwd, "state.safetensors", lambda t: t.update({key: make(t[key])}))
+    damage.__name__ = name
+    return damage
+
+
+def progress(**changes):
+    return lambda meta: meta["state"]["progress"].update(changes)
+
+
+def model_float64(cwd):
+    edit_tensors(cwd, "model.safetensors", lambda t: t.update({k: v.double() for k, v in t.items()}))
+
+
+def broken_structure(cwd):
+    """A structurally compressed policy's header with a bias one longer than its layer."""
+    def edit(tensors):
+        key = next(k for k in sorted(tensors) if tensors[k].dim() == 1)
+        tensors[key] = tensors[key].new_zeros(tensors[key].shape[0] + 1)
+    edit_tensors(cwd, "model.safetensors", edit, metadata={"mmrl_structure": "compressed"})
+
+
+def inconsistent_sparse(cwd):
+    edit_tensors(cwd, "model.safetensors", lambda t: None, metadata={"mmrl_sparse": json.dumps({"x": [2, 3]})})
+
+
+def run_in_use(cwd):
+    """Another process holds the run's lock (as one training in it does) for the rest of the case."""
+    import atexit
+    import subprocess
+    import sys
+
+    script = (f"from mmrl_cli.runs import RunLock; lock = RunLock({str(cwd / 'myrun')!r}).acquire(); "
+              "print('held', flush=True); import time; time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    atexit.register(holder.kill)
+    assert holder.stdout.readline().strip() == "held"
+
+
 CASES = [
     # --- mmrl train: keys, types, values
     ("train", ["foo=1"], None, "foo: unknown key"),
@@ -242,6 +310,180 @@ CASES = [
     ("eval", ["run=myrun"], truncate_model, "truncated or corrupted"),
     ("eval", ["run=myrun"], pickle_model, "not a valid safetensors file"),
     ("eval", ["run=myrun"], pickle_state, "not a valid safetensors file"),
+    # --- mmrl compress and eval: paths, sizes, numbers
+    ("compress", ["teacher=myrun", "compression=prune", "run_name=x/../../../out/escaped"], None, "run_name: expected a name"),
+    ("compress", ["teacher=myrun", "compression=prune", "run_name=.."], None, "run_name: expected a name"),
+    ("compress", ["teacher=myrun", "compression=prune", "run_name=/abs/path"], None, "run_name: expected a name"),
+    ("compress", ["teacher=myrun", "compression=prune", "run_name=.hidden"], None, "run_name: expected a name"),
+    ("compress", ["teacher=myrun", "compression=prune", "run_name=" + "n" * 101], None, "run_name: expected a name of at most 100"),
+    ("compress", ["teacher=" + "t" * 10_000, "compression=prune"], None, "teacher: a path of 1"),
+    ("compress", ["teacher=" + "t/" * 5_000, "compression=prune"], None, "teacher: a path of 1"),
+    ("compress", ["teacher=myrun/" + "c" * 300, "compression=prune"], None, "teacher: a path part of 300 bytes"),
+    ("compress", ["teacher=myrun", "compression=prune", "out_dir=" + "o" * 10_000], None, "out_dir: a path of 1"),
+    ("compress", ["teacher=myrun", "compression=prune", "out_dir=out/" + "o" * 256], None, "out_dir: a path part of 256 bytes"),
+    ("compress", ["teacher=latest", "compression=prune", "runs_root=" + "r" * 10_000], None, "runs_root: a path of 1"),
+    ("compress", ["teacher=myrun", "compression=prune", "out_dir=somefile.txt"], a_file, "out_dir: somefile.txt exists and is not a directory"),
+    ("compress", ["teacher=myrun", "compression=prune", "report.episodes=100000000000"], None, "report.episodes: expected an integer of at most"),
+    ("compress", ["teacher=myrun", "compression=prune", "report.latency_batch=100000000000"], None, "report.latency_batch: expected an integer of at most"),
+    ("compress", ["teacher=myrun", "compression=prune", "report.latency_repeats=1000000000"], None, "report.latency_repeats: expected an integer in [1, 10000]"),
+    ("compress", ["teacher=myrun", "compression=prune", "report.latency_threads=0"], None, "report.latency_threads: expected an integer in [1, 1024]"),
+    ("compress", ["teacher=myrun", "compression=prune", "total_steps=99999999999999999999"], None, "total_steps: expected an integer of at most"),
+    ("compress", ["teacher=myrun", "compression=prune", "seed=4294967296"], None, "seed: expected an integer in [0, 2147483647]"),
+    ("compress", ["teacher=myrun", "compression=distill", "model=mlp", "compression.batch_size=64", "model.hidden_sizes=[100000,100000]"],
+     None, "model.hidden_sizes: the model has"),
+    ("compress", ["teacher=myrun", "compression=prune", "compression.sparsity=nan"], None, "compression.sparsity"),
+    ("compress", ["teacher=myrun", "compression=lowrank", "compression.energy=nan"], None, "compression.energy"),
+    ("compress", ["teacher=myrun", "compression=distill", "model=mlp", "compression.temperature=inf"], None, "compression.temperature: expected a finite value > 0"),
+    ("compress", ["teacher=myrun", "compression=distill", "model=mlp", "compression.lr=nan"], None, "compression.lr: expected a finite value > 0"),
+    ("compress", ["teacher=myrun", "compression=distill", "model=mlp", "compression.value_coef=-inf"], None, "compression.value_coef"),
+    ("compress", ["teacher=myrun", "compression=lowrank"], None, "compression=lowrank: nothing to factorise"),
+    ("compress", ["teacher=myrun", "compression=lowrank", "compression.min_size=0", "compression.rank=64"], None,
+     "compression.rank: rank 64 saves no parameters"),
+    ("compress", ["teacher=myrun", "compression=lowrank", "compression.min_size=0", "compression.energy=1.0"], None,
+     "compression.energy: keeping 1 of the energy needs too high a rank"),
+    ("train", ["data=cartpole", "model=mlp", "compression=lowrank", "init_from=myrun"], None, "compression=lowrank: nothing to factorise"),
+    ("train", ["run_name=" + "n" * 101], None, "run_name: expected a name of at most 100"),
+    ("eval", ["run=" + "r" * 10_000], None, "run: a path of 1"),
+    ("eval", ["run=myrun/" + "c" * 300], None, "run: a path part of 300 bytes"),
+    ("eval", ["run=latest", "runs_root=" + "r" * 10_000], None, "runs_root: a path of 1"),
+    ("eval", ["run=myrun", "episodes=1000000000000"], None, "episodes: expected an integer of at most"),
+    ("eval", ["run=myrun", "gif.fps=100000000"], None, "gif.fps: expected an integer in [1, 100]"),
+    ("eval", ["run=myrun", "gif.fps=101"], None, "gif.fps: expected an integer in [1, 100]"),
+    ("eval", ["run=myrun", "gif.episodes=100000000"], None, "gif.episodes: expected an integer in [0, 64]"),
+    ("eval", ["run=myrun", "gif.episodes=-1"], None, "gif.episodes: expected an integer in [0, 64]"),
+    ("eval", ["run=myrun", "gif.max_steps=10000000000"], None, "gif.max_steps: expected an integer of at most"),
+    ("eval", ["run=myrun", "gif.max_steps=0"], None, "gif.max_steps: expected a finite value > 0"),
+    ("eval", ["run=myrun", "episodes=nan"], None, "episodes"),
+    ("eval", ["run=myrun", "gif.fps=inf"], None, "gif.fps"),
+    ("eval", ["run=myrun", "seed=nan"], None, "seed"),
+    ("eval", ["run=myrun", "hardware.threads=100000000000"], None, "hardware.threads"),
+    # --- mmrl sweep: storages, secrets, names, sizes
+    # (a storage password shows as *** in the one line: the expected text proves it is masked)
+    ("sweep", ["hpo.storage=postgresql://user:s3cr3t-pw@db.example/optuna"], None,
+     "hpo.storage: postgresql://user:***@db.example/optuna needs the database driver"),
+    ("sweep", ["hpo.storage=mysql+pymysql://root:s3cr3t-pw@db.example:3306/optuna"], None,
+     "hpo.storage: mysql+pymysql://root:***@db.example:3306/optuna needs the database driver 'pymysql'"),
+    ("sweep", ["hpo.storage=redis://user:s3cr3t-pw@cache/0"], None, "hpo.storage: unknown database 'redis' in redis://user:***@cache/0"),
+    ("sweep", ["hpo.storage=postgresql+nodriver://user@db.example/optuna"], None, "hpo.storage: unknown database 'postgresql+nodriver'"),
+    ("sweep", ["hpo.storage=postgresql://user:s3cr3t-pw@db.example:notaport/optuna"], None,
+     "hpo.storage: postgresql://user:***@db.example:notaport/optuna is not a database URL"),
+    ("sweep", ["hpo.storage=://db.example"], None, "hpo.storage: ://db.example is not a database URL"),
+    ("sweep", ["hpo.storage=redis"], None, "hpo.storage: expected null, sqlite, journal or an RDB URL"),
+    ("sweep", ["hpo.storage=sqlite:////proc/mmrl-study.db"], None, "hpo.storage: the SQLite file /proc/mmrl-study.db cannot be created"),
+    ("sweep", ["hpo.storage=sqlite:///nodir/study.db"], None, "hpo.storage: the SQLite file nodir/study.db needs an existing directory"),
+    ("sweep", ["hpo.storage=sqlite:///somefile.txt"], a_file, "hpo.storage: somefile.txt is not an SQLite database"),
+    ("sweep", ["hpo.storage=sqlite:///emptydir"], empty_dir, "hpo.storage: emptydir exists and is not a file"),
+    ("sweep", ["hpo.storage=sqlite://"], None, "hpo.storage: sqlite:// is an in-memory database"),
+    ("sweep", ["hpo.study_name=" + "s" * 10_000], None, "hpo.study_name: expected at most 200 characters"),
+    ("sweep", ["sweep_dir=" + "d" * 10_000], None, "sweep_dir: the directory name"),
+    ("sweep", ["runs_root=" + "r/" * 3_000], None, "runs_root: the sweep directory"),
+    ("sweep", ["hpo.storage=sqlite:///" + "f" * 10_000 + ".db"], None, "hpo.storage: the SQLite file"),
+    ("sweep", ["hpo.heartbeat_seconds=nan"], None, "hpo.heartbeat_seconds: expected a finite value > 0"),
+    ("sweep", ["hpo.grace_seconds=inf"], None, "hpo.grace_seconds: expected a finite value > 0"),
+    ("sweep", ["hpo.budget.wall_seconds=inf"], None, "hpo.budget.wall_seconds: expected a finite value > 0"),
+    ("sweep", ["hpo.space.algo.lr.high=inf"], None, "hpo.space.algo.lr.high: expected a finite number"),
+    ("sweep", ["hpo.space.algo.gamma.choices=[0.9,nan]"], None, "hpo.space.algo.gamma.choices: expected finite values"),
+    ("sweep", ["hpo.first_seed=nan"], None, "hpo.first_seed"),
+    ("sweep", ["hpo.pruner.warmup_steps=inf"], None, "hpo.pruner.warmup_steps"),
+    ("sweep", ["hpo.budget.trials=99999999999999999999"], None, "hpo.budget.trials: expected an integer in [1, 1000000]"),
+    ("sweep", ["hpo.budget.total_steps=9223372036854775808"], None, "hpo.budget.total_steps: expected an integer in"),
+    ("sweep", ["hpo.n_workers=1000000"], None, "hpo.n_workers: expected an integer in [1, 256]"),
+    ("sweep", ["hpo.sampler.n_startup_trials=10000000"], None, "hpo.sampler.n_startup_trials: expected an integer in"),
+    ("sweep", ["hpo.retrain.top_k=1000000"], None, "hpo.retrain.top_k: expected an integer in [0, 1000]"),
+    # --- train: tampered checkpoints, long paths, hydra keys, settings that cannot work
+    ("train", ["resume=myrun"], meta_damage("progress_update_text", progress(update="abc")), "progress.update is 'abc'"),
+    ("train", ["resume=myrun"], meta_damage("progress_steps_negative", progress(steps=-5)), "progress.steps is -5"),
+    ("train", ["resume=myrun"], meta_damage("progress_steps_float", progress(steps=1e30)), "progress.steps is 1e+30"),
+    ("train", ["resume=myrun"], meta_damage("progress_steps_huge", progress(steps=10**30)), "progress.steps is 1000"),
+    ("train", ["resume=myrun"], meta_damage("progress_time_nan", progress(wall_seconds=float("nan"))), "progress.wall_seconds"),
+    ("train", ["resume=myrun"], meta_damage("progress_evaluations_text", progress(evaluations="x")), "progress.evaluations"),
+    ("train", ["resume=myrun"], meta_damage("progress_other_update", progress(update=7)), "progress.update is 7"),
+    ("train", ["resume=myrun"], meta_damage("no_progress", lambda m: m["state"].pop("progress")), "the training state has no progress"),
+    ("train", ["resume=myrun"], meta_damage("no_algo_state", lambda m: m["state"].pop("algo")), "the training state has no algo"),
+    ("train", ["resume=myrun"], meta_damage("no_state", lambda m: m.pop("state")), "the training state is NoneType"),
+    ("train", ["resume=myrun"], meta_damage("update_text", lambda m: m.update(update="x")), "update is 'x'"),
+    ("train", ["resume=myrun"], meta_damage("update_negative", lambda m: m.update(update=-1)), "update is -1"),
+    ("train", ["resume=myrun"], meta_damage("policy_file_swapped", lambda m: m["modules"].update(policy="state.safetensors")),
+     "names module files"),
+    ("train", ["resume=myrun"], meta_damage("python_rng_short", lambda m: m["state"]["rng"]["python"][1].pop()),
+     "the saved global RNG states are not valid"),
+    ("train", ["resume=myrun"], meta_damage("python_rng_text", lambda m: m["state"]["rng"].update(python="x")),
+     "the saved global RNG states are not valid"),
+    ("train", ["resume=myrun"], meta_damage("numpy_rng_position", lambda m: m["state"]["rng"]["numpy"].update(pos=10**6)),
+     "rng.numpy is not an MT19937 state"),
+    ("train", ["resume=myrun"], meta_damage("numpy_rng_key", lambda m: m["state"]["rng"]["numpy"].update(key=[-1] * 624)),
+     "rng.numpy.key"),
+    ("train", ["resume=myrun"], meta_damage("world_size_zero", lambda m: m["state"].update(world_size=0)), "world_size"),
+    ("train", ["resume=myrun"], meta_damage("unknown_tensor", lambda m: m["state"]["rng"].update(torch={"__tensor__": "nope"})),
+     "refers to a tensor 'nope' that is not stored"),
+    ("train", ["resume=myrun"], meta_damage("items_not_pairs", lambda m: m["state"]["algo"]["optimizer"].update(state={"__items__": 5})),
+     "is not a list of [key, value] pairs"),
+    ("train", ["resume=myrun"], meta_damage("clock_negative", lambda m: m["state"]["algo"]["clock"].update(updates_done=-1)),
+     "algo.clock.updates_done is -1, expected an integer >= 0"),
+    ("train", ["resume=myrun"], meta_damage("skipped_text", lambda m: m["state"]["algo"].update(skipped_steps="x")),
+     "algo.skipped_steps is 'x'"),
+    ("train", ["resume=myrun"], meta_damage("lr_text", lambda m: m["state"]["algo"]["optimizer"]["param_groups"][0].update(lr="x")),
+     "algo.optimizer.param_groups.0.lr is 'x'"),
+    ("train", ["resume=myrun"], meta_damage("params_short", lambda m: m["state"]["algo"]["optimizer"]["param_groups"][0]["params"].pop()),
+     "algo.optimizer.param_groups.0.params is not a list of"),
+    ("train", ["resume=myrun"], state_damage("torch_rng_float", "state.rng.torch", lambda t: t.float()),
+     "RNG state must be a torch.ByteTensor"),
+    ("train", ["resume=myrun"], state_damage("shuffle_rng_short", "state.algo.generator", lambda t: t[:100].clone()),
+     "algo.generator is a torch.uint8 tensor of shape [100]"),
+    ("train", ["resume=myrun"], state_damage("action_rng_float", "state.collector.action_rng", lambda t: t.float()),
+     "collector.action_rng is a torch.float32 tensor"),
+    ("train", ["resume=myrun"], state_damage("adam_moment_shape", "state.algo.optimizer.state.0.exp_avg", lambda t: t.new_zeros(3)),
+     "exp_avg has shape [3] where its parameter has"),
+    ("train", ["resume=myrun"], state_damage("adam_step_vector", "state.algo.optimizer.state.0.step", lambda t: t.new_zeros(5)),
+     "step has shape [5] where its parameter has"),
+    ("train", ["resume=myrun"], state_damage("env_state_shape", "state.collector.env.state", lambda t: t[:3].clone()),
+     "collector.env.state is a torch.float32 tensor of shape [3, 4]"),
+    ("train", ["resume=myrun"], state_damage("env_steps_float", "state.collector.env.steps", lambda t: t.float()),
+     "collector.env.steps is a torch.float32 tensor"),
+    ("train", ["resume=myrun"], state_damage("observation_shape", "state.collector.obs.vector", lambda t: t.new_zeros(4, 7)),
+     "collector.obs.vector is a torch.float32 tensor of shape [4, 7]"),
+    ("train", ["resume=myrun"], model_float64, "is F64 in the checkpoint, F32 in the model"),
+    ("train", ["resume=myrun"], broken_structure, "its tensor shapes do not make a working"),
+    ("train", ["resume=myrun"], inconsistent_sparse, "the compact sparse tensor x is inconsistent"),
+    ("train", ["resume=myrun"], run_in_use, "is in use by another mmrl process (pid"),
+    ("train", ["runs_root=" + "x" * 10_000], None, "runs_root: a path of 1"),
+    ("train", ["runs_root=x/" + "x" * 10_000 + "/y"], None, "runs_root: a path of 1"),
+    ("train", ["runs_root=" + "x" * 300], None, "runs_root: a path part of 300 bytes"),
+    ("train", ["-m", "seed=1,2", "runs_root=" + "x" * 10_000], None, "runs_root: a path of 1"),
+    ("train", ["resume=" + "x" * 10_000], None, "resume: a path of 1"),
+    ("train", ["resume=myrun/" + "c" * 300], None, "resume: a path part of 300 bytes"),
+    ("train", ["resume=latest", "runs_root=" + "x" * 10_000], None, "runs_root: a path of 1"),
+    ("train", ["data=cartpole", "model=mlp", "init_from=" + "x" * 10_000], None, "init_from: a path of 1"),
+    ("train", ["data=cartpole", "model=mlp", "compression=kickstart", "teacher=" + "x" * 10_000], None, "teacher: a path of 1"),
+    ("train", ["hydra.run.dir=elsewhere"], None, "hydra.run.dir: cannot be overridden"),
+    ("train", ["hydra.output_subdir=.hydra"], None, "hydra.output_subdir: cannot be overridden"),
+    ("train", ["-m", "seed=1,2", "hydra.sweep.dir=elsewhere"], None, "hydra.sweep.dir: cannot be overridden"),
+    ("train", ["hydra.sweep.subdir=x"], None, "hydra.sweep.subdir: cannot be overridden"),
+    ("train", ["hydra.job.chdir=true"], None, "hydra.job.chdir: cannot be overridden"),
+    ("train", ["hydra/job_logging=default"], None, "hydra/job_logging: cannot be overridden"),
+    ("train", ["resume=myrun", "hydra.run.dir=elsewhere"], None, "hydra.run.dir: cannot be overridden"),
+    ("train", ["data=cartpole", "model=mlp", "hardware=ddp", "hardware.device=cpu", "hardware.backend=nccl"], None,
+     "hardware.backend: nccl needs CUDA devices"),
+    ("train", ["data=gym", "data.env_id=Acrobot-v1", "model=mlp", "init_from=myrun"], None,
+     "its env must give the same observations and actions"),
+    ("train", ["--cfg", "nonsense"], None, "--cfg/-c: invalid choice: 'nonsense'"),
+    ("train", ["-c"], None, "--cfg/-c: expected one argument"),
+    ("train", ["--info", "bogus"], None, "--info/-i: invalid choice: 'bogus'"),
+    ("train", ["algo.total_steps=1000"], None, "algo.total_steps: unknown key (did you mean total_steps=...?)"),
+    ("train", ["algo.n_envs=8"], None, "algo.n_envs: unknown key (did you mean rollout.n_envs=...?)"),
+    ("train", ["algo.n_steps=8"], None, "algo.n_steps: unknown key (did you mean rollout.n_steps=...?)"),
+    ("eval", ["run=myrun"], model_float64, "is F64 in the checkpoint, F32 in the model"),
+    ("eval", ["run=myrun"], broken_structure, "its tensor shapes do not make a working"),
+    ("eval", ["run=myrun"], inconsistent_sparse, "the compact sparse tensor x is inconsistent"),
+    ("eval", ["run=myrun"], meta_damage("update_text", lambda m: m.update(update="x")), "update is 'x'"),
+    ("eval", ["run=myrun", "hydra.run.dir=elsewhere"], None, "hydra.run.dir: cannot be overridden"),
+    ("eval", ["--cfg", "nonsense"], None, "--cfg/-c: invalid choice"),
+    ("compress", ["teacher=myrun", "compression=prune"], model_float64, "teacher: "),
+    ("compress", ["teacher=myrun", "compression=prune"], broken_structure, "its tensor shapes do not make a working"),
+    ("compress", ["teacher=myrun", "compression=prune"], meta_damage("no_state", lambda m: m.pop("state")),
+     "the training state is NoneType"),
+    ("compress", ["teacher=myrun", "compression=prune", "hydra.output_subdir=.hydra"], None,
+     "hydra.output_subdir: cannot be overridden"),
     ("nosuchcommand", [], None, "unknown command"),
 ]
 

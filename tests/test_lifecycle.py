@@ -1,6 +1,7 @@
 """Run lifecycle: golden (bit-identical) resume, signals, kill -9, NaN steps, checkpoint files."""
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -469,3 +470,114 @@ def test_resuming_with_a_longer_total_continues_the_lr_schedule_smoothly(tmp_pat
     # a finished run's linear schedule is at 0: training longer says so
     trainer.train(config(*short, "total_steps=2560"), tmp_path, resume_from=find_checkpoint(tmp_path)[0])
     assert "annealed to 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- faults the run cannot fix itself
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES], ids=["disk-full", "read-only"])
+def test_a_failed_checkpoint_write_is_one_line_exit_1_and_resume_is_bit_identical(tmp_path, cli_reference, monkeypatch,
+                                                                                  capsys, error):
+    """The disk fills (or the checkpoint directory becomes unwritable) at the 6th checkpoint: one
+    line with the errno text, the path and how to resume; exit 1; the resumed run equals an
+    uninterrupted one."""
+    from mmrl_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    real_save, calls = trainer.save_checkpoint, []
+
+    def failing_save(root, *args, **kwargs):
+        calls.append(root)
+        if len(calls) == 6:
+            raise OSError(error, os.strerror(error), str(root / ".tmp-00000006"))
+        return real_save(root, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", failing_save)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *CLI_RUN, "run_name=full"])
+    assert exit_info.value.code == 1
+    (run_dir,) = Path("runs").glob("*/*-full")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("mmrl train: error: ") and os.strerror(error) in lines[0], lines[0]
+    assert ".tmp-00000006" in lines[0] and "00000005" in lines[0], lines[0]
+    assert lines[0].endswith(f"resume with: mmrl train resume={run_dir})"), lines[0]
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    main(["train", f"resume={run_dir}"])
+    assert same_model(run_dir / "model.safetensors", cli_reference / "model.safetensors")
+    assert same_numbers(metrics(run_dir), metrics(cli_reference))
+
+
+def test_a_second_process_cannot_train_in_a_run_that_is_in_use(tmp_path):
+    """While one process trains in a run, resuming it elsewhere is refused with one line naming the
+    holder (exit 2); the run's files are untouched by the refused process; once the first process
+    has stopped, resume works and metrics.jsonl has each update once."""
+    first = start(tmp_path, *CLI_RUN, "total_steps=1000000", "run_name=busy")
+    run_dir = wait_for_updates("runs/*/*-busy", tmp_path, 2, first)
+    second = subprocess.run([sys.executable, "-m", "mmrl_cli.cli", "train", f"resume={run_dir}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=240)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert f"is in use by another mmrl process (pid {first.pid} on " in lines[0], lines[0]
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 143, stderr
+    done = json.loads((run_dir / "summary.json").read_text())["steps"]
+    resumed = subprocess.run([sys.executable, "-m", "mmrl_cli.cli", "train", f"resume={run_dir}", f"total_steps={done + 256}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    updates = [row["update"] for row in metrics(run_dir)]
+    assert updates == list(range(1, len(updates) + 1))
+
+
+def test_the_run_lock_is_released_at_the_end_and_by_the_death_of_its_holder(tmp_path):
+    """train() holds <run>/.lock while it runs and lets go at the end; a holder killed with -9
+    leaves the file but not the lock (the kernel drops it); this process may take over a lock an
+    earlier train() that raised still holds."""
+    from mmrl_cli.runs import RunLock, RunLocked, check_unlocked, holder
+
+    run_dir = tmp_path / "run"
+    trainer.train(config(*CARTPOLE, "total_steps=256"), run_dir)
+    assert (run_dir / ".lock").is_file() and holder(run_dir) is None
+    held = RunLock(run_dir).acquire()
+    assert f"pid {os.getpid()} on " in (run_dir / ".lock").read_text()
+    check_unlocked(run_dir, "resume")  # this process's own lock (a train() that raised): it may take it over
+    RunLock(run_dir).acquire().release()
+    assert held.file is None and holder(run_dir) is None
+    script = f"from mmrl_cli.runs import RunLock; lock = RunLock({str(run_dir)!r}).acquire(); import time; time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while f"pid {other.pid} on " not in (holder(run_dir) or "") and time.monotonic() < deadline:
+        time.sleep(0.05)  # it takes the lock, then writes its name into the file
+    assert f"pid {other.pid} on " in holder(run_dir)
+    with pytest.raises(RunLocked):
+        RunLock(run_dir).acquire()
+    with pytest.raises(RunLocked, match=f"resume: .* is in use by another mmrl process \\(pid {other.pid} on "):
+        check_unlocked(run_dir, "resume")
+    other.kill()
+    other.wait()
+    assert holder(run_dir) is None
+    RunLock(run_dir).acquire().release()
+
+
+def test_a_tampered_training_state_is_refused_before_anything_is_loaded_or_written(references, tmp_path):
+    """The algorithm's and the env's saved state are checked against what the live objects hold
+    (tensor dtypes and shapes, kinds of values): a refused checkpoint changes nothing in the run."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mmrl_cli.checkpoint import sha256
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(references["goto"], run_dir)
+    checkpoint, _ = find_checkpoint(run_dir)
+    tensors = load_file(str(checkpoint / "state.safetensors"))
+    key = next(k for k in sorted(tensors) if k.startswith("state.collector.env.") and tensors[k].dim() >= 2)
+    tensors[key] = tensors[key][:-1].clone()  # one env fewer
+    save_file(tensors, str(checkpoint / "state.safetensors"))
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta["sha256"]["state.safetensors"] = sha256(checkpoint / "state.safetensors")
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")}
+    with pytest.raises(CheckpointError, match=f"collector.{key.removeprefix('state.collector.')} is a"):
+        trainer.train(config(*GOTO, "total_steps=768"), run_dir, resume_from=checkpoint)
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")} == before

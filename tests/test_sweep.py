@@ -1,12 +1,15 @@
 """`mmrl sweep`: search-space parsing, every bad space, trials, pruning, budgets, dead workers,
-resuming, several workers, the exported preset."""
+resuming, several workers, per-trial sampler seeds, storages and their passwords, the exported
+preset."""
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import optuna
@@ -210,6 +213,148 @@ def test_a_second_objective_makes_a_two_objective_trial(tmp_path):
     assert len(values) == 2 and values[1] == 2 * (4 * 64 + 64 + 64 * 64 + 64) + (64 * 2 + 2) + (64 + 1)  # SB3's 64-64 MLPs
 
 
+# ------------------------------------------------------------------------------ seeds
+CONTINUOUS_SPACE = {"algo": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                             "ent_coef": {"type": "float", "low": 1e-8, "high": 1e-2, "log": True}}}
+
+
+def draw(studies: list[optuna.Study], n: int) -> None:
+    """Ask and tell `n` trials, the studies taking turns as worker processes do (each with its own sampler)."""
+    params = parse_space(CONTINUOUS_SPACE)
+    for k in range(n):
+        study = studies[k % len(studies)]
+        trial = study.ask()
+        for param in params:
+            param.suggest(trial)
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "random", "nsga2"])
+def test_workers_and_reruns_never_draw_the_same_start_up_trial(tmp_path, sampler):
+    config = hpo_config(tmp_path)
+    config.hpo.space = CONTINUOUS_SPACE
+    config.hpo.sampler.type = sampler
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    draw([open_study(config.hpo, sweep) for _ in range(2)], 6)  # hpo.n_workers=2
+    draw([open_study(config.hpo, sweep)], 4)  # the same command again, with a larger trial budget
+    trials = open_study(config.hpo, sweep).get_trials()
+    assert len(trials) == 10 <= config.hpo.sampler.n_startup_trials  # all of them random start-up draws
+    drawn = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(drawn)) == len(drawn), drawn
+    # still reproducible: one worker in one go draws the same configurations, trial by trial
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    study = open_study(config.hpo, alone)
+    draw([study], 10)
+    assert [t.params for t in study.get_trials()] == [t.params for t in trials]
+
+
+# --------------------------------------------------------------------------- storages
+SECRET = "s3cr3t-pw"
+
+
+def test_passwords_are_masked_in_any_text(monkeypatch):
+    from mmrl_cli.sweep.study import PASSWORD_VARIABLE, mask_secrets
+
+    monkeypatch.delenv(PASSWORD_VARIABLE, raising=False)
+    assert mask_secrets("postgresql://user:s3cr3t@host/db") == "postgresql://user:***@host/db"
+    assert mask_secrets("mysql+pymysql://u:p@ss@h:3306/d failed") == "mysql+pymysql://u:***@h:3306/d failed"
+    assert mask_secrets("['hpo.storage=postgresql://u:pw@h/db', 'x=1']") == "['hpo.storage=postgresql://u:***@h/db', 'x=1']"
+    assert mask_secrets("invalid dsn: password=hunter22", "postgresql://u:hunter22@h/db") == "invalid dsn: password=***"
+    monkeypatch.setenv(PASSWORD_VARIABLE, "from-env-pw")
+    assert mask_secrets("FATAL: bad password from-env-pw") == "FATAL: bad password ***"
+    assert mask_secrets("sqlite:///x.db and postgresql://user@host/db") == "sqlite:///x.db and postgresql://user@host/db"
+
+
+def test_the_password_never_reaches_sweep_yaml_and_workers_get_it_from_their_environment(tmp_path, monkeypatch):
+    from mmrl_cli.sweep.run import load_sweep_config, prepare_sweep_dir
+    from mmrl_cli.sweep.study import PASSWORD_VARIABLE, parse_storage_url, storage_environment
+
+    monkeypatch.delenv(PASSWORD_VARIABLE, raising=False)
+    config = hpo_config(tmp_path, storage=f"postgresql://user:{SECRET}@db.example/optuna")
+    sweep = prepare_sweep_dir(config)
+    saved = (sweep / "sweep.yaml").read_text()
+    assert SECRET not in saved and "storage: postgresql://user:***@db.example/optuna" in saved
+    environment = storage_environment(config.hpo.storage)
+    assert environment == {PASSWORD_VARIABLE: SECRET}
+    # a worker: the saved config plus the environment the sweep gave it
+    stored = load_sweep_config(sweep).hpo.storage
+    with pytest.raises(ConfigError, match=f"not saved anywhere; set {PASSWORD_VARIABLE}"):
+        parse_storage_url(stored)
+    monkeypatch.setenv(PASSWORD_VARIABLE, SECRET)
+    assert parse_storage_url(stored).password == SECRET
+    # a URL without a password takes it from the environment; an inline one wins
+    assert parse_storage_url("postgresql://user@db.example/optuna").password == SECRET
+    assert parse_storage_url("postgresql://user:inline@db.example/optuna").password == "inline"
+
+
+def test_a_server_that_does_not_answer_is_one_line_naming_the_storage(tmp_path, monkeypatch):
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
+    from mmrl_cli.sweep.study import check_storage
+
+    # the driver "installed", the server's port closed
+    monkeypatch.setattr(PGDialect_psycopg2, "import_dbapi", classmethod(lambda cls: types.SimpleNamespace()))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = hpo_config(tmp_path, storage=f"postgresql+psycopg2://user:{SECRET}@127.0.0.1:{port}/optuna")
+    started = time.time()
+    with pytest.raises(ConfigError) as e:
+        check_storage(config.hpo, tmp_path / "sweep")
+    message = str(e.value)
+    assert message.startswith(f"hpo.storage: cannot reach 127.0.0.1:{port} of postgresql+psycopg2://user:***@")
+    assert SECRET not in message and "\n" not in message and time.time() - started < 10
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_failed_connection_is_one_line():
+    from sqlalchemy.engine import make_url
+
+    from mmrl_cli.sweep.study import connect
+
+    with pytest.raises(ConfigError, match="hpo.storage: cannot connect to sqlite:////: unable to open database file"):
+        connect(make_url("sqlite:////"), "sqlite:////")
+
+
+def test_a_password_on_the_command_line_appears_nowhere(tmp_path, monkeypatch, capsys):
+    from mmrl_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", f"hpo.storage=postgresql://user:{SECRET}@db.example/optuna"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and SECRET not in captured.out + captured.err
+    assert captured.err.strip() == ("mmrl sweep: error: hpo.storage: postgresql://user:***@db.example/optuna needs "
+                                    + captured.err.split(" needs ", 1)[1].strip())
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unexpected_error_during_a_sweep_is_masked_and_skips_hydra(tmp_path, monkeypatch, capsys):
+    from mmrl_cli.sweep import run
+
+    def broken(config):
+        raise RuntimeError(f"lost the server: postgresql://user:{SECRET}@db.example/optuna")
+
+    monkeypatch.setattr(run, "run_study", broken)
+    config = hpo_config(tmp_path, storage=f"postgresql://user:{SECRET}@db.example/optuna")
+    with pytest.raises(SystemExit) as exit_info:  # not an exception: Hydra would print the overrides
+        run.run_sweep(config)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and SECRET not in err
+    assert err.strip().splitlines()[-1] == "mmrl sweep: error: lost the server: postgresql://user:***@db.example/optuna"
+
+
+def test_more_workers_than_memory_allows_is_refused(tmp_path, monkeypatch):
+    from mmrl_cli.sweep.run import check_workers_fit
+
+    monkeypatch.setattr("mmrl_cli.preflight.available_memory", lambda: 2**30)
+    check_workers_fit(hpo_config(tmp_path, n_workers=6))
+    with pytest.raises(ConfigError, match=r"hpo.n_workers: 8 worker processes need at least 1.2 GiB .* expected at most 6"):
+        check_workers_fit(hpo_config(tmp_path, n_workers=8))
+
+
 # ------------------------------------------------------------------------- end to end
 def study_of(sweep_dir: Path, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
@@ -294,5 +439,6 @@ def test_two_workers_share_one_journal_study_without_running_a_trial_twice(run_m
     trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
     assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2  # both workers ran trials
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # each drew its own configuration
     assert sorted(p.name for p in (sweep / "trials").iterdir()) == ["0000", "0001", "0002", "0003"]
     assert "hardware.threads=" in " ".join(trials[0].user_attrs["overrides"])

@@ -1,16 +1,27 @@
-"""RL algorithms: `ALGOS` maps each `algo.type` to its class.
+"""RL algorithms: `ALGOS` maps each algorithm name to its class.
 
-An algorithm owns its losses, its optimiser and its state; it is built as
-``ALGOS[type](algo_cfg, policy, total_updates, autocast, fast_path)`` and offers
-``update(rollout) -> metrics``, ``seed``, ``state_dict``/``load_state_dict``, a ``gradient``
-(`GradientStep`: skip counters, gradient norms, `extra_losses`) and a ``clock`` (`TrainingClock`:
-how much of training remains, for annealed hyperparameters). The trainer's loop is the same for all of them.
+Every algorithm follows `base.Algorithm` (built by ``cls.build(setup)``; ``modules``,
+``train_step``, state, data-source state; see `base`). The on-policy ones (`base.OnPolicy`) are
+also ``cls(section, policy, total_updates, autocast, fast_path)`` with ``update(rollout) ->
+metrics``, a ``gradient`` (`GradientStep`: skip counters, gradient norms, `extra_losses`) and a
+``clock`` (`TrainingClock`: how much of training remains, for annealed hyperparameters). The
+trainer's loop is the same for all of them.
 """
 
 from .a2c import A2C
+from .bc import BC
+from .base import Algorithm, OnPolicy, Setup
 from .distill import Distill
 from .ppo import PPO
 
 # "distill" is chosen by compression=distill (it learns from a teacher, not from rewards) and
 # reads its settings from the compression section.
-ALGOS = {"ppo": PPO, "a2c": A2C, "distill": Distill}
+ALGOS = {"ppo": PPO, "a2c": A2C, "bc": BC, "distill": Distill}
+
+
+def algorithm_name(cfg) -> str:
+    """The algorithm a run trains with: `algo.type`, or distillation under compression=distill."""
+    return "distill" if cfg.compression.type == "distill" else cfg.algo.type
+
+
+__all__ = ["ALGOS", "Algorithm", "OnPolicy", "Setup", "algorithm_name"]

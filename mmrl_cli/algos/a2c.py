@@ -13,23 +13,23 @@ from torch import nn
 
 from ..distributed import Distributed
 from ..rollout import RolloutBuffer
+from .base import OnPolicy
 from .gradient import GradientStep, TrainingClock, explained_variance, mean_metrics, scheduled
 from .ppo import normalized
 
 
-def a2c_loss(logits: torch.Tensor, values: torch.Tensor, batch: dict, normalize_advantages: bool,
+def a2c_loss(dist, values: torch.Tensor, batch: dict, normalize_advantages: bool,
              vf_coef: float, ent_coef: float) -> dict[str, torch.Tensor]:
-    """A2C's loss terms for one batch.
+    """A2C's loss terms for one batch, for any action distribution `dist`.
 
     - ``loss_policy``: ``-mean(A * log pi(a|s))``, the policy gradient with advantages A;
     - ``loss_value``: ``vf_coef * mean((V - R)^2)`` to the n-step returns R;
     - ``loss_entropy``: ``-ent_coef * mean(entropy)``;
     - diagnostic: ``entropy``.
     """
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    logprob = log_p.gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
+    logprob = dist.log_prob(batch["actions"])
     advantages = normalized(batch["advantages"]) if normalize_advantages else batch["advantages"]
-    entropy = -(log_p.exp() * log_p).sum(-1).mean()
+    entropy = dist.entropy().mean()
     return {
         "loss_policy": -(advantages * logprob).mean(),
         "loss_value": vf_coef * (values.float() - batch["returns"]).square().mean(),
@@ -46,7 +46,7 @@ def make_optimizer(cfg, policy: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.eps, foreach=True)
 
 
-class A2C:
+class A2C(OnPolicy):
     """A2C updates of one policy: one gradient step per rollout, optional linear LR decay."""
 
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
@@ -79,7 +79,7 @@ class A2C:
         if normalize and self.distributed.enabled:  # statistics of every rank's rollout together
             batch, normalize = {**batch, "advantages": self.distributed.normalized(batch["advantages"])}, False
         outputs = self.gradient.forward(batch["obs"])
-        terms = a2c_loss(*outputs, batch, normalize, cfg.vf_coef, cfg.ent_coef)
+        terms = a2c_loss(self.policy.distribution(outputs[0]), outputs[1], batch, normalize, cfg.vf_coef, cfg.ent_coef)
         self.gradient.add_extra_losses(terms, outputs, batch)
         applied = self.gradient.step(terms, outputs)
         self.clock.tick()

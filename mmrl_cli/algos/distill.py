@@ -14,6 +14,7 @@ from torch import nn
 
 from ..distributed import Distributed
 from ..rollout import RolloutBuffer
+from .base import OnPolicy, Setup
 from .gradient import GradientStep, ShuffledUpdates, StepMetrics, TrainingClock
 
 LABEL_CHUNK = 4096  # observations per teacher forward pass when labelling a rollout
@@ -49,8 +50,22 @@ def distill_loss(logits: torch.Tensor, values: torch.Tensor, teacher_logits: tor
             "kl": kl.detach(), "agreement": agreement}
 
 
-class Distill(ShuffledUpdates):
-    """Distillation updates of one student: epochs of minibatches over each rollout, Adam."""
+class Distill(ShuffledUpdates, OnPolicy):
+    """Distillation updates of one student: epochs of minibatches over each rollout, Adam.
+
+    Chosen by ``compression=distill`` and configured by that section (it learns from a teacher,
+    not from rewards); the teacher is a module of the run (checkpointed with it).
+    """
+
+    @classmethod
+    def section(cls, cfg):
+        return cfg.compression
+
+    @classmethod
+    def build(cls, setup: Setup) -> Distill:
+        algo = super().build(setup)
+        algo.teacher = setup.teacher
+        return algo
 
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
         self.cfg, self.policy = cfg, policy

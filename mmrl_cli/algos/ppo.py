@@ -13,6 +13,7 @@ from torch import nn
 
 from ..distributed import Distributed
 from ..rollout import RolloutBuffer
+from .base import OnPolicy
 from .gradient import GradientStep, ShuffledUpdates, StepMetrics, TrainingClock, explained_variance, scheduled
 
 
@@ -23,9 +24,9 @@ def normalized(advantages: torch.Tensor) -> torch.Tensor:
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
 
-def ppo_loss(logits: torch.Tensor, values: torch.Tensor, batch: dict, clip_range: float, clip_value: float | None,
+def ppo_loss(dist, values: torch.Tensor, batch: dict, clip_range: float, clip_value: float | None,
              normalize_advantages: bool, vf_coef: float, ent_coef: float) -> dict[str, torch.Tensor]:
-    """PPO's loss terms for one minibatch.
+    """PPO's loss terms for one minibatch, for any action distribution `dist` (see `distributions`).
 
     - ``loss_policy``: the negative clipped surrogate ``-mean(min(r A, clip(r, 1-e, 1+e) A))``;
     - ``loss_value``: ``vf_coef * mean((V - R)^2)`` to the GAE returns R (the MSE, as
@@ -35,8 +36,7 @@ def ppo_loss(logits: torch.Tensor, values: torch.Tensor, batch: dict, clip_range
     - diagnostics (no gradient): ``entropy``, ``approx_kl`` (the low-variance estimator
       ``E[(r - 1) - log r]``) and ``clipfrac``.
     """
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    log_ratio = log_p.gather(1, batch["actions"].unsqueeze(1)).squeeze(1) - batch["logprobs"]
+    log_ratio = dist.log_prob(batch["actions"]) - batch["logprobs"]
     ratio = log_ratio.exp()
     advantages = normalized(batch["advantages"]) if normalize_advantages else batch["advantages"]
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_range, 1 + clip_range) * advantages)
@@ -47,7 +47,7 @@ def ppo_loss(logits: torch.Tensor, values: torch.Tensor, batch: dict, clip_range
         clipped = batch["values"] + (values - batch["values"]).clamp(-clip_value, clip_value)
         value_error = torch.max(value_error, (clipped - batch["returns"]).square())
 
-    entropy = -(log_p.exp() * log_p).sum(-1).mean()
+    entropy = dist.entropy().mean()
     with torch.no_grad():
         ratio_minus_one = ratio - 1
         approx_kl = (ratio_minus_one - log_ratio).mean()
@@ -124,7 +124,7 @@ def ppo_loss_and_output_gradients(
     return terms, (d_logits.to(logits.dtype), d_values.to(values_dtype))
 
 
-class PPO(ShuffledUpdates):
+class PPO(ShuffledUpdates, OnPolicy):
     """PPO updates of one policy: Adam, LR and clip-range schedules, target-KL early stop."""
 
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
@@ -165,7 +165,7 @@ class PPO(ShuffledUpdates):
                 if self.gradient.fast:  # the same loss, its gradient w.r.t. the outputs in closed form
                     terms, output_gradients = ppo_loss_and_output_gradients(*args)
                 else:
-                    terms, output_gradients = ppo_loss(*args), None
+                    terms, output_gradients = ppo_loss(self.policy.distribution(outputs[0]), *args[1:]), None
                     self.gradient.add_extra_losses(terms, outputs, batch)
                 if cfg.target_kl is not None and dist.mean(terms["approx_kl"]).item() > 1.5 * cfg.target_kl:
                     stopped_early = True  # the policy already moved too far from the one that collected

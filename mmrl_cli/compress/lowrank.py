@@ -10,6 +10,8 @@ A layer is factorised only when that saves parameters (``r (in + out) < in out``
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -38,6 +40,32 @@ def factorise(layer: nn.Module, rank: int | None, energy: float) -> LowRankLinea
         low.second.weight.copy_(u[:, :r] * root)
         low.second.bias.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(out_features))
     return low
+
+
+def nothing_to_factorise(policy: nn.Module, rank: int | None, energy: float, min_size: int) -> str | None:
+    """Why factorising `policy` would change nothing, as a one-line reason naming the key to change;
+    None when at least one layer gets smaller. Reads singular values only, and stops at the first
+    layer that would shrink."""
+    shapes = [tuple(linear_weight(m).shape) for m in policy.modules() if is_linear_like(m)]
+    large = [(name, m) for name, m in policy.named_modules() if is_linear_like(m) and m.weight.numel() >= min_size]
+    if not large:
+        largest = max((out * inp for out, inp in shapes), default=0)
+        return (f"compression=lowrank: nothing to factorise: no linear layer has compression.min_size={min_size:,} "
+                f"weights or more (the largest has {largest:,})")
+    for _, module in large:
+        weight = linear_weight(module).detach().float()
+        out, inp = weight.shape
+        r = min(rank, out, inp) if rank is not None else rank_for_energy(torch.linalg.svdvals(weight), energy)
+        if r * (inp + out) < inp * out:
+            return None
+    if rank is not None:
+        # r (in + out) < in out: the largest rank that saves parameters, over the candidate layers
+        best = max(math.ceil(out * inp / (out + inp)) - 1 for out, inp in (tuple(linear_weight(m).shape) for _, m in large))
+        return (f"compression.rank: rank {rank} saves no parameters in any layer of compression.min_size={min_size:,} "
+                f"weights or more, so compression=lowrank would change nothing (a rank of at most {best} would save)")
+    return (f"compression.energy: keeping {energy:g} of the energy needs too high a rank to save parameters in every "
+            f"layer of compression.min_size={min_size:,} weights or more: compression=lowrank would change nothing "
+            f"(lower compression.energy or set compression.rank)")
 
 
 def factorise_policy(policy: nn.Module, rank: int | None, energy: float, min_size: int) -> list[dict]:

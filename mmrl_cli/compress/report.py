@@ -22,8 +22,11 @@ from .teacher import load_trained_policy, trained_run
 
 
 def student_dirs(out_dir: Path) -> list[Path]:
-    """Finished student runs under `out_dir` (a summary and a checkpoint), by name."""
-    return sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "summary.json").is_file() and (p / "checkpoints").is_dir())
+    """Finished student runs under `out_dir` (a checkpoint and a summary of a run that got to its
+    end: a stopped one is not a result yet), by name."""
+    from .run import finished
+
+    return sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "checkpoints").is_dir() and finished(p))
 
 
 def describe(run) -> str:

@@ -20,8 +20,11 @@ class ReportConfig:
     latency_repeats: int = 50  # timed passes per model (median kept)
     latency_threads: int = 1   # CPU threads while timing
 
+    MAX_REPEATS = 10_000  # a median of this many timings is as steady as timing gets; more only takes hours
+
     def check(self) -> None:
-        positive("report", self, "episodes", "latency_batch", "latency_repeats")
+        positive("report", self, "episodes", "latency_batch")
+        between("report", self, "latency_repeats", 1, self.MAX_REPEATS)
         between("report", self, "latency_threads", 1, 1024)
 
 
@@ -39,8 +42,11 @@ class CompressCommandConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def check(self) -> None:
+        from ..preflight import check_name
+
         between("", self, "seed", 0, SEED_MAX)
         positive("", self, "total_steps")
+        check_name("run_name", self.run_name)  # it ends the student's directory name
         self.hardware.check()
         self.report.check()
         if self.compression.type not in METHODS:

@@ -43,7 +43,8 @@ def load_trained_policy(run, device: torch.device) -> nn.Module:
 
 def source_run(cfg: TrainConfig, key: str):
     """The run `cfg.<key>` names (``teacher`` or ``init_from``), checked: a teacher must have been
-    trained on this run's env (`data`), an init_from run must have its model (any env: transfer)."""
+    trained on this run's env (`data`), an init_from run must have its model (any env: transfer)
+    and, for low-rank factorisation, at least one layer the factorisation shrinks."""
     run = trained_run(getattr(cfg, key), cfg.runs_root, key)
     section = "data" if key == "teacher" else "model"
     different = first_difference(getattr(run.typed, section), getattr(cfg, section), section)
@@ -51,7 +52,20 @@ def source_run(cfg: TrainConfig, key: str):
         what = "was trained on another env" if key == "teacher" else "has another model"
         raise ConfigError(f"{key}: {run.run_dir} {what} ({different} is {_value(run.typed, different)!r} there, "
                           f"{_value(cfg, different)!r} here)")
+    if key == "init_from" and cfg.compression.type == "lowrank":
+        check_factorisable(run, cfg.compression)
     return run
+
+
+def check_factorisable(run, method) -> None:
+    """ConfigError when low-rank factorisation (`method`) of the trained weights of `run` would
+    shrink no layer: a run that changes nothing is a mistake to say, not to train."""
+    from .lowrank import nothing_to_factorise
+
+    reason = nothing_to_factorise(load_trained_policy(run, torch.device("cpu")), method.rank, method.energy,
+                                  method.min_size)
+    if reason is not None:
+        raise ConfigError(reason)
 
 
 def load_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module:

@@ -2,7 +2,7 @@
 
 `make_env` builds the env a `data` config names. Every env here is batched and speaks torch:
 ``reset() -> obs dict``, ``step(actions) -> (obs, reward, terminated, truncated, info)`` with
-same-step auto-reset, plus ``observation_spec``, ``num_actions`` and ``num_envs``.
+same-step auto-reset, plus ``observation_spec``, ``action_spec`` (an `ActionSpace`) and ``num_envs``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
     return GymVectorEnv(
         data_cfg.env_id, num_envs, device, seed=split_seed(data_cfg, seed, split), env_kwargs=dict(data_cfg.env_kwargs),
         mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization, image_kind=data_cfg.image,
-        constant_mission=data_cfg.constant_mission,
+        constant_mission=data_cfg.constant_mission, action_squash=data_cfg.action_squash,
     )
 
 

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ..distributions import ActionSpace
+
 from ..rng import load_generator_state
 
 GRAVITY, MASS_CART, MASS_POLE, LENGTH, FORCE, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
@@ -25,6 +27,7 @@ class CartPoleEnv:
     """`num_envs` CartPole-v1 systems with same-step auto-reset (see `GotoEnv` for the API)."""
 
     num_actions = 2
+    action_spec = ActionSpace.discrete(2)  # what `step` accepts
     bootstrap_time_limit = True  # the 500-step limit is a cut, not part of the task
 
     def __init__(self, num_envs: int, max_steps: int = 500, device: str | torch.device = "cpu", seed: int = 0):

@@ -29,6 +29,8 @@ import math
 
 import torch
 
+from ..distributions import ActionSpace
+
 from ..rng import load_generator_state
 
 from .tokenizer import COLORS, OBJECT_TYPES, WordTokenizer
@@ -147,6 +149,7 @@ class GotoEnv:
     """
 
     num_actions = len(ACTION_NAMES)
+    action_spec = ActionSpace.discrete(len(ACTION_NAMES))  # what `step` accepts
     # The time limit is part of this task (the reward shrinks with time taken, BabyAI style), so
     # running out of time is an outcome, not a cut to bootstrap through.
     bootstrap_time_limit = False

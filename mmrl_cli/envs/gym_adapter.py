@@ -33,6 +33,9 @@ headline).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +43,7 @@ import torch
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
+from ..distributions import ActionSpace
 from .tokenizer import WordTokenizer
 
 SUCCESS_INFO_KEYS = ("is_success", "success")  # SB3's / gymnasium-robotics' flag, and a plain one
@@ -47,6 +51,47 @@ SUCCESS_INFO_KEYS = ("is_success", "success")  # SB3's / gymnasium-robotics' fla
 
 class UnsupportedEnvError(ValueError):
     """The gymnasium env's spaces are not ones mmrl can feed to a policy."""
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that drops what is written to it (no system call per write)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Drop what is printed to stdout inside the block (third-party env code that reports on
+    stdout, e.g. BabyAI's "Sampling rejected: ..." for every rejected level draw, thousands of
+    lines that would scroll the live view away). Warnings and errors go to stderr and stay."""
+    saved, sys.stdout = sys.stdout, _Discard()
+    try:
+        yield
+    finally:
+        sys.stdout = saved
+
+
+class QuietStdout(gym.Wrapper):
+    """Runs the wrapped env's reset and step under `quiet_stdout`; applied to every sub-env,
+    also inside async vectorisation's worker processes."""
+
+    def reset(self, **kwargs):
+        with quiet_stdout():
+            return self.env.reset(**kwargs)
+
+    def step(self, action):
+        with quiet_stdout():
+            return self.env.step(action)
+
+
+def make_quiet(env_id: str, **kwargs) -> gym.Env:
+    """`gym.make`, with the env's own prints to stdout dropped (also while it is made)."""
+    with quiet_stdout():
+        return QuietStdout(gym.make(env_id, **kwargs))
 
 
 def import_env_packages() -> None:
@@ -275,6 +320,19 @@ def info_flag_success(final_info: dict, index: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def action_space_of(space, env_id: str, squash: str = "clip") -> ActionSpace:
+    """mmrl's `ActionSpace` for a gymnasium action space: Discrete, or a Box with finite bounds
+    (`squash`: how Gaussian samples are brought inside them, clip or tanh)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return ActionSpace.discrete(int(space.n))
+    if isinstance(space, gym.spaces.Box):
+        try:
+            return ActionSpace.box(space.shape, space.low, space.high, squash)
+        except ValueError as e:
+            raise UnsupportedEnvError(f"{env_id}: {e}") from None
+    raise UnsupportedEnvError(f"{env_id}: mmrl needs a Discrete or Box action space, got {space}")
+
+
 class GymVectorEnv:
     """A gymnasium vector env presented as batched torch tensors."""
 
@@ -282,26 +340,26 @@ class GymVectorEnv:
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device, seed: int = 0,
                  env_kwargs: dict | None = None, mission_tokens: int = 16, vectorization: str = "sync",
-                 image_kind: str = "auto", constant_mission: str = "drop"):
+                 image_kind: str = "auto", constant_mission: str = "drop", action_squash: str = "clip"):
         import_env_packages()
         self.env_id, self.device, self.seed = env_id, torch.device(device), seed
-        probe = gym.make(env_id, **(env_kwargs or {}))
+        probe = make_quiet(env_id, **(env_kwargs or {}))
         try:
             layout = describe_observations(probe, image_kind, constant_mission)
             self.success_rule = SUCCESS_RULES.get(env_family(probe))
             actions = probe.action_space
         finally:
             probe.close()
-        if not isinstance(actions, gym.spaces.Discrete):
-            raise UnsupportedEnvError(f"{env_id}: mmrl needs a Discrete action space, got {actions}")
         vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False}
         if vectorization == "async" and layout.has_text:
             vector_kwargs["shared_memory"] = False  # text (MiniGrid's MissionSpace) has no shared-memory form
-        self.vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
-                                vector_kwargs=vector_kwargs, **(env_kwargs or {}))
+        with quiet_stdout():
+            self.vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
+                                    vector_kwargs=vector_kwargs, wrappers=[QuietStdout], **(env_kwargs or {}))
         self.num_envs = num_envs
-        self.num_actions = int(actions.n)
-        self.action_start = int(actions.start)
+        self.action_spec = action_space_of(actions, env_id, action_squash)
+        self.num_actions = self.action_spec.n  # 0 for box actions
+        self.action_start = int(actions.start) if isinstance(actions, gym.spaces.Discrete) else 0
         self.observations = GymObservations(layout, mission_tokens, self.device)
         self.observation_spec = self.observations.spec
         self.episode_return = np.zeros(num_envs, dtype=np.float64)
@@ -330,7 +388,8 @@ class GymVectorEnv:
 
     def step(self, actions: torch.Tensor):
         """Step all sub-environments; same return convention as the built-in env."""
-        obs, reward, terminated, truncated, info = self.vec.step(actions.cpu().numpy() + self.action_start)
+        actions = actions.cpu().numpy()
+        obs, reward, terminated, truncated, info = self.vec.step(actions + self.action_start if self.action_start else actions)
         self.episode_return += reward
         self.episode_length += 1
         done_index = np.flatnonzero(terminated | truncated)

@@ -1,12 +1,16 @@
 """Policies: encoders (ViT + GPT-2, CNN, MLP) with actor and critic heads.
 
 `MODELS` maps each `model.type` to its class; `build_policy` builds one for an environment's
-observation spec. Every policy maps an observation dict to ``(action logits, value)``.
+observation spec and action space. Every policy maps an observation dict to ``(actor output,
+value)``, and `policy.distribution(actor output)` is the action distribution (categorical logits or
+Gaussian means; see `mmrl_cli.distributions`).
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..distributions import ActionSpace
 
 from .mlp import MlpPolicy
 from .cnn import CnnPolicy
@@ -15,11 +19,12 @@ from .vit_gpt2 import VitGpt2Policy
 MODELS = {"vit-gpt2": VitGpt2Policy, "cnn": CnnPolicy, "mlp": MlpPolicy}
 
 
-def build_policy(model_cfg, observation_spec: dict, num_actions: int, patch_size: int = 8) -> torch.nn.Module:
-    """Build (random init) the policy `model_cfg.type` for this observation spec.
+def build_policy(model_cfg, observation_spec: dict, action_space: ActionSpace | int, patch_size: int = 8) -> torch.nn.Module:
+    """Build (random init) the policy `model_cfg.type` for this observation spec and action space
+    (an `ActionSpace`, or a number of discrete actions).
 
     `patch_size` matters to ViT policies only: the built-in env's tile size, so a patch is a cell.
     """
     if model_cfg.type == "vit-gpt2":
-        return VitGpt2Policy(model_cfg, observation_spec, num_actions, patch_size)
-    return MODELS[model_cfg.type](model_cfg, observation_spec, num_actions)
+        return VitGpt2Policy(model_cfg, observation_spec, action_space, patch_size)
+    return MODELS[model_cfg.type](model_cfg, observation_spec, action_space)

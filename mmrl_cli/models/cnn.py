@@ -6,14 +6,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .heads import ActorCriticHeads, ImageInput, MissionBagOfWords, orthogonal, vector_size
+from ..distributions import ActionSpace
+
+from .heads import ActorCritic, ActorCriticHeads, ImageInput, MissionBagOfWords, orthogonal, vector_size
 
 
-class CnnPolicy(nn.Module):
+class CnnPolicy(ActorCritic):
     """Conv stack (`channels`, `kernel_size`, `strides`) -> one hidden layer -> actor and critic
     heads (linear, or each its own MLP of widths `head_hidden`)."""
 
-    def __init__(self, cfg, observation_spec: dict, num_actions: int):
+    def __init__(self, cfg, observation_spec: dict, action_space: ActionSpace | int):
         super().__init__()
         self.pixels = ImageInput(observation_spec, cfg.grid_embed)
         layers, in_channels = [], self.pixels.channels
@@ -35,7 +37,7 @@ class CnnPolicy(nn.Module):
         self.has_vector = "vector" in observation_spec
         features = conv_out + (cfg.mission_embed if self.mission is not None else 0) + vector_size(observation_spec)
         self.trunk = nn.Sequential(orthogonal(nn.Linear(features, cfg.hidden)), nn.ReLU())
-        self.heads = ActorCriticHeads(cfg.hidden, num_actions, cfg.head_hidden)
+        self.heads = ActorCriticHeads(cfg.hidden, action_space, cfg.head_hidden)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [self.conv(self.pixels(obs))]

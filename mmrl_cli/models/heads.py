@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from ..distributions import ActionSpace
 from ..envs.tokenizer import PAD_ID, VOCAB_SIZE
 
 
@@ -18,19 +19,29 @@ def orthogonal(layer: nn.Linear, gain: float = math.sqrt(2)) -> nn.Linear:
     return layer
 
 
+def as_action_space(action_space: ActionSpace | int) -> ActionSpace:
+    """An `ActionSpace`; a bare number means that many discrete actions."""
+    return action_space if isinstance(action_space, ActionSpace) else ActionSpace.discrete(action_space)
+
+
 class ActorCriticHeads(nn.Module):
-    """Action logits and a state value from one feature vector.
+    """The actor's output (logits, or Gaussian means) and a state value from one feature vector.
 
     With `hidden` widths, actor and critic each get their own tanh MLP first (Stable-Baselines3's
     ``net_arch=dict(pi=hidden, vf=hidden)``), so value gradients do not reshape the policy's last
     features; without, both are linear. The actor's last layer starts near zero (gain 0.01) so
-    the first policy is almost uniform.
+    the first policy is almost uniform (or centred, for box actions). Box actions add a learned,
+    state-independent log standard deviation (`log_std`, starting at 0 as in SB3 and CleanRL).
     """
 
-    def __init__(self, features: int, num_actions: int, hidden: list[int] | tuple[int, ...] = ()):
+    def __init__(self, features: int, action_space: ActionSpace | int, hidden: list[int] | tuple[int, ...] = ()):
         super().__init__()
-        self.actor = self.mlp(features, hidden, orthogonal(nn.Linear(hidden[-1] if hidden else features, num_actions), gain=0.01))
+        self.action_space = as_action_space(action_space)
+        outputs = self.action_space.param_size
+        self.actor = self.mlp(features, hidden, orthogonal(nn.Linear(hidden[-1] if hidden else features, outputs), gain=0.01))
         self.critic = self.mlp(features, hidden, orthogonal(nn.Linear(hidden[-1] if hidden else features, 1), gain=1.0))
+        if not self.action_space.is_discrete:
+            self.log_std = nn.Parameter(torch.zeros(outputs))
 
     @staticmethod
     def mlp(features: int, hidden, last: nn.Linear) -> nn.Module:
@@ -43,8 +54,29 @@ class ActorCriticHeads(nn.Module):
             width = size
         return nn.Sequential(*layers, last)
 
+    def distribution(self, params: torch.Tensor):
+        """The action distribution of the actor's output `params` (see `mmrl_cli.distributions`)."""
+        return self.action_space.distribution(params, getattr(self, "log_std", None))
+
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor(features), self.critic(features).squeeze(-1)
+
+
+class ActorCritic(nn.Module):
+    """What every policy offers besides ``forward(obs) -> (actor output, value)``: the action
+    distribution of an actor output (its `heads` say which). Sampling, losses and evaluation
+    all go through `distribution`."""
+
+    heads: ActorCriticHeads
+
+    @property
+    def action_space(self) -> ActionSpace:
+        """The action space the policy acts in."""
+        return self.heads.action_space
+
+    def distribution(self, params: torch.Tensor):
+        """The action distribution of actor output `params`."""
+        return self.heads.distribution(params)
 
 
 class MissionBagOfWords(nn.Module):

@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
-from .heads import ActorCriticHeads, GridEmbedding, MissionBagOfWords
+from ..distributions import ActionSpace
+
+from .heads import ActorCritic, ActorCriticHeads, GridEmbedding, MissionBagOfWords
 
 # CPU tensors with at least this many elements take tanh through sigmoid (see `tanh`).
 TANH_VIA_SIGMOID_FROM = 16_384
@@ -54,7 +56,7 @@ class PairedLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-class MlpPolicy(nn.Module):
+class MlpPolicy(ActorCritic):
     """Separate actor and critic MLPs over all inputs (`hidden_sizes` each), run as a pair.
 
     Besides autograd, the policy has a hand-written backward (`backward_from_outputs`): at
@@ -63,7 +65,7 @@ class MlpPolicy(nn.Module):
     mission embedding). A test checks it against autograd.
     """
 
-    def __init__(self, cfg, observation_spec: dict, num_actions: int):
+    def __init__(self, cfg, observation_spec: dict, action_space: ActionSpace | int):
         super().__init__()
         self.keys = [k for k in ("vector", "image", "grid") if k in observation_spec]
         if not self.keys:
@@ -75,12 +77,13 @@ class MlpPolicy(nn.Module):
         self.activation, self.activation_backward = ACTIVATIONS[cfg.activation]
         widths = [inputs, *cfg.hidden_sizes]
         self.layers = nn.ModuleList(PairedLinear(width, size) for width, size in zip(widths, widths[1:]))
-        self.heads = ActorCriticHeads(widths[-1], num_actions)
+        self.heads = ActorCriticHeads(widths[-1], action_space)
 
     @property
     def analytic_backward(self) -> bool:
-        """True when `backward_from_outputs` reaches every parameter (not the mission or grid embeddings)."""
-        return self.mission is None and self.grid is None
+        """True when `backward_from_outputs` reaches every parameter (not the mission or grid embeddings,
+        nor a Gaussian's log standard deviation)."""
+        return self.mission is None and self.grid is None and self.action_space.is_discrete
 
     def inputs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """One flat float vector per observation: the vector, the image (scaled to [0, 1]), the embedded

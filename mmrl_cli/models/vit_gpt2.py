@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..distributions import ActionSpace
 from ..envs.tokenizer import PAD_ID, VOCAB_SIZE
-from .heads import ActorCriticHeads, ImageInput, orthogonal, vector_size
+from .heads import ActorCritic, ActorCriticHeads, ImageInput, orthogonal, vector_size
 
 
-class VitGpt2Policy(nn.Module):
+class VitGpt2Policy(ActorCritic):
     """Actor-critic over (image, instruction) built from config, randomly initialised."""
 
-    def __init__(self, cfg, observation_spec: dict, num_actions: int, patch_size: int = 8):
+    def __init__(self, cfg, observation_spec: dict, action_space: ActionSpace | int, patch_size: int = 8):
         super().__init__()
         from transformers import GPT2Config, GPT2Model, ViTConfig, ViTModel  # ~2 s import: only when used
 
@@ -80,14 +82,14 @@ class VitGpt2Policy(nn.Module):
         features += vector_size(observation_spec)
         if cfg.separate_heads:  # actor and critic each get their own tanh MLP (value gradients stay out of the actor's)
             self.trunk = nn.Sequential()
-            self.heads = ActorCriticHeads(features, num_actions, [cfg.head_hidden] * cfg.head_layers)
+            self.heads = ActorCriticHeads(features, action_space, [cfg.head_hidden] * cfg.head_layers)
         else:  # one shared ReLU MLP, then linear actor and critic
             layers = []
             for _ in range(cfg.head_layers):
                 layers += [orthogonal(nn.Linear(features, cfg.head_hidden)), nn.ReLU()]
                 features = cfg.head_hidden
             self.trunk = nn.Sequential(*layers)
-            self.heads = ActorCriticHeads(cfg.head_hidden, num_actions)
+            self.heads = ActorCriticHeads(cfg.head_hidden, action_space)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.vit.embeddings(self.pixels(obs))  # (B, 1 + P, d)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -22,9 +23,13 @@ from optuna.trial import TrialState
 from ..checkpoint import write_text_atomic
 from ..config import ConfigError
 from .settings import SweepConfig, validate_sweep
-from .study import budget_left, counted_trials, fail_stale_trials, open_study, steps_spent
+from .study import (budget_left, counted_trials, fail_stale_trials, mask_secrets, open_study, saved_storage,
+                    steps_spent, storage_environment)
 
 CONFIG_FILE = "sweep.yaml"
+# Memory of one idle worker process (Python, torch, Optuna imported; ~160 MiB private, measured)
+# before its trial allocates anything: what N workers cost at least.
+WORKER_BYTES = 160 * 2**20
 # Keys that define what the study measures: a resumed sweep must keep them (budgets may change).
 FIXED_KEYS = ("study_name", "train", "space", "objective")
 POLL_SECONDS = 1.0
@@ -51,13 +56,31 @@ def check_resumable(config: SweepConfig) -> None:
                               f"resume it unchanged or pick another hpo.study_name")
 
 
+def check_workers_fit(config: SweepConfig) -> None:
+    """`hpo.n_workers` idle worker processes fit in the memory available (before any trial runs)."""
+    from ..preflight import available_memory
+
+    workers, available = config.hpo.n_workers, available_memory()
+    if workers * WORKER_BYTES > available:
+        raise ConfigError(f"hpo.n_workers: {workers} worker processes need at least {workers * WORKER_BYTES / 2**30:.1f} GiB "
+                          f"({WORKER_BYTES // 2**20} MiB each before training), {available / 2**30:.1f} GiB is available; "
+                          f"expected at most {max(1, available // WORKER_BYTES)}")
+
+
+def saved_config(config: SweepConfig) -> str:
+    """sweep.yaml's text: the config as given, but a storage password masked (never on disk)."""
+    data = OmegaConf.to_container(OmegaConf.structured(config))
+    data["hpo"]["storage"] = saved_storage(config.hpo.storage)
+    return OmegaConf.to_yaml(OmegaConf.create(data))
+
+
 def prepare_sweep_dir(config: SweepConfig) -> Path:
     """Create the sweep directory (or check that a resumed one measures the same thing); save the config."""
     check_resumable(config)
     sweep_dir = Path(config.directory)
     saved = sweep_dir / CONFIG_FILE
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(saved, OmegaConf.to_yaml(OmegaConf.structured(config)))
+    write_text_atomic(saved, saved_config(config))
     return sweep_dir
 
 
@@ -71,8 +94,10 @@ def start_workers(config: SweepConfig, sweep_dir: Path, deadline: float | None) 
             command = [sys.executable, "-m", "mmrl_cli.sweep.trial", str(sweep_dir),
                        "none" if deadline is None else repr(deadline), str(os.getpid())]
             # Own session: a terminal's Ctrl-C reaches the sweep only, which stops each worker once.
+            # An inline storage password reaches the worker in its environment: sweep.yaml masks it.
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **storage_environment(config.hpo.storage)}
             workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True))
+                                            env=env, start_new_session=True))
     return workers
 
 
@@ -148,7 +173,23 @@ def stop_workers(workers: list[subprocess.Popen]) -> None:
 
 
 def run_sweep(config: SweepConfig) -> dict:
-    """The whole sweep: resume or start the study, run trials to the budget, retrain the best, report."""
+    """The whole sweep: resume or start the study, run trials to the budget, retrain the best, report.
+
+    An unexpected error ends the command with its traceback, passwords masked, and status 1: an
+    exception reaching Hydra would print the command line's overrides, an inline password included.
+    """
+    try:
+        return run_study(config)
+    except Exception as e:
+        storage = config.hpo.storage
+        print(mask_secrets(traceback.format_exc(), storage), file=sys.stderr, end="")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"mmrl sweep: error: {mask_secrets(reason, storage)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run_study(config: SweepConfig) -> dict:
+    """`run_sweep`'s work, exceptions unmasked."""
     from .report import finish
 
     sweep_dir = prepare_sweep_dir(config)

@@ -10,7 +10,9 @@ ConfigError line naming the key.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -24,6 +26,13 @@ SAMPLERS = ("tpe", "gp", "random", "nsga2")
 PRUNERS = ("none", "median", "sha", "hyperband")
 CONFIG_GROUPS = ("algo", "model", "data", "hardware", "compression", "exp")  # keys that pick a group option
 STUDY_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+# The study name names a directory and the file `exp/<name>-best.yaml` (and its temporary twin):
+# 200 characters stay inside the 255 bytes a file name may have on common filesystems.
+STUDY_NAME_MAX = 200
+NAME_MAX = 255  # bytes in one path component (Linux, macOS; ENAMETOOLONG beyond)
+# Bytes of a whole path (Linux PATH_MAX, 4096), less room for what a sweep writes below its
+# directory (retrain/rank<k>-trial<n>/seed<s>/checkpoints/<n>/model.safetensors and the like).
+SWEEP_DIR_MAX = 4096 - 512
 
 
 @dataclass
@@ -116,6 +125,9 @@ class HpoConfig:
         return ["maximize"] + (["minimize"] if self.objective.second else [])
 
     def check(self) -> None:
+        if len(self.study_name) > STUDY_NAME_MAX:  # before the name is quoted in any message
+            raise ConfigError(f"hpo.study_name: expected at most {STUDY_NAME_MAX} characters (it names a directory "
+                              f"and a file), got {len(self.study_name):,} (ENAMETOOLONG)")
         if not self.study_name or not set(self.study_name) <= STUDY_NAME_CHARS or self.study_name[0] in "-.":
             raise ConfigError(f"hpo.study_name: expected letters, digits, '-', '_' or '.', got {self.study_name!r}")
         for section in (self.objective, self.sampler, self.pruner, self.budget, self.retrain):
@@ -145,11 +157,31 @@ class SweepConfig:
 
     def check(self) -> None:
         self.hpo.check()
+        check_path_length("sweep_dir" if self.sweep_dir else "runs_root", self.directory)
 
     @property
     def directory(self) -> str:
         """Where the study, its trials and its report live."""
         return self.sweep_dir or f"{self.runs_root}/sweeps/{self.hpo.study_name}"
+
+
+def short_path(path: Any) -> str:
+    """A path for a one-line message: a very long one keeps its start and its end."""
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]} ({len(text):,} characters)"
+
+
+def check_path_length(key: str, path: str) -> None:
+    """`path` (the sweep directory) fits the filesystem's limits on names and paths, with room for
+    what the sweep writes below it; otherwise one ConfigError (ENAMETOOLONG) naming `key`."""
+    too_long = next((part for part in Path(path).parts if len(part.encode()) > NAME_MAX), None)
+    if too_long is not None:
+        raise ConfigError(f"{key}: the directory name {short_path(too_long)} is longer than the {NAME_MAX} bytes "
+                          f"a file name may have (ENAMETOOLONG)")
+    length = len(os.path.abspath(path).encode())
+    if length > SWEEP_DIR_MAX:
+        raise ConfigError(f"{key}: the sweep directory {short_path(path)} is a path of {length:,} bytes; expected at "
+                          f"most {SWEEP_DIR_MAX:,}, to leave room for the runs it holds (ENAMETOOLONG)")
 
 
 def validate_sweep(cfg: DictConfig | dict) -> SweepConfig:

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from ..config import ConfigError, TrainConfig, compose_train_config
 from ..trainer import NumericalFault, StopTraining, train
 from .settings import Param, SweepConfig, parse_space
-from .study import HOST, set_attr, budget_left, counted_trials, fail_stale_trials, open_study
+from .study import HOST, budget_left, counted_trials, fail_stale_trials, mask_secrets, open_study, set_attr
 
 TRIALS_DIR = "trials"
 
@@ -143,8 +143,9 @@ def run_trial(study: optuna.Study, config: SweepConfig, params: list[Param], swe
         summary = train(cfg, run_dir, callbacks=[heartbeat, reporter])
     except Exception as e:  # a numerical fault, an env that raised, out of memory, ...: this trial failed, not the sweep
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if not isinstance(e, (NumericalFault, ConfigError)):
-            traceback.print_exc()  # into the worker's log
+        if not isinstance(e, (NumericalFault, ConfigError)):  # into the worker's log, passwords masked
+            print(mask_secrets(traceback.format_exc(), hpo.storage), file=sys.stderr, end="", flush=True)
+        reason = mask_secrets(reason, hpo.storage)
         trial.set_user_attr("failed_because", reason)
         study.tell(trial, state=TrialState.FAIL)
         write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": reason})
@@ -194,6 +195,16 @@ def work(sweep_dir: Path, deadline: float | None, parent_pid: int | None) -> Non
         run_trial(study, config, params, sweep_dir, parent_pid)
 
 
-if __name__ == "__main__":  # python -m mmrl_cli.sweep.trial <sweep dir> <deadline|none> <parent pid>
-    directory, deadline_arg, parent = sys.argv[1:4]
-    work(Path(directory), None if deadline_arg == "none" else float(deadline_arg), int(parent))
+def main(argv: list[str]) -> None:
+    """A worker process (`python -m mmrl_cli.sweep.trial <sweep dir> <deadline|none> <parent pid>`);
+    an error ends it with its traceback in the worker's log, passwords masked."""
+    directory, deadline_arg, parent = argv[:3]
+    try:
+        work(Path(directory), None if deadline_arg == "none" else float(deadline_arg), int(parent))
+    except Exception:
+        print(mask_secrets(traceback.format_exc()), file=sys.stderr, end="", flush=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
