@@ -6,7 +6,8 @@ The Python entry point needs no Hydra app::
     summary = train(compose_train_config(["algo=a2c"]), "runs/demo", callbacks=[...])
 """
 
-from .config import A2CConfig, ConfigError, PPOConfig, RolloutConfig, TrainConfig, compose_train_config
+from .compose import compose_train_config
+from .config import A2CConfig, ConfigError, PPOConfig, RolloutConfig, TrainConfig
 
 __all__ = ["A2CConfig", "ConfigError", "NumericalFault", "PPOConfig", "RolloutConfig", "StopTraining", "TrainConfig",
            "compose_train_config", "train"]

@@ -16,6 +16,8 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from .errors import ConfigError  # re-exported: every config check raises it
+
 # A checkpoint's directory name: its update number, zero-padded (so names sort by age).
 CHECKPOINT_NAME = re.compile(r"^[0-9]{8}$")
 # Schedules of a hyperparameter over training: constant, or annealed linearly to 0 at the end.
@@ -28,10 +30,6 @@ SPLITS = ("train", "validation", "heldout")
 SEED_MAX = 2**31 - 1
 # torch.compile's modes (reduce-overhead and max-autotune capture CUDA graphs on a GPU).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; its message is one line naming the key."""
 
 
 # --------------------------------------------------------------------------------- algo
@@ -60,6 +58,7 @@ class PPOConfig:
 
     def check(self) -> None:
         positive("algo", self, "n_epochs", "batch_size", "lr", "adam_eps")
+        between("algo", self, "n_epochs", 1, 1000)  # passes over each rollout; more is a typo that would hang
         between("algo", self, "gamma", 0.0, 1.0)
         between("algo", self, "gae_lambda", 0.0, 1.0)
         positive("algo", self, "clip_range", "max_grad_norm")
@@ -615,32 +614,6 @@ def merge_group(group: str, section: Any) -> Any:
     if kind not in options:
         raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
     return _merge(options[kind], section, f"{group}.")
-
-
-def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """`mmrl train`'s config with command-line style `overrides` (``["algo=a2c", "seed=2"]``), validated.
-
-    Uses Hydra's compose API only (no Hydra app, no output directory); raises ConfigError.
-    """
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from .cli import compose_error
-
-    def composed():
-        try:
-            return compose("train", overrides=list(overrides))
-        except Exception as e:  # Hydra's and OmegaConf's errors: one line naming the key or option
-            raise ConfigError(compose_error(e)) from None
-
-    if GlobalHydra.instance().is_initialized():  # inside an mmrl command: its search path holds train.yaml
-        cfg = composed()
-    else:
-        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
-            cfg = composed()
-    return validate(cfg)
 
 
 def validate_eval(cfg: DictConfig | dict) -> EvalCommandConfig:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .distributions import act
-from .builders import autocast_for, pick_device, policy_for_weights
-from .checkpoint import load_model, write_text_atomic
+from .builders import autocast_for, load_policy, pick_device
+from .checkpoint import write_text_atomic
 from .config import EvalCommandConfig, TrainConfig
 from .envs import make_env, split_seed
 
@@ -128,8 +128,7 @@ def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, t
         torch.set_num_threads(eval_cfg.hardware.threads)
     autocast = autocast_for(device, eval_cfg.hardware.precision)
     seed = train_cfg.seed + 10_000 if eval_cfg.seed is None else eval_cfg.seed
-    policy = policy_for_weights(train_cfg, checkpoint_dir / "model.safetensors", device)
-    load_model(checkpoint_dir / "model.safetensors", policy)
+    policy = load_policy(train_cfg, checkpoint_dir / "model.safetensors", device)
     policy.eval()
     results = evaluate(policy, train_cfg, device, eval_cfg.split, eval_cfg.episodes, eval_cfg.deterministic, autocast, seed)
     out_dir = run_dir / "eval"

@@ -14,6 +14,7 @@ process ends, however it ends.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import fcntl
 import math
 import os
@@ -33,9 +34,23 @@ from .checkpoint import (FORMAT, LATEST, CheckpointError, check_model_fits, file
 from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-RUN_DIR_VARIABLE = "MMRL_RUN_DIR"  # = cli.RUN_DIR_VARIABLE: set for the ranks of `mmrl train`'s launcher (it holds the lock)
+RUN_DIR_VARIABLE = "MMRL_RUN_DIR"  # set for the ranks of `mmrl train`'s launcher (it holds the lock)
 LOCK_FILE = ".lock"
 STEPS_MAX = 2**63 - 1
+
+
+@dataclass
+class Progress:
+    """Where a run stands: saved in every checkpoint as plain data, shown to callbacks."""
+
+    update: int = 0
+    steps: int = 0
+    episodes: int = 0  # training episodes finished so far (every rank's)
+    next_eval: int = 0
+    wall_seconds: float = 0.0  # training time spent by earlier sessions of this run
+    eval_seconds: float = 0.0  # the part of it spent in evaluations
+    evaluations: list = dataclasses.field(default_factory=list)  # periodic evaluations (validation levels)
+    heldout: dict = dataclasses.field(default_factory=dict)  # the final held-out evaluation, once done
 
 
 @dataclass
@@ -192,7 +207,7 @@ def check_structure_runs(cfg: TrainConfig, weights: Path, policy: torch.nn.Modul
 
     if not file_metadata(weights).get(STRUCTURE_KEY):
         return  # exactly the config's shapes (check_model_fits): the model computes
-    from .cli import observation_spec_of
+    from .envs.spec import observation_spec_of
 
     spec, _ = observation_spec_of(cfg.data)
     try:
@@ -230,8 +245,7 @@ def check_training_state(state: dict, update: int, where: str) -> None:
 
 
 def progress_problem(progress, update: int) -> str | None:
-    """What is wrong with saved progress counters (`trainer.Progress` as a mapping), or None."""
-    from .trainer import Progress
+    """What is wrong with saved progress counters (`Progress` as a mapping), or None."""
 
     if not isinstance(progress, dict):
         return "progress is not a mapping"
@@ -374,3 +388,26 @@ def lock_run(run_dir: Path, is_main: bool = True) -> RunLock | None:
     if RUN_DIR_VARIABLE in os.environ or not is_main:
         return None
     return RunLock(run_dir).acquire()
+
+
+# ------------------------------------------------------------------ new and resumed runs
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """Create <runs_root>/<date>/<time>[-<run_name>] (with .1, .2, ... if taken)."""
+    now = dt.datetime.now()
+    base = Path(cfg.runs_root) / now.strftime("%Y-%m-%d") / (now.strftime("%H-%M-%S") + (f"-{cfg.run_name}" if cfg.run_name else ""))
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        candidate = base if n == 0 else base.with_name(f"{base.name}.{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run directory next to {base}")
+
+
+def resumed_run(resume: str, runs_root: str, overrides: list[str]):
+    """The run and checkpoint `resume=` names, with its saved config plus the other overrides."""
+    from .runs import load_run_checkpoint
+
+    return load_run_checkpoint(resume, runs_root, "latest", "resume", overrides, ignore=("resume", "runs_root"))

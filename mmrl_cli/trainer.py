@@ -29,17 +29,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from .algos import ALGOS, Setup, algorithm_name
 from .algos.optim import global_norm
-from .builders import autocast_for, build_env_and_policy, pick_device
-from .compress.setup import attach, prepare_policy
+from .builders import autocast_for, build_policy_from, pick_device, transforms_of
+from .compress.setup import attach, init_from_weights, load_teacher
 from .compress.structure import STRUCTURE_NOTE, is_structured
 from .checkpoint import (POLICY, CheckpointError, load_modules, optimizer_state_mismatch, save_checkpoint,
                          save_weights, set_aside_newer, state_mismatch, write_text_atomic)
 from .config import TrainConfig, validate
 from .evaluation import evaluate, write_json
 from .distributed import Distributed
+from .envs import make_env
 from .monitor import Monitor, SilentMonitor
 from .rng import global_rng_state, seed_everything, set_global_rng_state
-from .runs import checked_state, lock_run
+from .runs import Progress, checked_state, lock_run
 from .signals import StopRequests
 
 
@@ -49,20 +50,6 @@ class NumericalFault(RuntimeError):
 
 class StopTraining(Exception):
     """Raised by a callback to stop the run cleanly (after a checkpoint); the message is the reason."""
-
-
-@dataclasses.dataclass
-class Progress:
-    """Where a run stands: saved in every checkpoint as plain data, shown to callbacks."""
-
-    update: int = 0
-    steps: int = 0
-    episodes: int = 0  # training episodes finished so far (every rank's)
-    next_eval: int = 0
-    wall_seconds: float = 0.0  # training time spent by earlier sessions of this run
-    eval_seconds: float = 0.0  # the part of it spent in evaluations
-    evaluations: list = dataclasses.field(default_factory=list)  # periodic evaluations (validation levels)
-    heldout: dict = dataclasses.field(default_factory=dict)  # the final held-out evaluation, once done
 
 
 def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: Iterable = (),
@@ -88,9 +75,16 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         torch.set_num_threads(cfg.hardware.threads)
     seed_everything(cfg.seed)
     autocast = autocast_for(device, cfg.hardware.precision)
-    env, policy = build_env_and_policy(cfg, cfg.rollout.n_envs, device, seed=dist.seed(cfg.seed))
-    # Compression: the checkpoint's structure, init_from's (shrunk) weights, the frozen teacher.
-    teacher, compression_done = prepare_policy(cfg, policy, device, resume_from)
+    env = make_env(cfg.data, cfg.rollout.n_envs, device, dist.seed(cfg.seed))
+    # The policy: resumed (the checkpoint's weights, in its structure), from init_from's weights
+    # (shrunk by the compression's transforms on this fresh start), or from scratch.
+    source, transforms = None, []
+    if resume_from is not None:
+        source = resume_from / "model.safetensors"
+    elif cfg.init_from is not None:
+        source, transforms = init_from_weights(cfg), transforms_of(cfg)
+    policy, compression_done = build_policy_from(cfg, env, device, source, transforms)
+    teacher = load_teacher(cfg, device) if cfg.teacher is not None else None
     algo_class = ALGOS[algorithm_name(cfg)]
     # Train steps of the run (resumed: the steps left, in steps of this run's size; the rank count may have changed).
     saved = checked_state(resume_from)["progress"] if resume_from is not None else None

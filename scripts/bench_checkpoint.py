@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from mmrl_cli import trainer
 from mmrl_cli.builders import build_env_and_policy
 from mmrl_cli.checkpoint import find_checkpoint, load_model, load_state
-from mmrl_cli.cli import CONF_DIR
+from mmrl_cli.compose import CONF_DIR
 from mmrl_cli.config import validate
 
 

@@ -56,7 +56,7 @@ def update_throughput(model: str, precision: str, compiled: bool, batch: int, st
     from mmrl_cli.algos.gradient import GradientStep
     from mmrl_cli.algos.ppo import ppo_loss
     from mmrl_cli.builders import autocast_for, build_env_and_policy
-    from mmrl_cli.config import compose_train_config
+    from mmrl_cli.compose import compose_train_config
 
     cfg = compose_train_config([f"model={model}", f"hardware.device={device.type}", f"hardware.precision={precision}"])
     env, policy = build_env_and_policy(cfg, batch, device)
@@ -91,7 +91,7 @@ def update_throughput(model: str, precision: str, compiled: bool, batch: int, st
 def rollout_throughput(batch: int, n_steps: int, rollouts: int, mode: str | None, device: torch.device) -> float:
     """Env steps/s of rollout collection: the built-in env and the default policy, all on `device`."""
     from mmrl_cli.builders import autocast_for, build_env_and_policy
-    from mmrl_cli.config import compose_train_config
+    from mmrl_cli.compose import compose_train_config
     from mmrl_cli.rollout import Collector
 
     cfg = compose_train_config([f"hardware.device={device.type}", "hardware.precision=bf16" if device.type == "cuda"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mmrl_cli import trainer
-from mmrl_cli.config import ConfigError, compose_train_config
+from mmrl_cli.compose import compose_train_config
+from mmrl_cli.config import ConfigError
 from mmrl_cli.distributions import ActionSpace, Categorical, DiagGaussian, sample_actions
 
 
@@ -74,7 +75,7 @@ class UnboundedActions(gym.Env):
 def test_an_env_with_infinite_action_bounds_is_one_config_error():
     gym.register("mmrl-test/Unbounded-v0", entry_point=UnboundedActions)
     with pytest.raises(ConfigError, match="data.env_id: mmrl-test/Unbounded-v0: infinite action bounds"):
-        from mmrl_cli.cli import check_compatible
+        from mmrl_cli.compat import check_compatible
 
         check_compatible(compose_train_config(["data=gym", "data.env_id=mmrl-test/Unbounded-v0", "model=mlp"]))
 

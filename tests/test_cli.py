@@ -145,7 +145,7 @@ def test_a_node_other_than_0_checks_that_the_rendezvous_answers(monkeypatch):
 
     from torch.distributed import TCPStore
 
-    from mmrl_cli import cli
+    from mmrl_cli import launcher as cli
     from mmrl_cli.config import ConfigError
 
     monkeypatch.setattr(cli, "RENDEZVOUS_TIMEOUT_S", 1)
@@ -164,10 +164,11 @@ def test_a_node_other_than_0_checks_that_the_rendezvous_answers(monkeypatch):
 
 def test_hydra_search_path_and_launcher_overrides_are_still_accepted(tmp_path):
     """Only Hydra's output settings are refused; the search path and the launcher are not."""
-    from mmrl_cli.cli import check_overrides
+    from mmrl_cli.cli import COMMANDS
+    from mmrl_cli.compose import check_overrides
 
     check_overrides("train", ["data=cartpole", "model=mlp", "hydra/launcher=basic", f"hydra.searchpath=[file://{tmp_path}]",
-                              "hydra.verbose=true"])
+                              "hydra.verbose=true"], COMMANDS["train"].check)
 
 
 def test_env_prints_to_stdout_do_not_reach_the_console(capfd):

@@ -22,7 +22,8 @@ from mmrl_cli.compress.structure import STRUCTURE_NOTE
 from mmrl_cli.compress.structured import groups_of, mask_units, remove_units, units_to_keep
 from mmrl_cli.compress.unstructured import (GradualPruning, cubic_sparsity, magnitude_masks, prunable_weights,
                                             sparsity_of)
-from mmrl_cli.config import KickstartCompression, PruneCompression, compose_train_config
+from mmrl_cli.compose import compose_train_config
+from mmrl_cli.config import KickstartCompression, PruneCompression
 
 TINY = ["model=vit-gpt2-tiny", "rollout.n_envs=16", "rollout.n_steps=16", "algo.batch_size=128", "eval.episodes=10",
         "eval.every_steps=100000", "monitor.progress=false", "monitor.tensorboard=false", "hardware.threads=1"]
@@ -229,7 +230,7 @@ def test_compressed_runs_evaluate_resume_and_share_one_report(teacher_run, tmp_p
     one teacher, one report; the structured run evaluates and resumes from its checkpoint."""
     from hydra import compose, initialize_config_dir
 
-    from mmrl_cli.cli import CONF_DIR
+    from mmrl_cli.compose import CONF_DIR
     from mmrl_cli.compress.run import run_compress
     from mmrl_cli.compress.settings import validate_compress
     from mmrl_cli.config import EvalCommandConfig, GifConfig

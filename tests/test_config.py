@@ -6,7 +6,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from mmrl_cli.cli import CONF_DIR, GROUPS, check_compatible, group_options
+from mmrl_cli.compat import check_compatible
+from mmrl_cli.compose import CONF_DIR, COMMAND_GROUPS, group_options
 from mmrl_cli.config import ConfigError, validate
 from mmrl_cli.builders import build_env_and_policy, pick_device
 
@@ -16,7 +17,7 @@ def composed(*overrides):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("group", [g for g in GROUPS if g != "exp"])
+@pytest.mark.parametrize("group", [g for g in COMMAND_GROUPS["train"] if g != "exp"])
 def test_every_group_option_composes_and_validates(group):
     for option in group_options(group):
         overrides = [f"{group}={option}"]
@@ -88,7 +89,8 @@ def test_data_options_describe_environments_only_and_presets_hold_the_tuning():
 
 
 def test_a_config_built_in_python_equals_the_composed_defaults():
-    from mmrl_cli.config import TrainConfig, compose_train_config
+    from mmrl_cli.compose import compose_train_config
+    from mmrl_cli.config import TrainConfig
 
     assert compose_train_config() == TrainConfig()
 
@@ -125,7 +127,7 @@ def test_out_of_range_values_name_the_key(override, key):
 
 @pytest.mark.parametrize("preset", group_options("exp"))
 def test_every_exp_preset_runs_a_few_updates(preset, tmp_path):
-    from mmrl_cli.config import compose_train_config
+    from mmrl_cli.compose import compose_train_config
     from mmrl_cli.trainer import train
 
     cfg = compose_train_config([f"exp={preset}", "eval.episodes=4", "monitor.progress=false",

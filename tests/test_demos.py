@@ -350,8 +350,7 @@ def test_check_demos_refuses_to_mix_configs_in_one_directory(dataset_dir, tmp_pa
 
 
 def test_mmrl_demos_command_line(tmp_path):
-    script = ("import sys; from mmrl_cli import cli; from mmrl_cli.demos.command import check_demos, demos_task; "
-              "cli.COMMANDS.setdefault('demos', cli.Command(demos_task, check_demos, 'demos')); cli.main(sys.argv[1:])")
+    script = "import sys; from mmrl_cli import cli; cli.main(sys.argv[1:])"
     run = subprocess.run([sys.executable, "-c", script, "demos", "episodes=30", "shard_episodes=10"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

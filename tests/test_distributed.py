@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mmrl_cli.cli import failure_cause, torchrun_command
+from mmrl_cli.launcher import failure_cause, torchrun_command
 from mmrl_cli.config import A2CConfig, HardwareConfig, MlpConfig, PPOConfig
 from mmrl_cli.distributed import Distributed
 from mmrl_cli.models import build_policy

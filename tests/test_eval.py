@@ -11,7 +11,8 @@ from PIL import Image
 
 from mmrl_cli import trainer
 from mmrl_cli.checkpoint import sha256
-from mmrl_cli.cli import CONF_DIR, main
+from mmrl_cli.cli import main
+from mmrl_cli.compose import CONF_DIR
 from mmrl_cli.config import validate
 from mmrl_cli.evaluation import mean_interval, wilson_interval
 

@@ -15,7 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mmrl_cli import trainer
-from mmrl_cli.cli import CONF_DIR, main
+from mmrl_cli.cli import main
+from mmrl_cli.compose import CONF_DIR
 from mmrl_cli.config import validate
 
 MARKER = "pickle-payload-ran"
@@ -197,6 +198,10 @@ CASES = [
     ("train", ["exp=nope"], None, "exp=nope: unknown option"),
     ("train", ["data.grid_size=2", "data.num_distractors=0"], None, "data.grid_size: a 2x2 grid"),
     ("train", ["algo.gamma=1.5"], None, "algo.gamma"),
+    ("train", ["algo.n_epochs=100000000"], None, "algo.n_epochs"),
+    ("train", ["algo=bc"], None, "algo.demos: required"),
+    ("train", ["algo=bc", "algo.demos=nowhere"], None, "algo.demos: nowhere: no such directory"),
+    ("train", ["model.memory=foo", "model=mlp", "data=cartpole"], None, "model.memory"),
     ("train", ["algo.batch_size=100000"], None, "algo.batch_size"),
     ("train", ["algo.lr_schedule=cosine"], None, "algo.lr_schedule"),
     ("train", ["model.heads=5"], None, "model.heads"),

@@ -21,7 +21,7 @@ from mmrl_cli import trainer
 from mmrl_cli.algos import a2c as a2c_module
 from mmrl_cli.algos import ppo as ppo_module
 from mmrl_cli.checkpoint import CheckpointError, find_checkpoint, load_state, save_checkpoint, verify
-from mmrl_cli.cli import CONF_DIR
+from mmrl_cli.compose import CONF_DIR
 from mmrl_cli.config import validate
 
 GOTO = ["total_steps=384", "rollout.n_envs=8", "rollout.n_steps=8", "algo.batch_size=32", "algo.n_epochs=2",

@@ -122,7 +122,7 @@ def test_activation_count_runs_every_model_on_the_meta_device():
     """Every model runs on meta (no memory) so its layer outputs can be counted; wider means more."""
     import torch
 
-    from mmrl_cli.cli import observation_spec_of
+    from mmrl_cli.envs.spec import observation_spec_of
     from mmrl_cli.models import build_policy
     from mmrl_cli.preflight import activation_elements_per_sample
 

@@ -21,18 +21,32 @@ from .measure import latencies_ms, macs_per_step, parameter_counts
 from .teacher import load_trained_policy, trained_run
 
 
+def finished(run_dir: Path) -> bool:
+    """True when the run in `run_dir` got to its end: a summary that names nothing that stopped it."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("stopped_by") is None
+
+
+def method_label(compression) -> str:
+    """A short name of a method and its main setting, for run names and the report."""
+    if compression.type == "prune":
+        return f"prune-structured-{compression.amount:g}" if compression.structured else f"prune-{compression.sparsity:g}"
+    if compression.type == "lowrank":
+        return f"lowrank-r{compression.rank}" if compression.rank is not None else f"lowrank-e{compression.energy:g}"
+    return compression.type
+
+
 def student_dirs(out_dir: Path) -> list[Path]:
     """Finished student runs under `out_dir` (a checkpoint and a summary of a run that got to its
     end: a stopped one is not a result yet), by name."""
-    from .run import finished
-
     return sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "checkpoints").is_dir() and finished(p))
 
 
 def describe(run) -> str:
     """The method of a run, in words, from its config."""
-    from .run import method_label
-
     c = run.typed.compression
     if c.type == "none":
         return "RL fine-tune" if run.typed.init_from else "teacher"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import re
 import signal
 import sys
@@ -27,8 +26,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config import TrainConfig, compose_train_config
+from ..compose import compose_train_config
+from ..config import TrainConfig
 from ..signals import SIGNAL_NAMES
+from .report import finished, method_label, write_report
 from .settings import CompressCommandConfig
 from .teacher import trained_run
 
@@ -49,15 +50,6 @@ class CompressStopped(Exception):
 def output_dir(cfg: CompressCommandConfig, teacher_dir: Path) -> Path:
     """Where this teacher's compressed runs and report go."""
     return Path(cfg.out_dir) if cfg.out_dir else Path(cfg.runs_root) / "compress" / teacher_dir.name
-
-
-def method_label(compression) -> str:
-    """A short name of a method and its main setting, for run names and the report."""
-    if compression.type == "prune":
-        return f"prune-structured-{compression.amount:g}" if compression.structured else f"prune-{compression.sparsity:g}"
-    if compression.type == "lowrank":
-        return f"lowrank-r{compression.rank}" if compression.rank is not None else f"lowrank-e{compression.energy:g}"
-    return compression.type
 
 
 def student_config(cfg: CompressCommandConfig, teacher: TrainConfig, teacher_dir: Path) -> TrainConfig:
@@ -83,15 +75,6 @@ def finetune_config(distilled: TrainConfig, distilled_dir: Path, steps: int) -> 
 
     return dataclasses.replace(distilled, compression=NoCompression(), teacher=None, init_from=str(distilled_dir),
                                total_steps=steps)
-
-
-def finished(run_dir: Path) -> bool:
-    """True when the run in `run_dir` got to its end: a summary that names nothing that stopped it."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and summary.get("stopped_by") is None
 
 
 def same_run(run_dir: Path, cfg: TrainConfig) -> bool:
@@ -195,7 +178,6 @@ def run_compress(cfg: CompressCommandConfig) -> dict:
 
     Continues what an earlier, stopped call of the same config left (see the module docstring);
     raises CompressStopped when a signal stops it, before anything after the stopped run."""
-    from .report import write_report
 
     with signals_stop_at_once():
         teacher = trained_run(cfg.teacher, cfg.runs_root, "teacher")

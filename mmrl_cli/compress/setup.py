@@ -1,8 +1,7 @@
-"""What a `compression` setting changes in a training run: the trainer's two seams.
+"""What a `compression` setting changes in a training run, beyond the policy pipeline
+(`builders.build_policy_from`, which loads `init_from`'s weights and applies the transforms):
 
-- `prepare_policy`, before the algorithm is built: give the policy the structure of the
-  checkpoint it resumes from; or start from `init_from`'s weights and, on a fresh start,
-  shrink them (structured pruning, low-rank factorisation); load the frozen teacher.
+- `init_from_weights` and `load_teacher`: the runs a method starts from or learns from;
 - `attach`, once the algorithm exists: the distillation algorithm gets its teacher, kickstarting
   adds its annealed term to the algorithm's loss, unstructured pruning adds its callback.
 Everything else in the trainer is the same for every method.
@@ -15,30 +14,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import load_model
-from .structure import adopt_saved_structure
 
 
-def prepare_policy(cfg, policy: nn.Module, device: torch.device, resume_from: Path | None) -> tuple[nn.Module | None, dict]:
-    """Shape/initialise/shrink `policy` as the compression asks (see the module docstring);
-    returns the teacher (or None) and what was done (for <run>/compression.json)."""
-    from .lowrank import factorise_policy
-    from .structured import prune_structured
-    from .teacher import load_teacher, source_run
+def init_from_weights(cfg) -> Path:
+    """The weights file of the run `cfg.init_from` names (checked: same model, factorisable)."""
+    from .teacher import source_run
 
-    method, done = cfg.compression, {}
-    if resume_from is not None:
-        adopt_saved_structure(policy, resume_from / "model.safetensors")
-    elif cfg.init_from is not None:
-        weights = source_run(cfg, "init_from").checkpoint_dir / "model.safetensors"
-        adopt_saved_structure(policy, weights)
-        load_model(weights, policy)
-        if method.type == "prune" and method.structured:
-            done["pruned_groups"] = prune_structured(policy, method.amount)
-        elif method.type == "lowrank":
-            done["factorised_layers"] = factorise_policy(policy, method.rank, method.energy, method.min_size)
-    teacher = load_teacher(cfg, device) if cfg.teacher is not None else None
-    return teacher, done
+    return source_run(cfg, "init_from").checkpoint_dir / "model.safetensors"
+
+
+def load_teacher(cfg, device: torch.device) -> nn.Module:
+    """The frozen teacher policy of `cfg.teacher`."""
+    from .teacher import load_teacher as load
+
+    return load(cfg, device)
 
 
 def attach(cfg, policy: nn.Module, algo, teacher: nn.Module | None, total_updates: int, steps_done: int) -> list:

@@ -11,8 +11,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..builders import policy_for_weights
-from ..checkpoint import load_model
+from ..builders import load_policy
 from ..config import ConfigError, TrainConfig
 
 
@@ -35,10 +34,7 @@ def trained_run(value: str, runs_root: str, key: str):
 
 def load_trained_policy(run, device: torch.device) -> nn.Module:
     """The policy of a found run, built (and shaped) as saved, with its weights loaded."""
-    weights = run.checkpoint_dir / "model.safetensors"
-    policy = policy_for_weights(run.typed, weights, device)
-    load_model(weights, policy)
-    return policy
+    return load_policy(run.typed, run.checkpoint_dir / "model.safetensors", device)
 
 
 def source_run(cfg: TrainConfig, key: str):

@@ -50,7 +50,7 @@ def check_demos(cfg: DictConfig, overrides: list[str]) -> None:
     """Everything `mmrl demos` needs settled before it starts: a valid config, an env with an
     expert, a writable output directory that is empty or holds part of this same dataset, and
     room in memory for a shard."""
-    from ..cli import observation_spec_of
+    from ..envs.spec import observation_spec_of
     from ..preflight import check_numbers, check_output_dir
     from .dataset import DemoError, check_resumable
 
@@ -212,7 +212,7 @@ def print_demos(summary: dict) -> None:
 def demos_task(cfg: DictConfig) -> float:
     """Hydra task of `mmrl demos`: check, write or continue the dataset, summarise; returns the
     expert's success rate."""
-    from ..cli import fail
+    from ..exits import fail, interrupted_status
 
     try:
         typed = validate_demos(cfg)
@@ -224,6 +224,6 @@ def demos_task(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         print(f"\nmmrl demos: stopped; the complete shards are kept in {typed.directory} (run the same command "
               "again to continue)", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(interrupted_status()) from None
     print_demos(summary)
     return summary["success_rate"]

@@ -366,6 +366,67 @@ def read_shard(path: Path, entry: dict, manifest: dict, spec: dict) -> dict[str,
     return tensors
 
 
+def kept_episodes(manifest: dict, fraction: float) -> int:
+    """How many episodes `fraction` of a dataset keeps: its first ones, at least one."""
+    return max(1, math.floor(fraction * manifest["totals"]["episodes"] + 1e-9))
+
+
+def kept_transitions(path: Path, manifest: dict, episodes: int) -> int:
+    """The transitions of the first `episodes` episodes (reads only the lengths of a partial shard)."""
+    count = 0
+    for entry in manifest["shards"]:
+        if entry["first_episode"] + entry["episodes"] <= episodes:
+            count += entry["transitions"]
+        elif entry["first_episode"] < episodes:
+            try:
+                with safe_open(str(path / entry["file"]), framework="pt") as f:
+                    lengths = f.get_tensor("lengths")
+            except (SafetensorError, OSError, ValueError) as e:
+                raise DemoError(f"{path / entry['file']}: unreadable ({str(e).splitlines()[0]})") from None
+            count += int(lengths[: episodes - entry["first_episode"]].sum())
+    return count
+
+
+def check_trainable(path: str | Path, fraction: float, batch_size: int, data_cfg, observation_spec: dict,
+                    actions) -> None:
+    """Raise DemoError unless a run on `data_cfg` can train from `fraction` of the dataset at
+    `path` in minibatches of `batch_size`: a complete dataset whose shards are all present at
+    their recorded sizes (their checksums are verified when the run loads them), recorded on
+    the same env, with at least one minibatch of transitions. Reads no observations."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    check_complete(manifest, path)
+    for entry in manifest["shards"]:
+        file = path / entry["file"]
+        if not file.is_file():
+            raise DemoError(f"{path}: {entry['file']} is missing")
+        if file.stat().st_size != entry["bytes"]:
+            raise DemoError(f"{path}: {entry['file']} is truncated or changed ({file.stat().st_size} bytes, "
+                            f"{entry['bytes']} expected)")
+    check_compatible(manifest, data_cfg, observation_spec, actions)
+    episodes = kept_episodes(manifest, fraction)
+    transitions = kept_transitions(path, manifest, episodes)
+    if transitions < batch_size:
+        kept = f"{episodes} episode{'s' if episodes != 1 else ''}"
+        raise DemoError(f"{path}: the {kept} used hold {transitions} transitions, fewer than one minibatch "
+                        f"(algo.batch_size={batch_size}); record more (mmrl demos episodes=...) or lower algo.batch_size")
+
+
+def check_complete(manifest: dict, path: Path) -> None:
+    """Refuse a dataset whose generation has not finished, or whose manifest adds up wrongly."""
+    m = manifest
+    written = sum(s["episodes"] for s in m["shards"])
+    if not m["complete"] or written != m["episodes"]:
+        raise DemoError(f"{path}: incomplete ({written} of {m['episodes']} episodes written); run the same "
+                        "mmrl demos command again to finish it")
+    if m["shards"] and m["totals"] != totals(m["shards"]):
+        raise DemoError(f"{path}: the totals in {MANIFEST} do not add up (the manifest was edited)")
+    plan = shard_plan(m["episodes"], m["shard_episodes"])
+    if [(s["first_episode"], s["episodes"]) for s in m["shards"]] != plan or \
+            [s["file"] for s in m["shards"]] != [shard_name(i) for i in range(len(plan))]:
+        raise DemoError(f"{path}: the shards listed in {MANIFEST} do not follow its plan (the manifest was edited)")
+
+
 class DemoDataset:
     """A verified demonstration dataset in memory, with shuffled minibatches that resume exactly.
 
@@ -380,10 +441,10 @@ class DemoDataset:
         if not 0.0 < fraction <= 1.0:
             raise DemoError(f"fraction: expected a value in (0, 1], got {fraction}")
         self.manifest = manifest = read_manifest(self.path)
-        self.check_complete()
+        check_complete(manifest, self.path)
         self.observation_spec = spec_from_json(manifest["observation_spec"])
         self.num_actions = int(manifest["num_actions"])
-        self.num_episodes = max(1, math.floor(fraction * manifest["totals"]["episodes"] + 1e-9))
+        self.num_episodes = kept_episodes(manifest, fraction)
         for entry in manifest["shards"]:  # every shard, also those `fraction` leaves out: refuse damage early
             problem = shard_problem(self.path, entry)
             if problem:
@@ -393,20 +454,6 @@ class DemoDataset:
         self.generator.manual_seed(seed)
         self.epoch_start_state = self.generator.get_state()  # the state the current permutation was drawn from
         self.epochs, self.cursor, self.order = 0, 0, None
-
-    def check_complete(self) -> None:
-        """Refuse a dataset whose generation has not finished, or whose manifest adds up wrongly."""
-        m = self.manifest
-        written = sum(s["episodes"] for s in m["shards"])
-        if not m["complete"] or written != m["episodes"]:
-            raise DemoError(f"{self.path}: incomplete ({written} of {m['episodes']} episodes written); run the same "
-                            "mmrl demos command again to finish it")
-        if m["shards"] and m["totals"] != totals(m["shards"]):
-            raise DemoError(f"{self.path}: the totals in {MANIFEST} do not add up (the manifest was edited)")
-        plan = shard_plan(m["episodes"], m["shard_episodes"])
-        if [(s["first_episode"], s["episodes"]) for s in m["shards"]] != plan or \
-                [s["file"] for s in m["shards"]] != [shard_name(i) for i in range(len(plan))]:
-            raise DemoError(f"{self.path}: the shards listed in {MANIFEST} do not follow its plan (the manifest was edited)")
 
     def load(self, device: torch.device) -> None:
         """Read the shards that hold the first `num_episodes` episodes into tensors on `device`."""

@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from ..checkpoint import write_text_atomic
-from ..config import TrainConfig, compose_train_config
+from ..compose import compose_train_config
+from ..config import TrainConfig
 from .settings import SweepConfig
 from .study import steps_spent
 

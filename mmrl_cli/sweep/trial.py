@@ -20,7 +20,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ..config import ConfigError, TrainConfig, compose_train_config
+from ..compose import compose_train_config
+from ..config import ConfigError, TrainConfig
 from ..trainer import NumericalFault, StopTraining, train
 from .settings import Param, SweepConfig, parse_space
 from .study import HOST, budget_left, counted_trials, fail_stale_trials, mask_secrets, open_study, set_attr
@@ -91,7 +92,7 @@ def parameter_count(cfg: TrainConfig) -> int:
     """Parameters of the policy `cfg` builds (on the meta device: nothing allocated)."""
     import torch
 
-    from ..cli import observation_spec_of
+    from ..envs.spec import observation_spec_of
     from ..models import build_policy
     from ..models.patches import default_patch_size
 

@@ -1,0 +1,58 @@
+"""`mmrl eval`: evaluate a run's checkpoint on a split's levels; results JSON, a table and a GIF."""
+
+from __future__ import annotations
+
+import sys
+
+from omegaconf import DictConfig
+
+from ..compat import check_compatible
+from ..config import ConfigError, validate_eval
+from ..envs.spec import observation_spec_of
+from ..exits import fail
+from ..tables import print_eval
+
+
+def check_eval(cfg: DictConfig, overrides: list[str]) -> None:
+    """Everything `mmrl eval` needs settled: a valid eval config, a run, an intact checkpoint, a
+    writable <run>/eval."""
+    from ..preflight import check_output_dir
+
+    run = evaluated_run(validate_eval(cfg))
+    check_output_dir("run", run.run_dir / "eval", probe=False)
+
+
+def evaluated_run(typed):
+    """The run and checkpoint `mmrl eval` evaluates, checked against what this evaluation asks for:
+    numbers by kind, paths the filesystem takes, and memory (the envs and forward pass of
+    `episodes`, their results, the GIF's frames)."""
+    from ..evaluation import eval_envs
+    from ..preflight import check_episode_results, check_gif_memory, check_numbers, check_path
+    from ..runs import load_run_checkpoint
+
+    check_numbers(typed)
+    check_path("run", typed.run)
+    check_path("runs_root", typed.runs_root)
+    check_episode_results("episodes", typed.episodes)
+    run = load_run_checkpoint(typed.run, typed.runs_root, typed.checkpoint, "run")
+    run.typed.hardware = typed.hardware  # evaluated on this command's hardware, not the training run's
+    check_compatible(run.typed, evaluating=True, inference_batches={"episodes": eval_envs(run.typed.data, typed.episodes)})
+    if typed.gif.episodes:
+        check_gif_memory(run.typed, typed.gif, observation_spec_of(run.typed.data)[0])
+    return run
+
+
+def eval_task(cfg: DictConfig) -> float:
+    """Hydra task of `mmrl eval`: evaluate a run's checkpoint, write eval/results.json and a GIF."""
+    from ..evaluation import run_eval
+
+    try:
+        typed = validate_eval(cfg)
+        run = evaluated_run(typed)
+    except ConfigError as e:
+        fail("eval", str(e))
+    for note in run.notes:
+        print(f"mmrl eval: warning: {note}", file=sys.stderr)
+    results = run_eval(typed, run.run_dir, run.checkpoint_dir, run.typed)
+    print_eval(results)
+    return results["success_rate"]

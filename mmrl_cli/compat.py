@@ -1,0 +1,96 @@
+"""Pre-flight checks of a train config that need more than its schema: devices, the env's
+observations against the model, memory, and the runs it names (teacher, init_from). Builds
+nothing big: the env is described (`envs.spec`), the model is built on torch's meta device.
+"""
+
+from __future__ import annotations
+
+from .config import ConfigError, TrainConfig
+from .envs.spec import observation_spec_of
+from .models.patches import default_patch_size
+
+
+def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool = False,
+                     inference_batches: dict[str, int] | None = None) -> None:
+    """Checks that need more than the schema: numbers by kind, devices, gymnasium ids, model vs
+    observations, memory (also of `inference_batches`: key -> observations at once), the teacher
+    run (not to evaluate) and the init_from run (only for a fresh start). Builds nothing big: the
+    env's observations are described, the model is built on torch's meta device."""
+    import torch
+
+    from .compress.teacher import source_run
+
+    from .preflight import check_inference_memory, check_memory, check_name, check_numbers
+
+    check_numbers(cfg)
+    if cfg.hardware.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"hardware.device: {cfg.hardware.device} requested but no CUDA device is available (use hardware=cpu)")
+    on_cpu = cfg.hardware.device == "cpu" or (cfg.hardware.device == "auto" and not torch.cuda.is_available())
+    if cfg.hardware.distributed and cfg.hardware.backend == "nccl" and on_cpu:
+        raise ConfigError("hardware.backend: nccl needs CUDA devices, but the ranks would run on the CPU "
+                          f"(hardware.device={cfg.hardware.device}{', no CUDA device is available' if cfg.hardware.device == 'auto' else ''}); "
+                          "use hardware.backend=gloo or auto")
+    check_name("run_name", cfg.run_name)
+    spec, action_space = observation_spec_of(cfg.data)
+    if cfg.model.type in ("vit-gpt2", "cnn") and not spec.keys() & {"image", "grid"}:
+        raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
+    patch = cfg.data.tile_size if cfg.data.type == "goto" else 1
+    if cfg.model.type == "vit-gpt2" and cfg.data.type == "gym" and "image" in spec:
+        height, width = spec["image"][0][:2]
+        patch = default_patch_size(height, width)
+        if height % patch or width % patch:
+            raise ConfigError(f"model: a {height}x{width} image is not a whole number of {patch}-pixel ViT patches (try model=cnn)")
+
+    from .models import build_policy
+
+    def measure_model() -> tuple[int, int]:
+        from .preflight import activation_elements_per_sample
+
+        try:
+            with torch.device("meta"):
+                policy = build_policy(cfg.model, spec, action_space, patch)
+        except ValueError as e:
+            raise ConfigError(str(e) if str(e).startswith("model") else f"model: {e}") from None
+        return sum(p.numel() for p in policy.parameters()), activation_elements_per_sample(policy, spec)
+
+    if cfg.algo.type == "bc":  # before memory: a dataset that cannot fill one minibatch is the first problem
+        check_demos_fit(cfg, spec, action_space)
+    check_memory(cfg, spec, measure_model)
+    if inference_batches:
+        check_inference_memory(cfg, spec, measure_model, inference_batches)
+    if cfg.teacher is not None and not evaluating:
+        source_run(cfg, "teacher")
+    if cfg.init_from is not None and not resuming and not evaluating:
+        check_init_from_fits(source_run(cfg, "init_from"), lambda: build_policy(cfg.model, spec, action_space, patch))
+
+
+def check_init_from_fits(run, build) -> None:
+    """ConfigError unless the weights of the `init_from` run fit the policy this run builds
+    (`build()`, here on torch's meta device): the same model config on another env may still
+    differ in its input or output layers."""
+    import torch
+
+    from .checkpoint import CheckpointError, check_model_fits
+    from .compress.structure import adopt_saved_structure
+
+    weights = run.checkpoint_dir / "model.safetensors"
+    try:
+        with torch.device("meta"):
+            policy = build()
+            adopt_saved_structure(policy, weights)
+        check_model_fits(weights, policy)
+    except CheckpointError as e:
+        raise ConfigError(f"init_from: {e}; its env must give the same observations and actions as this run's") from None
+
+
+def check_demos_fit(cfg: TrainConfig, spec: dict, action_space) -> None:
+    """ConfigError (naming `algo.demos`) unless behaviour cloning can train from the dataset: it
+    exists, is complete and intact in size, was recorded on this env, and holds one minibatch."""
+    from .demos.dataset import DemoError, check_trainable
+    from .preflight import check_path
+
+    check_path("algo.demos", cfg.algo.demos)
+    try:
+        check_trainable(cfg.algo.demos, cfg.algo.fraction, cfg.algo.batch_size, cfg.data, spec, action_space)
+    except DemoError as e:
+        raise ConfigError(f"algo.demos: {e}") from None
