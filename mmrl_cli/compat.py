@@ -6,8 +6,7 @@ nothing big: the env is described (`envs.spec`), the model is built on torch's m
 from __future__ import annotations
 
 from .config import ConfigError, TrainConfig
-from .envs.spec import observation_spec_of
-from .models.patches import default_patch_size
+from .envs.spec import observation_spec_of, patch_size_of
 
 
 def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool = False,
@@ -34,12 +33,7 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
     spec, action_space = observation_spec_of(cfg.data)
     if cfg.model.type in ("vit-gpt2", "cnn") and not spec.keys() & {"image", "grid"}:
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
-    patch = cfg.data.tile_size if cfg.data.type == "goto" else 1
-    if cfg.model.type == "vit-gpt2" and cfg.data.type == "gym" and "image" in spec:
-        height, width = spec["image"][0][:2]
-        patch = default_patch_size(height, width)
-        if height % patch or width % patch:
-            raise ConfigError(f"model: a {height}x{width} image is not a whole number of {patch}-pixel ViT patches (try model=cnn)")
+    patch = patch_size_of(cfg.data, spec) if cfg.model.type == "vit-gpt2" else 1
 
     from .models import build_policy
 

@@ -125,6 +125,18 @@ class BCConfig:
 
 
 # -------------------------------------------------------------------------------- model
+# Every model takes `memory` (none | lstm | gru: a recurrent core between its features and its
+# actor-critic heads, see docs/memory.md) and `memory_size` (that core's hidden size).
+MEMORY_KINDS = ("none", "lstm", "gru")
+MEMORY_SIZE_MAX = 65_536
+
+
+def check_memory(model: Any) -> None:
+    """`model.memory` and `model.memory_size`, the same for every model."""
+    one_of("model", model, "memory", MEMORY_KINDS)
+    between("model", model, "memory_size", 1, MEMORY_SIZE_MAX)
+
+
 @dataclass
 class VitGpt2Config:
     type: str = "vit-gpt2"
@@ -141,8 +153,11 @@ class VitGpt2Config:
     readout: str = "spatial"
     keypoints: int = 16
     grid_embed: int = 8
+    memory: str = "none"
+    memory_size: int = 128
 
     def check(self) -> None:
+        check_memory(self)
         positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden", "head_layers",
                  "pos_init_std", "keypoints", "grid_embed")
         one_of("model", self, "activation", ("relu", "gelu", "gelu_new"))
@@ -161,8 +176,11 @@ class CnnConfig:
     mission_embed: int = 32
     grid_embed: int = 8
     head_hidden: list[int] = field(default_factory=list)
+    memory: str = "none"
+    memory_size: int = 128
 
     def check(self) -> None:
+        check_memory(self)
         positive("model", self, "kernel_size", "hidden", "mission_embed")
         non_negative("model", self, "grid_embed")
         if not self.channels or min(self.channels) <= 0:
@@ -181,8 +199,11 @@ class MlpConfig:
     activation: str = "tanh"
     mission_embed: int = 32
     grid_embed: int = 8
+    memory: str = "none"
+    memory_size: int = 128
 
     def check(self) -> None:
+        check_memory(self)
         positive("model", self, "mission_embed", "grid_embed")
         one_of("model", self, "activation", ("tanh", "relu"))
         if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
@@ -473,7 +494,26 @@ class TrainConfig:
             if batch_size is not None and batch_size > self.steps_per_update:
                 raise ConfigError(f"{section}.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
                                   f"{self.steps_per_update}, got {batch_size}")
+        self.check_memory_fits()
         self.check_compression_sources()
+
+    def check_memory_fits(self) -> None:
+        """A recurrent policy (`model.memory`) learns from whole env sequences: PPO's minibatches are
+        some envs' full rollouts; methods that learn from shuffled single transitions cannot train it."""
+        memory = getattr(self.model, "memory", "none")
+        if memory == "none":
+            return
+        if self.algo.type == "bc":
+            raise ConfigError(f"model.memory: algo=bc learns from shuffled single transitions, which cannot train "
+                              f"a recurrent policy (model.memory={memory}); use model.memory=none")
+        method = self.compression.type
+        if method in ("distill", "kickstart") or (method == "prune" and self.compression.structured):
+            what = "prune structured" if method == "prune" else method
+            raise ConfigError(f"model.memory: compression={what} does not support a recurrent policy "
+                              f"(model.memory={memory}); use model.memory=none")
+        if self.algo.type == "ppo" and self.algo.batch_size % self.rollout.n_steps:
+            raise ConfigError(f"algo.batch_size: with model.memory={memory} a minibatch is whole env sequences: "
+                              f"expected a multiple of rollout.n_steps={self.rollout.n_steps}, got {self.algo.batch_size}")
 
     def check_compression_sources(self) -> None:
         """Methods that learn from a teacher need `teacher`; methods that shrink a trained model need `init_from`."""

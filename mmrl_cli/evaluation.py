@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .distributions import act
+from .envs.spec import eval_envs
 from .builders import autocast_for, load_policy, pick_device
 from .checkpoint import write_text_atomic
 from .config import EvalCommandConfig, TrainConfig
@@ -41,12 +42,6 @@ def mean_interval(values: torch.Tensor) -> list[float]:
         return [float("nan"), float("nan")]
     mean, half = float(values.mean()), Z95 * float(values.std()) / math.sqrt(n)
     return [mean - half, mean + half]
-
-
-def eval_envs(data_cfg, episodes: int) -> int:
-    """How many envs an evaluation of `episodes` episodes steps at once: one per episode on the
-    built-in goto task (its batched envs are cheap), at most 64 on the others."""
-    return episodes if data_cfg.type == "goto" else min(episodes, 64)
 
 
 @torch.inference_mode()
@@ -78,11 +73,20 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
     was_training = policy.training
     policy.eval()
     obs = env.reset(seed=split_seed(cfg.data, seed, split))
+    # A recurrent policy's state, zeroed where an episode starts (every env at the reset).
+    recurrent = bool(getattr(policy, "recurrent", False))
+    if recurrent:
+        state, starts = policy.initial_state(num_envs, device), torch.ones(num_envs, device=device)
     while bool((counts < quota).any()):
         with autocast():
-            params, _ = policy(obs)
+            if recurrent:
+                params, _, state = policy.step(obs, state, starts)
+            else:
+                params, _ = policy(obs)
         dist = policy.distribution(params)
-        obs, _, _, _, info = env.step(dist.to_env(act(dist, deterministic, generator)))
+        obs, _, terminated, truncated, info = env.step(dist.to_env(act(dist, deterministic, generator)))
+        if recurrent:
+            state, starts = state.float(), (terminated | truncated).float()
         index = info["done_index"]
         if not len(index):
             continue

@@ -144,13 +144,20 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     recorded = []
+    recurrent = bool(getattr(policy, "recurrent", False))
     for _ in range(episodes):
         session.new_episode()
         caption, frames, rewards = session.caption(), [session.picture()], []
         done, success = False, False
+        if recurrent:  # a recurrent policy starts each episode from the zero state
+            state, starts = policy.initial_state(1, device), torch.ones(1, device=device)
         while not done and len(rewards) < max_steps:
             with autocast():
-                params, _ = policy(session.obs)
+                if recurrent:
+                    params, _, state = policy.step(session.obs, state.float(), starts)
+                    starts = torch.zeros(1, device=device)
+                else:
+                    params, _ = policy(session.obs)
             dist = policy.distribution(params)
             picture, reward, done, success = session.step(dist.to_env(act(dist, deterministic, generator)))
             frames.append(picture)

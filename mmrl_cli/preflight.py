@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig
+from .envs.spec import eval_envs as envs_at_once, traits_of
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -185,7 +186,7 @@ def check_memory(cfg: TrainConfig, observation_spec: dict, measure_model) -> Non
     """
     available = available_memory()
     per_obs = observation_bytes(observation_spec)
-    size_keys = ["data.grid_size", "data.tile_size"] if cfg.data.type == "goto" else []
+    size_keys = list(traits_of(cfg.data).size_keys)
     env_bytes = bytes_per_env(cfg, observation_spec)
     if env_bytes > available:
         key = _blame(cfg, size_keys) if size_keys else "data.env_id"
@@ -197,7 +198,7 @@ def check_memory(cfg: TrainConfig, observation_spec: dict, measure_model) -> Non
         key = _blame(cfg, ["rollout.n_envs", "rollout.n_steps", *size_keys])
         raise ConfigError(f"{key}: the rollout (rollout.n_envs x rollout.n_steps observations) needs "
                           f"{_gib(rollout_bytes)}, more than the {_gib(available)} of memory available")
-    eval_envs = cfg.eval.episodes if cfg.data.type == "goto" else min(cfg.eval.episodes, 64)
+    eval_envs = envs_at_once(cfg.data, cfg.eval.episodes)
     if eval_envs * env_bytes > available:
         raise ConfigError(f"eval.episodes: evaluating {cfg.eval.episodes:,} episodes at once needs "
                           f"{_gib(eval_envs * env_bytes)}, more than the {_gib(available)} of memory available")
@@ -220,8 +221,7 @@ def check_memory(cfg: TrainConfig, observation_spec: dict, measure_model) -> Non
 def bytes_per_env(cfg: TrainConfig, observation_spec: dict) -> int:
     """Memory one env of the batch holds: the built-in env keeps about four image-sized buffers
     per env (image, background, final obs, ...), a gymnasium env about one observation."""
-    per_obs = observation_bytes(observation_spec)
-    return 4 * per_obs if cfg.data.type == "goto" else per_obs
+    return traits_of(cfg.data).buffers_per_env * observation_bytes(observation_spec)
 
 
 def check_inference_memory(cfg: TrainConfig, observation_spec: dict, measure_model, batches: dict[str, int]) -> None:

@@ -8,6 +8,12 @@ rollout never leaves the device and never allocates. Algorithms turn a buffer in
 with their own discount (`compute_advantages`) and read it whole or in minibatches. A method
 that needs more per transition (a teacher's action logits) adds it to `labels` once per
 rollout; minibatches carry it along.
+
+A recurrent policy (``policy.recurrent``, `model.memory`) also has a state per env: the
+collector carries it from step to step and across rollouts, zeroes it where an episode starts,
+and the buffer keeps the state at the start of the rollout (`initial_state`) and the
+episode-start flags (`episode_starts`), so training can replay every env's sequence exactly;
+its minibatches (`sequences`) are some envs' whole rollouts, never shuffled transitions.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ class RolloutBuffer:
     """One rollout of `n_steps` x `n_envs` transitions plus its advantages and returns."""
 
     def __init__(self, n_steps: int, n_envs: int, observation_spec: dict, device: torch.device,
-                 action_space: ActionSpace | None = None):
+                 action_space: ActionSpace | None = None, state_size: int = 0):
         self.n_steps, self.n_envs = n_steps, n_envs
         shape = (n_steps, n_envs)
         self.obs = {k: torch.zeros(shape + tuple(s), dtype=dt, device=device) for k, (s, dt) in observation_spec.items()}
@@ -42,6 +48,11 @@ class RolloutBuffer:
         # Extra per-transition tensors (n_steps * n_envs rows, time-major), added after collection
         # (e.g. ``teacher_logits``); cleared by each new collection.
         self.labels: dict[str, torch.Tensor] = {}
+        # A recurrent policy's (`state_size` > 0): its state before the rollout's first step, and 1 where
+        # an observation is an episode's first (the state is zeroed before that step).
+        self.recurrent = state_size > 0
+        self.initial_state = torch.zeros(n_envs, state_size, device=device)
+        self.episode_starts = torch.zeros(shape if self.recurrent else (0, n_envs), device=device)
 
     def store_obs(self, t: int, obs: dict) -> None:
         """Copy the observations of step `t` (envs may reuse their buffers afterwards)."""
@@ -85,6 +96,34 @@ class RolloutBuffer:
             "returns": self.returns.flatten(), **self.labels,
         }
 
+    def sequence_batch(self, envs: torch.Tensor | None = None) -> dict:
+        """The whole rollouts of `envs` (all envs when None) for a recurrent policy's ``sequence`` call:
+        ``obs`` (n_steps, E, ...), ``initial_state`` (E, S), ``episode_starts`` (n_steps, E), and every
+        per-transition tensor flat in time-major order (n_steps * E rows), as the call's outputs are."""
+        if envs is None:
+            batch = self.flat()
+            batch.update(obs=dict(self.obs), initial_state=self.initial_state, episode_starts=self.episode_starts)
+            return batch
+        per_step = {"actions": self.actions, "logprobs": self.logprobs, "values": self.values,
+                    "advantages": self.advantages, "returns": self.returns,
+                    **{k: v.view(self.n_steps, self.n_envs, *v.shape[1:]) for k, v in self.labels.items()}}
+        batch = {k: v.index_select(1, envs).flatten(0, 1) for k, v in per_step.items()}
+        batch["obs"] = {k: v.index_select(1, envs) for k, v in self.obs.items()}
+        batch["initial_state"] = self.initial_state.index_select(0, envs)
+        batch["episode_starts"] = self.episode_starts.index_select(1, envs)
+        return batch
+
+    def sequences(self, envs_per_batch: int, generator: torch.Generator | None = None) -> Iterator[dict]:
+        """Minibatches of a recurrent policy: `envs_per_batch` envs' whole rollouts each (`sequence_batch`),
+        the envs shuffled (the last partial group is dropped). Sequences are never cut, so each is
+        replayed from its stored initial state, with the resets where its episodes start."""
+        if envs_per_batch >= self.n_envs:  # one batch of every env: order does not change its gradient
+            yield self.sequence_batch()
+            return
+        order = torch.randperm(self.n_envs, generator=generator, device="cpu").to(self.actions.device)
+        for start in range(0, self.n_envs - envs_per_batch + 1, envs_per_batch):
+            yield self.sequence_batch(order[start : start + envs_per_batch])
+
     def minibatches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[dict]:
         """Shuffled minibatches over all transitions (the last partial one is dropped)."""
         total = self.n_steps * self.n_envs
@@ -104,13 +143,19 @@ class Collector:
     """Plays the policy in a batched env and fills a `RolloutBuffer`, one rollout per call.
 
     The policy runs in eval mode (no dropout) under inference mode (no autograd bookkeeping).
-    Finished episodes are kept as tensors (no device sync) until `take_episodes`.
+    Finished episodes are kept as tensors (no device sync) until `take_episodes`. A recurrent
+    policy's state (`state`) and the flags of which envs start an episode at the current
+    observation (`episode_starts`) are carried across rollouts and saved with the collector.
     """
 
     def __init__(self, env, policy: torch.nn.Module, n_steps: int, device: torch.device, seed: int,
                  autocast, bootstrap_truncated: bool = True):
         self.env, self.policy, self.n_steps, self.autocast = env, policy, n_steps, autocast
-        self.buffer = RolloutBuffer(n_steps, env.num_envs, env.observation_spec, device, env.action_spec)
+        self.recurrent = bool(getattr(policy, "recurrent", False))
+        self.state = policy.initial_state(env.num_envs, device) if self.recurrent else None
+        self.episode_starts = torch.ones(env.num_envs, device=device) if self.recurrent else None  # a reset starts every env
+        self.buffer = RolloutBuffer(n_steps, env.num_envs, env.observation_spec, device, env.action_spec,
+                                    self.state.shape[1] if self.recurrent else 0)
         self.action_rng = torch.Generator(device=device)  # action sampling, apart from torch's global generator
         self.action_rng.manual_seed(seed)
         # Time-limit bootstrapping only where the env's limit is not part of the task.
@@ -126,21 +171,32 @@ class Collector:
         buffer.labels.clear()
         if self.bootstrap:  # only written when bootstrapping; otherwise it stays all zeros
             buffer.truncation_values.zero_()
-        obs = self.obs
+        obs, recurrent = self.obs, self.recurrent
+        if recurrent:
+            buffer.initial_state.copy_(self.state)
         for t in range(self.n_steps):
             with self.autocast():
-                params, value = policy(obs)
+                if recurrent:
+                    params, value, state = policy.step(obs, self.state, self.episode_starts)
+                else:
+                    params, value = policy(obs)
             dist = policy.distribution(params)
             action, logprob = sample_actions(dist, generator=self.action_rng)
             buffer.store_obs(t, obs)  # before stepping: env buffers are updated in place
             obs, reward, terminated, truncated, info = self.env.step(dist.to_env(action))
             buffer.store(t, action, logprob, value.float(), reward, terminated | truncated)
+            if recurrent:
+                buffer.episode_starts[t] = self.episode_starts
+                self.state, self.episode_starts = state.float(), buffer.dones[t].clone()  # the next obs starts an episode where this one ended
             if "final_obs" in info:
                 self.episodes.append((info["episode_return"], info["episode_length"], info.get("success")))
                 if self.bootstrap:
                     self.store_truncation_values(t, terminated, truncated, info)
         with self.autocast():
-            buffer.last_value.copy_(policy(obs)[1].float())
+            if recurrent:
+                buffer.last_value.copy_(policy.step(obs, self.state, self.episode_starts)[1].float())
+            else:
+                buffer.last_value.copy_(policy(obs)[1].float())
         self.obs = obs
         return buffer
 
@@ -155,7 +211,11 @@ class Collector:
             return
         final = {k: v[cut] for k, v in info["final_obs"].items()}
         with self.autocast():
-            values = self.policy(final)[1].float()
+            if self.recurrent:  # the state after step t has seen the episode up to its last observation
+                state = self.state.index_select(0, done_index[cut])
+                values = self.policy.step(final, state, torch.zeros(len(state), device=state.device))[1].float()
+            else:
+                values = self.policy(final)[1].float()
         self.buffer.truncation_values[t].index_put_((done_index[cut],), values)
 
     def take_episodes(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -165,15 +225,20 @@ class Collector:
         return episodes
 
     def state_dict(self) -> dict:
-        """The env's state (None for envs that cannot be snapshotted), the observation, the action RNG."""
+        """The env's state (None for envs that cannot be snapshotted), the observation, the action RNG;
+        a recurrent policy's state and episode-start flags (``memory``)."""
         env_state = self.env.state_dict() if hasattr(self.env, "state_dict") else None
-        return {"env": env_state, "obs": self.obs, "action_rng": self.action_rng.get_state()}
+        state = {"env": env_state, "obs": self.obs, "action_rng": self.action_rng.get_state()}
+        if self.recurrent:
+            state["memory"] = {"state": self.state, "episode_starts": self.episode_starts}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()`'s output.
 
         Gymnasium envs cannot be snapshotted: they keep their fresh reset and restart their
-        episodes; everything else continues exactly.
+        episodes (a recurrent policy's state too: zero, every env at an episode start); everything
+        else continues exactly.
         """
         load_generator_state(self.action_rng, state["action_rng"])
         if state["env"] is None or not hasattr(self.env, "load_state_dict"):
@@ -181,3 +246,6 @@ class Collector:
         self.env.load_state_dict(state["env"])
         device = self.buffer.actions.device
         self.obs = {k: v.to(device) for k, v in state["obs"].items()}
+        if self.recurrent:
+            self.state = state["memory"]["state"].to(device)
+            self.episode_starts = state["memory"]["episode_starts"].to(device)

@@ -29,8 +29,12 @@ def print_summary(summary: dict) -> None:
         table.add_row("validation return", f"{summary['validation_return']:.3f}  (last periodic evaluation)")
     else:
         table.add_row("validation success rate", f"{summary['validation_success_rate']:.3f}  (last periodic evaluation)")
-    table.add_row("env steps", f"{summary['steps']:,}")
-    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s ({summary['steps_per_second']:,.0f} steps/s)")
+    if summary.get("learns_from_data_only"):  # behaviour cloning: gradient steps on a dataset, no env steps
+        table.add_row("updates", f"{summary['updates']:,} (from a dataset: no env steps)")
+        table.add_row("wall time", f"{summary['wall_seconds']:.1f} s ({summary['updates_per_second']:,.1f} updates/s)")
+    else:
+        table.add_row("env steps", f"{summary['steps']:,}")
+        table.add_row("wall time", f"{summary['wall_seconds']:.1f} s ({summary['steps_per_second']:,.0f} steps/s)")
     if summary["skipped_steps"]:
         table.add_row("skipped gradient steps", f"{summary['skipped_steps']} (non-finite loss or gradient)")
     table.add_row("device", summary["device"])

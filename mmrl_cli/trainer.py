@@ -38,6 +38,7 @@ from .config import TrainConfig, validate
 from .evaluation import evaluate, write_json
 from .distributed import Distributed
 from .envs import make_env
+from .envs.spec import trains_on_level_subset
 from .monitor import Monitor, SilentMonitor
 from .rng import global_rng_state, seed_everything, set_global_rng_state
 from .runs import Progress, checked_state, lock_run
@@ -262,6 +263,8 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
         "steps_per_second": progress.steps / wall if wall else nan,
         "eval_seconds": progress.eval_seconds,
         "train_steps_per_second": progress.steps / (wall - progress.eval_seconds) if wall > progress.eval_seconds else nan,
+        "updates_per_second": progress.update / wall if wall else nan,
+        "learns_from_data_only": algo.steps_per_update == 0,  # BC: no env steps; speed is in updates
         "skipped_steps": algo.skipped_steps,
         "device": str(device),
         "run_dir": str(run_dir),
@@ -280,18 +283,13 @@ def parameters_finite(module: torch.nn.Module) -> bool:
     return math.isfinite(global_norm([p.detach() for p in module.parameters()]))
 
 
-def uses_level_subset(cfg: TrainConfig) -> bool:
-    """True when training plays a finite set of levels (then the generalisation gap means something)."""
-    return cfg.data.type == "goto" and cfg.data.num_train_levels > 0
-
-
 def run_evaluations(policy, cfg: TrainConfig, device, autocast, monitor: Monitor, progress: Progress,
                     elapsed: float, at: int) -> dict:
     """Evaluate on validation levels (and on the training levels when they are a finite subset); log it
     at x-axis position `at`."""
     validation = evaluate(policy, cfg, device, "validation", cfg.eval.episodes, cfg.eval.deterministic, autocast)
     on_train = None
-    if uses_level_subset(cfg):
+    if trains_on_level_subset(cfg.data):
         on_train = evaluate(policy, cfg, device, "train", cfg.eval.episodes, cfg.eval.deterministic, autocast)
     monitor.log_eval(at, validation, on_train)
     results = {"step": at, "updates": progress.update, "episodes": progress.episodes, "validation": validation, "train": on_train,

@@ -4,6 +4,8 @@ One gradient step per rollout: the rollout (by default 5 steps of every env) is 
 advantages are n-step returns minus values (GAE with lambda = 1, as Stable-Baselines3), and the
 optimiser is RMSprop (alpha 0.99, eps 1e-5), the reference defaults of SB3 and Baselines.
 Everything else (rollouts, the gradient step with its checks, checkpoints) is shared with PPO.
+A recurrent policy (`model.memory`) replays every env's rollout as one sequence from the state
+stored at its start.
 """
 
 from __future__ import annotations
@@ -74,11 +76,11 @@ class A2C(OnPolicy):
         rollout.compute_advantages(cfg.gamma, cfg.gae_lambda)
         lr = scheduled(cfg.lr, cfg.lr_schedule, self.clock.remaining())
         self.gradient.set_lr(lr)
-        batch = rollout.flat()
+        batch = rollout.sequence_batch() if rollout.recurrent else rollout.flat()
         normalize = cfg.normalize_advantages
         if normalize and self.distributed.enabled:  # statistics of every rank's rollout together
             batch, normalize = {**batch, "advantages": self.distributed.normalized(batch["advantages"])}, False
-        outputs = self.gradient.forward(batch["obs"])
+        outputs = self.gradient.forward_sequence(batch) if rollout.recurrent else self.gradient.forward(batch["obs"])
         terms = a2c_loss(self.policy.distribution(outputs[0]), outputs[1], batch, normalize, cfg.vf_coef, cfg.ent_coef)
         self.gradient.add_extra_losses(terms, outputs, batch)
         applied = self.gradient.step(terms, outputs)

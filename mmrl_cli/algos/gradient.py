@@ -138,6 +138,13 @@ class GradientStep:
         with self.autocast():
             return self.policy(obs)
 
+    def forward_sequence(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """A recurrent policy's (actor outputs, values) over a batch of whole env sequences
+        (`RolloutBuffer.sequence_batch`), flat in time-major order like the batch's other tensors."""
+        with self.autocast():
+            params, values, _ = self.policy.sequence(batch["obs"], batch["initial_state"], batch["episode_starts"])
+        return params, values
+
     def backward(self, loss: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor],
                  output_gradients: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Set every parameter's ``.grad`` to the gradient of `loss` (fast path: see the module docstring)."""

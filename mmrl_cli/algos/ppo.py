@@ -4,6 +4,10 @@
 to what autograd differentiates). `PPO.update` runs the epochs of minibatches over a rollout,
 with learning-rate and clip-range annealing and an optional target-KL early stop; the step itself
 (backward, checks, clipping, Adam) is the shared `GradientStep`.
+
+A recurrent policy (`model.memory`) learns from minibatches of whole env sequences: each is
+``batch_size / n_steps`` envs' full rollouts, replayed from the state stored at the rollout's
+start with the resets where episodes start (as CleanRL's ppo_atari_lstm minibatches by env).
 """
 
 from __future__ import annotations
@@ -155,11 +159,14 @@ class PPO(ShuffledUpdates, OnPolicy):
             normalize_each = False
         skipped_before = self.gradient.skipped_steps
         metrics, stopped_early = StepMetrics(), False
+        recurrent = rollout.recurrent
         for _epoch in range(cfg.n_epochs):
-            for batch in rollout.minibatches(cfg.batch_size, self.generator):
+            batches = (rollout.sequences(cfg.batch_size // rollout.n_steps, self.generator) if recurrent
+                       else rollout.minibatches(cfg.batch_size, self.generator))
+            for batch in batches:
                 if normalize_each and dist.enabled:  # statistics of every rank's minibatch together
                     batch = {**batch, "advantages": dist.normalized(batch["advantages"])}
-                outputs = self.gradient.forward(batch["obs"])
+                outputs = self.gradient.forward_sequence(batch) if recurrent else self.gradient.forward(batch["obs"])
                 args = (*outputs, batch, clip_range, cfg.clip_value, normalize_each and not dist.enabled, cfg.vf_coef,
                         cfg.ent_coef)
                 if self.gradient.fast:  # the same loss, its gradient w.r.t. the outputs in closed form

@@ -21,7 +21,7 @@ def check_compress(cfg: DictConfig, overrides: list[str]) -> None:
     from ..compress.run import output_dir, student_config
     from ..compress.settings import validate_compress
     from ..compress.teacher import trained_run
-    from ..evaluation import eval_envs
+    from ..envs.spec import eval_envs
     from ..preflight import check_episode_results, check_numbers, check_output_dir, check_path
 
     typed = validate_compress(cfg)

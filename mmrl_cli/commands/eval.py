@@ -26,7 +26,7 @@ def evaluated_run(typed):
     """The run and checkpoint `mmrl eval` evaluates, checked against what this evaluation asks for:
     numbers by kind, paths the filesystem takes, and memory (the envs and forward pass of
     `episodes`, their results, the GIF's frames)."""
-    from ..evaluation import eval_envs
+    from ..envs.spec import eval_envs
     from ..preflight import check_episode_results, check_gif_memory, check_numbers, check_path
     from ..runs import load_run_checkpoint
 

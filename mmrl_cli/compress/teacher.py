@@ -66,7 +66,12 @@ def check_factorisable(run, method) -> None:
 
 def load_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module:
     """The frozen teacher policy of `cfg.teacher`."""
-    teacher = load_trained_policy(source_run(cfg, "teacher"), device)
+    run = source_run(cfg, "teacher")
+    memory = getattr(run.typed.model, "memory", "none")
+    if memory != "none":  # its labels would need its state replayed along every rollout
+        raise ConfigError(f"teacher: {run.run_dir} has a recurrent policy (model.memory={memory}); "
+                          f"a teacher must be memoryless")
+    teacher = load_trained_policy(run, device)
     teacher.eval().requires_grad_(False)
     return teacher
 

@@ -99,10 +99,13 @@ class GotoVectorEnv(gym.vector.VectorEnv):
 
 
 def register() -> None:
-    """Register ``mmrl/GoTo-v0`` (single env with a vector entry point) with gymnasium."""
+    """Register ``mmrl/GoTo-v0`` (single env with a vector entry point) and ``mmrl/MemoryCue-v0``
+    (MiniGrid's Memory with the cue in the first view only; needs minigrid) with gymnasium."""
     if "mmrl/GoTo-v0" not in gym.registry:
         gym.register(
             id="mmrl/GoTo-v0",
             entry_point="mmrl_cli.envs.gym_api:GotoGymEnv",
             vector_entry_point="mmrl_cli.envs.gym_api:GotoVectorEnv",
         )
+    if "mmrl/MemoryCue-v0" not in gym.registry:
+        gym.register(id="mmrl/MemoryCue-v0", entry_point="mmrl_cli.envs.memory_cue:MemoryCueEnv")

@@ -6,8 +6,61 @@ Pre-flight checks, dataset checks and the sweep's trials ask here instead of bra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..distributions import ActionSpace
 from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EnvTraits:
+    """What an env kind can do, declared here once instead of callers branching on `data.type`."""
+
+    numbered_levels: bool  # levels have ids (the built-in task): training on a finite subset, per-level demos
+    size_keys: tuple[str, ...]  # config keys that set the observation size (what a memory error blames)
+    buffers_per_env: int  # observation-sized buffers one env of the batch holds (memory estimates)
+    max_eval_envs: int | None  # envs an evaluation steps at once at most (None: one per episode)
+
+
+TRAITS = {
+    "goto": EnvTraits(numbered_levels=True, size_keys=("data.grid_size", "data.tile_size"), buffers_per_env=4,
+                      max_eval_envs=None),  # batched in torch: an env per episode is cheap
+    "cartpole": EnvTraits(numbered_levels=False, size_keys=(), buffers_per_env=1, max_eval_envs=64),
+    "gym": EnvTraits(numbered_levels=False, size_keys=(), buffers_per_env=1, max_eval_envs=64),
+}
+
+
+def traits_of(data_cfg) -> EnvTraits:
+    """The `EnvTraits` of the env `data_cfg` names."""
+    return TRAITS[data_cfg.type]
+
+
+def eval_envs(data_cfg, episodes: int) -> int:
+    """How many envs an evaluation of `episodes` episodes steps at once."""
+    limit = traits_of(data_cfg).max_eval_envs
+    return episodes if limit is None else min(episodes, limit)
+
+
+def trains_on_level_subset(data_cfg) -> bool:
+    """True when training plays a finite set of levels (then a generalisation gap means something)."""
+    return traits_of(data_cfg).numbered_levels and data_cfg.num_train_levels > 0
+
+
+def patch_size_of(data_cfg, spec: dict) -> int:
+    """The ViT patch size for this env's observations: the built-in task's tile (a patch is a
+    cell), one cell of a symbolic grid, else the default for the image size; ConfigError when
+    the image is not a whole number of patches."""
+    from ..models.patches import default_patch_size
+
+    if data_cfg.type == "goto":
+        return data_cfg.tile_size
+    if "image" not in spec:
+        return 1
+    height, width = spec["image"][0][:2]
+    patch = default_patch_size(height, width)
+    if height % patch or width % patch:
+        raise ConfigError(f"model: a {height}x{width} image is not a whole number of {patch}-pixel ViT patches (try model=cnn)")
+    return patch
 
 
 def observation_spec_of(data_cfg) -> tuple[dict, ActionSpace]:

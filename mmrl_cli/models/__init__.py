@@ -3,7 +3,9 @@
 `MODELS` maps each `model.type` to its class; `build_policy` builds one for an environment's
 observation spec and action space. Every policy maps an observation dict to ``(actor output,
 value)``, and `policy.distribution(actor output)` is the action distribution (categorical logits or
-Gaussian means; see `mmrl_cli.distributions`).
+Gaussian means; see `mmrl_cli.distributions`). Every model also takes ``model.memory`` (lstm or
+gru: a recurrent core between its features and its heads) and then carries a state: see
+`heads.ActorCritic` for the contract (``recurrent``, ``initial_state``, ``step``, ``sequence``).
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ from torch import nn
 
 from ..distributions import ActionSpace
 
-from .heads import ActorCritic, ActorCriticHeads, ImageInput, MissionBagOfWords, orthogonal, vector_size
+from .heads import ActorCritic, ActorCriticHeads, ImageInput, MissionBagOfWords, actor_gain, memory_of, orthogonal, vector_size
 
 
 class CnnPolicy(ActorCritic):
-    """Conv stack (`channels`, `kernel_size`, `strides`) -> one hidden layer -> actor and critic
-    heads (linear, or each its own MLP of widths `head_hidden`)."""
+    """Conv stack (`channels`, `kernel_size`, `strides`) -> one hidden layer -> (`memory`: an LSTM or
+    GRU) -> actor and critic heads (linear, or each its own MLP of widths `head_hidden`)."""
 
     def __init__(self, cfg, observation_spec: dict, action_space: ActionSpace | int):
         super().__init__()
@@ -37,13 +37,14 @@ class CnnPolicy(ActorCritic):
         self.has_vector = "vector" in observation_spec
         features = conv_out + (cfg.mission_embed if self.mission is not None else 0) + vector_size(observation_spec)
         self.trunk = nn.Sequential(orthogonal(nn.Linear(features, cfg.hidden)), nn.ReLU())
-        self.heads = ActorCriticHeads(cfg.hidden, action_space, cfg.head_hidden)
+        self.memory, width = memory_of(cfg, cfg.hidden)  # model.memory: a recurrent core between trunk and heads
+        self.heads = ActorCriticHeads(width, action_space, cfg.head_hidden, actor_gain(self.memory))
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.conv(self.pixels(obs))]
         if self.mission is not None:
             parts.append(self.mission(obs["mission"]))
         if self.has_vector:
             parts.append(obs["vector"])
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return self.heads(self.trunk(x))
+        return self.trunk(x)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..distributions import ActionSpace
 
-from .heads import ActorCritic, ActorCriticHeads, GridEmbedding, MissionBagOfWords
+from .heads import ActorCritic, ActorCriticHeads, GridEmbedding, MissionBagOfWords, actor_gain, memory_of
 
 # CPU tensors with at least this many elements take tanh through sigmoid (see `tanh`).
 TANH_VIA_SIGMOID_FROM = 16_384
@@ -75,15 +75,26 @@ class MlpPolicy(ActorCritic):
         self.mission = MissionBagOfWords(cfg.mission_embed) if "mission" in observation_spec else None
         inputs += cfg.mission_embed if self.mission is not None else 0
         self.activation, self.activation_backward = ACTIVATIONS[cfg.activation]
+        # model.memory: an LSTM or GRU over the inputs, read by both MLPs (SB3's RecurrentPPO: features -> LSTM -> net_arch)
+        self.memory, inputs = memory_of(cfg, inputs)
         widths = [inputs, *cfg.hidden_sizes]
         self.layers = nn.ModuleList(PairedLinear(width, size) for width, size in zip(widths, widths[1:]))
-        self.heads = ActorCriticHeads(widths[-1], action_space)
+        self.heads = ActorCriticHeads(widths[-1], action_space, actor_gain=actor_gain(self.memory))
 
     @property
     def analytic_backward(self) -> bool:
         """True when `backward_from_outputs` reaches every parameter (not the mission or grid embeddings,
-        nor a Gaussian's log standard deviation)."""
-        return self.mission is None and self.grid is None and self.action_space.is_discrete
+        nor a Gaussian's log standard deviation, nor a recurrent core)."""
+        return self.mission is None and self.grid is None and self.memory is None and self.action_space.is_discrete
+
+    def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder of the recurrent contract (`ActorCritic`): the flat inputs."""
+        return self.inputs(obs)
+
+    def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both MLPs and their linear heads on `x` (the inputs, or the recurrent core's output)."""
+        logits, values, _ = self.tower(x)
+        return logits, values
 
     def inputs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """One flat float vector per observation: the vector, the image (scaled to [0, 1]), the embedded
@@ -101,12 +112,17 @@ class MlpPolicy(ActorCritic):
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.memory is not None:  # one step from the zero state (see `ActorCritic`)
+            return super().forward(obs)
         logits, values, _ = self.forward_saving_activations(obs)
         return logits, values
 
     def forward_saving_activations(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Logits, values and every layer's output (the input first), as `backward_from_outputs` needs."""
-        x = self.inputs(obs)
+        return self.tower(self.inputs(obs))
+
+    def tower(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """`forward_saving_activations` from the flat inputs `x` on."""
         hidden = x.expand(2, *x.shape)  # (actor, critic) x batch x features
         saved = [hidden]
         for layer in self.layers:

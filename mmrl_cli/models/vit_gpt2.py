@@ -28,7 +28,7 @@ from torch import nn
 
 from ..distributions import ActionSpace
 from ..envs.tokenizer import PAD_ID, VOCAB_SIZE
-from .heads import ActorCritic, ActorCriticHeads, ImageInput, orthogonal, vector_size
+from .heads import ActorCritic, ActorCriticHeads, ImageInput, actor_gain, memory_of, orthogonal, vector_size
 
 
 class VitGpt2Policy(ActorCritic):
@@ -80,18 +80,21 @@ class VitGpt2Policy(ActorCritic):
             features += rows * cols * d
         self.has_vector = "vector" in observation_spec  # e.g. MiniGrid's direction, joined to the readout
         features += vector_size(observation_spec)
+        # model.memory: a recurrent core between the trunk (or, with separate heads, the readout) and the heads
         if cfg.separate_heads:  # actor and critic each get their own tanh MLP (value gradients stay out of the actor's)
             self.trunk = nn.Sequential()
-            self.heads = ActorCriticHeads(features, action_space, [cfg.head_hidden] * cfg.head_layers)
+            self.memory, width = memory_of(cfg, features)
+            self.heads = ActorCriticHeads(width, action_space, [cfg.head_hidden] * cfg.head_layers, actor_gain(self.memory))
         else:  # one shared ReLU MLP, then linear actor and critic
             layers = []
             for _ in range(cfg.head_layers):
                 layers += [orthogonal(nn.Linear(features, cfg.head_hidden)), nn.ReLU()]
                 features = cfg.head_hidden
             self.trunk = nn.Sequential(*layers)
-            self.heads = ActorCriticHeads(cfg.head_hidden, action_space)
+            self.memory, width = memory_of(cfg, cfg.head_hidden)
+            self.heads = ActorCriticHeads(width, action_space, actor_gain=actor_gain(self.memory))
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = self.vit.embeddings(self.pixels(obs))  # (B, 1 + P, d)
         if self.gpt is not None:
             ids = obs["mission"]
@@ -116,4 +119,4 @@ class VitGpt2Policy(ActorCritic):
             features.append(patches.flatten(1))
         if self.has_vector:
             features.append(obs["vector"])
-        return self.heads(self.trunk(torch.cat(features, dim=1)))
+        return self.trunk(torch.cat(features, dim=1))

@@ -92,14 +92,11 @@ def parameter_count(cfg: TrainConfig) -> int:
     """Parameters of the policy `cfg` builds (on the meta device: nothing allocated)."""
     import torch
 
-    from ..envs.spec import observation_spec_of
+    from ..envs.spec import observation_spec_of, patch_size_of
     from ..models import build_policy
-    from ..models.patches import default_patch_size
 
     spec, actions = observation_spec_of(cfg.data)
-    patch = cfg.data.tile_size if cfg.data.type == "goto" else 1
-    if cfg.model.type == "vit-gpt2" and "image" in spec and cfg.data.type == "gym":
-        patch = default_patch_size(*spec["image"][0][:2])
+    patch = patch_size_of(cfg.data, spec) if cfg.model.type == "vit-gpt2" else 1
     with torch.device("meta"):
         policy = build_policy(cfg.model, spec, actions, patch)
     return sum(p.numel() for p in policy.parameters())
