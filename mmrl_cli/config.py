@@ -632,13 +632,19 @@ def _merge(schema: type, values: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix}{e.full_key}: {reason}") from None
 
 
+def plain_config(cfg: DictConfig | dict) -> dict:
+    """A composed config as a plain dict (interpolations resolved), without Hydra's own section."""
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    raw.pop("hydra", None)
+    return raw
+
+
 def validate(cfg: DictConfig | dict) -> TrainConfig:
     """Check a composed config against the schemas; return typed dataclass objects.
 
     Raises ConfigError with a one-line message naming the offending key.
     """
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    raw.pop("hydra", None)
+    raw = plain_config(cfg)
     groups = {name: raw.pop(name, None) for name in GROUP_SCHEMAS}
     top: TrainConfig = _merge(TrainConfig, raw, "")
     for group in GROUP_SCHEMAS:
@@ -658,8 +664,7 @@ def merge_group(group: str, section: Any) -> Any:
 
 def validate_eval(cfg: DictConfig | dict) -> EvalCommandConfig:
     """Check the composed config of `mmrl eval`; return it typed (ConfigError on a bad key)."""
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    raw.pop("hydra", None)
+    raw = plain_config(cfg)
     typed: EvalCommandConfig = _merge(EvalCommandConfig, raw, "")
     typed.check()
     return typed

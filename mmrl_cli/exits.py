@@ -11,6 +11,19 @@ import sys
 import threading
 
 
+def checked(command: str, validate, check, cfg):
+    """`validate(cfg)` (the typed config) once `check(cfg, [])` passes: a command's pre-flight,
+    repeated inside its Hydra task (a launcher's job); bad input: one line and exit 2."""
+    from .errors import ConfigError
+
+    try:
+        typed = validate(cfg)
+        check(cfg, [])
+    except ConfigError as e:
+        fail(command, str(e))
+    return typed
+
+
 def fail(command: str, message: str) -> None:
     """Print one error line and exit with status 2."""
     print(f"mmrl {command}: error: {message}", file=sys.stderr)

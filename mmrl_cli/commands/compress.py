@@ -9,8 +9,7 @@ import sys
 from omegaconf import DictConfig
 
 from ..compat import check_compatible
-from ..config import ConfigError
-from ..exits import fail
+from ..exits import checked
 from ..tables import print_compress
 
 
@@ -45,11 +44,7 @@ def compress_task(cfg: DictConfig) -> float:
     from ..compress.run import CompressStopped, run_compress
     from ..compress.settings import validate_compress
 
-    try:
-        typed = validate_compress(cfg)
-        check_compress(cfg, [])
-    except ConfigError as e:
-        fail("compress", str(e))
+    typed = checked("compress", validate_compress, check_compress, cfg)
     try:
         report = run_compress(typed)
     except CompressStopped as e:

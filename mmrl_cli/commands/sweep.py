@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from ..compat import check_compatible
 from ..compose import group_options
 from ..config import ConfigError
-from ..exits import fail, interrupted_status
+from ..exits import checked, interrupted_status
 from ..tables import print_sweep
 
 
@@ -70,11 +70,7 @@ def sweep_task(cfg: DictConfig) -> float:
     """Hydra task of `mmrl sweep`: validate, run (or resume) the study, retrain the best, report."""
     from ..sweep import run_sweep, validate_sweep
 
-    try:
-        typed = validate_sweep(cfg)
-        check_sweep(cfg, [])
-    except ConfigError as e:
-        fail("sweep", str(e))
+    typed = checked("sweep", validate_sweep, check_sweep, cfg)
     try:
         results = run_sweep(typed)
     except SystemExit as e:  # the sweep's own stop (its workers stopped) says 130 for any signal

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
-from ..config import SEED_MAX, ConfigError, HardwareConfig, _merge, between, merge_group, positive
+from ..config import SEED_MAX, ConfigError, HardwareConfig, _merge, between, merge_group, positive, plain_config
 
 METHODS = ("distill", "prune", "lowrank")  # what mmrl compress runs (kickstart is a way to train: mmrl train)
 
@@ -60,8 +60,7 @@ class CompressCommandConfig:
 
 def validate_compress(cfg: DictConfig | dict) -> CompressCommandConfig:
     """Check a composed `mmrl compress` config; return it typed."""
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    raw.pop("hydra", None)
+    raw = plain_config(cfg)
     sections = {name: raw.pop(name, None) for name in ("compression", "model")}
     typed: CompressCommandConfig = _merge(CompressCommandConfig, raw, "")
     for group, section in sections.items():

@@ -212,13 +212,9 @@ def print_demos(summary: dict) -> None:
 def demos_task(cfg: DictConfig) -> float:
     """Hydra task of `mmrl demos`: check, write or continue the dataset, summarise; returns the
     expert's success rate."""
-    from ..exits import fail, interrupted_status
+    from ..exits import checked, interrupted_status
 
-    try:
-        typed = validate_demos(cfg)
-        check_demos(cfg, [])
-    except ConfigError as e:
-        fail("demos", str(e))
+    typed = checked("demos", validate_demos, check_demos, cfg)
     try:
         summary = run_demos(typed)
     except KeyboardInterrupt:

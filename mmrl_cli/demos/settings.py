@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ..config import SEED_MAX, SPLITS, ConfigError, _merge, between, merge_group, one_of
+from ..config import SEED_MAX, SPLITS, ConfigError, _merge, between, merge_group, one_of, plain_config
 
 MAX_EPISODES = 10_000_000
 MAX_SHARD_EPISODES = 100_000
@@ -89,8 +89,7 @@ class DemosConfig:
 
 def validate_demos(cfg: DictConfig | dict) -> DemosConfig:
     """Check a composed `mmrl demos` config; return it typed."""
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    raw.pop("hydra", None)
+    raw = plain_config(cfg)
     data = raw.pop("data", None)
     if data is None:
         raise ConfigError("data: required (pick an env, e.g. data=goto)")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
-from ..config import SEED_MAX, ConfigError, _merge, between, one_of, positive
+from ..config import SEED_MAX, ConfigError, _merge, between, one_of, positive, plain_config
 
 DISTRIBUTIONS = ("float", "int", "categorical")
 METRICS = ("validation_success", "validation_return")  # maximised, read from the trainer's validation evaluations
@@ -186,8 +186,7 @@ def check_path_length(key: str, path: str) -> None:
 
 def validate_sweep(cfg: DictConfig | dict) -> SweepConfig:
     """Check a composed `mmrl sweep` config; return it typed (ConfigError naming the key)."""
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    raw.pop("hydra", None)
+    raw = plain_config(cfg)
     hpo = raw.pop("hpo", None)
     if hpo is None:
         raise ConfigError("hpo: required (pick a preset, e.g. hpo=cartpole-ppo)")
