@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .config import ConfigError, TrainConfig
 from .envs.spec import observation_spec_of, patch_size_of
+from .text import tokenizer_for
 
 
 def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool = False,
@@ -30,7 +31,7 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
                           f"(hardware.device={cfg.hardware.device}{', no CUDA device is available' if cfg.hardware.device == 'auto' else ''}); "
                           "use hardware.backend=gloo or auto")
     check_name("run_name", cfg.run_name)
-    spec, action_space = observation_spec_of(cfg.data)
+    spec, action_space = observation_spec_of(cfg.data, tokenizer_for(cfg.model))
     if cfg.model.type in ("vit-gpt2", "cnn") and not spec.keys() & {"image", "grid"}:
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
     patch = patch_size_of(cfg.data, spec) if cfg.model.type == "vit-gpt2" else 1
@@ -50,12 +51,34 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
     if cfg.algo.type == "bc":  # before memory: a dataset that cannot fill one minibatch is the first problem
         check_demos_fit(cfg, spec, action_space)
     check_memory(cfg, spec, measure_model)
+    check_finetune_names(cfg.finetune, lambda: build_policy(cfg.model, spec, action_space, patch))
     if inference_batches:
         check_inference_memory(cfg, spec, measure_model, inference_batches)
     if cfg.teacher is not None and not evaluating:
         source_run(cfg, "teacher")
     if cfg.init_from is not None and not resuming and not evaluating:
         check_init_from_fits(source_run(cfg, "init_from"), lambda: build_policy(cfg.model, spec, action_space, patch))
+
+
+def check_finetune_names(settings, build) -> None:
+    """ConfigError naming the `finetune` key whose part or pattern selects nothing of the policy
+    `build()` makes (on torch's meta device: nothing is allocated)."""
+    import torch
+
+    from .models.finetune import lora_targets, selected
+
+    if not (settings.freeze or settings.lr_scale or settings.lora_rank):
+        return
+    with torch.device("meta"):
+        policy = build()
+    for selection in settings.freeze:
+        selected(policy, selection, "finetune.freeze")
+    for selection in settings.lr_scale:
+        selected(policy, selection, f"finetune.lr_scale.{selection}")
+    if settings.lora_rank:
+        lora_targets(policy, list(settings.lora_targets))
+        for selection in settings.lora_train_also:
+            selected(policy, selection, "finetune.lora_train_also")
 
 
 def check_init_from_fits(run, build) -> None:
@@ -67,14 +90,20 @@ def check_init_from_fits(run, build) -> None:
     from .checkpoint import CheckpointError, check_model_fits
     from .compress.structure import adopt_saved_structure
 
+    from .builders import tower_tensors_fit
+
     weights = run.checkpoint_dir / "model.safetensors"
+    policy = None
     try:
         with torch.device("meta"):
             policy = build()
             adopt_saved_structure(policy, weights)
         check_model_fits(weights, policy)
     except CheckpointError as e:
-        raise ConfigError(f"init_from: {e}; its env must give the same observations and actions as this run's") from None
+        if policy is not None and tower_tensors_fit(weights, policy):
+            return  # only the heads differ (another action space, another readout size): the towers transfer
+        raise ConfigError(f"init_from: {e}; its env must give the same observations and actions as this run's "
+                          f"(or at least towers of the same shapes)") from None
 
 
 def check_demos_fit(cfg: TrainConfig, spec: dict, action_space) -> None:

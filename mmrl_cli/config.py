@@ -23,8 +23,9 @@ CHECKPOINT_NAME = re.compile(r"^[0-9]{8}$")
 # Schedules of a hyperparameter over training: constant, or annealed linearly to 0 at the end.
 SCHEDULES = ("constant", "linear")
 # Level splits: training levels, validation levels (periodic evaluations pick on these) and
-# held-out levels (the final report only). Disjoint by level content; see envs/goto.py.
-SPLITS = ("train", "validation", "heldout")
+# held-out levels (the final report only). Disjoint by level content; see envs/goto.py. The
+# built-in task adds new-wordings: held-out levels with held-out paraphrases (envs/wordings.py).
+SPLITS = ("train", "validation", "heldout", "new-wordings")
 # Seeds: NumPy takes [0, 2**32); mmrl adds offsets (validation/held-out ranges, env index) to the
 # seed, so seeds stay at or below 2**31 - 1 and every derived seed stays valid.
 SEED_MAX = 2**31 - 1
@@ -137,6 +138,16 @@ def check_memory(model: Any) -> None:
     between("model", model, "memory_size", 1, MEMORY_SIZE_MAX)
 
 
+def check_tokenizer(model: Any) -> None:
+    """`model.tokenizer`: auto, words or a directory; a pretrained text tower reads its own tokenizer's ids."""
+    if not isinstance(model.tokenizer, str) or not model.tokenizer:
+        raise ConfigError(f"model.tokenizer: expected auto, words or a local tokenizer directory, got {model.tokenizer!r}")
+    tower = getattr(model, "text_pretrained", None) or getattr(model, "pretrained", None)
+    if tower and model.tokenizer not in ("auto", tower):
+        raise ConfigError(f"model.tokenizer: a pretrained text tower ({tower}) reads the ids of its own tokenizer: "
+                          f"leave model.tokenizer=auto, got {model.tokenizer!r}")
+
+
 @dataclass
 class VitGpt2Config:
     type: str = "vit-gpt2"
@@ -155,9 +166,16 @@ class VitGpt2Config:
     grid_embed: int = 8
     memory: str = "none"
     memory_size: int = 128
+    tokenizer: str = "auto"
+    pretrained: Optional[str] = None
+    text_pretrained: Optional[str] = None
+    vision_pretrained: Optional[str] = None
+    tower_weights: str = "pretrained"
 
     def check(self) -> None:
         check_memory(self)
+        check_tokenizer(self)
+        one_of("model", self, "tower_weights", ("pretrained", "random"))
         positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden", "head_layers",
                  "pos_init_std", "keypoints", "grid_embed")
         one_of("model", self, "activation", ("relu", "gelu", "gelu_new"))
@@ -178,9 +196,11 @@ class CnnConfig:
     head_hidden: list[int] = field(default_factory=list)
     memory: str = "none"
     memory_size: int = 128
+    tokenizer: str = "auto"
 
     def check(self) -> None:
         check_memory(self)
+        check_tokenizer(self)
         positive("model", self, "kernel_size", "hidden", "mission_embed")
         non_negative("model", self, "grid_embed")
         if not self.channels or min(self.channels) <= 0:
@@ -201,9 +221,11 @@ class MlpConfig:
     grid_embed: int = 8
     memory: str = "none"
     memory_size: int = 128
+    tokenizer: str = "auto"
 
     def check(self) -> None:
         check_memory(self)
+        check_tokenizer(self)
         positive("model", self, "mission_embed", "grid_embed")
         one_of("model", self, "activation", ("tanh", "relu"))
         if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
@@ -220,8 +242,10 @@ class GotoDataConfig:
     tile_size: int = 8
     num_walls: int = 0
     num_train_levels: int = 0
+    wordings: str = "fixed"
 
     def check(self) -> None:
+        one_of("data", self, "wordings", ("fixed", "paraphrase"))
         positive("data", self, "grid_size", "max_steps", "tile_size")
         non_negative("data", self, "num_distractors", "num_walls", "num_train_levels")
         if self.grid_size**2 > 2:  # on a grid with room to spare, a count that alone overflows it is that key's fault
@@ -439,6 +463,34 @@ class NumericsConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Which parameters train and how fast: freezing, LoRA adapters, per-part learning rates (docs/transfer.md)."""
+
+    freeze: list[str] = field(default_factory=list)
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["*"])
+    lora_train_also: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        non_negative("finetune", self, "lora_rank", "lora_alpha")
+        between("finetune", self, "lora_rank", 0, 4096)
+        between("finetune", self, "lora_dropout", 0.0, 0.99)
+        for name, scale in self.lr_scale.items():
+            if not math.isfinite(scale) or scale <= 0:
+                raise ConfigError(f"finetune.lr_scale.{name}: expected a finite multiplier > 0, got {scale}")
+        if self.lora_rank and not self.lora_targets:
+            raise ConfigError("finetune.lora_targets: expected at least one part or module pattern for the adapters")
+        if self.lora_rank:
+            import importlib.util
+
+            if importlib.util.find_spec("peft") is None:
+                raise ConfigError("finetune.lora_rank: LoRA adapters need peft: pip install 'mmrl[lora]'")
+
+
+@dataclass
 class TrainConfig:
     """The whole config of a training run; its defaults are `mmrl train`'s defaults.
 
@@ -457,6 +509,7 @@ class TrainConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     numerics: NumericsConfig = field(default_factory=NumericsConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 1
     runs_root: str = "runs"
     run_name: Optional[str] = None
@@ -483,7 +536,7 @@ class TrainConfig:
         positive("", self, "total_steps")
         between("", self, "seed", 0, SEED_MAX)
         for section in (self.algo, self.model, self.data, self.compression, self.hardware, self.rollout, self.eval,
-                        self.monitor, self.checkpoint, self.numerics):
+                        self.monitor, self.checkpoint, self.numerics, self.finetune):
             section.check()
         # Per rank, like rollout.n_envs: under hardware=ddp each rank steps on its own minibatch of
         # this size and the gradients are averaged (CleanRL's multi-GPU PPO does the same).

@@ -20,6 +20,7 @@ from .builders import autocast_for, load_policy, pick_device
 from .checkpoint import write_text_atomic
 from .config import EvalCommandConfig, TrainConfig
 from .envs import make_env, split_seed
+from .text import tokenizer_for
 
 Z95 = 1.959964  # two-sided 95% quantile of the standard normal
 
@@ -56,7 +57,7 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
     """
     seed = cfg.seed + 10_000 if seed is None else seed
     num_envs = eval_envs(cfg.data, episodes)
-    env = make_env(cfg.data, num_envs, device, seed, split)
+    env = make_env(cfg.data, num_envs, device, seed, split, tokenizer_for(cfg.model))
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     # Each env plays its first `quota` episodes; the quotas add up to exactly `episodes`.

@@ -20,6 +20,7 @@ from .distributions import act
 from .checkpoint import publish, temp_path
 from .config import TrainConfig
 from .envs import make_env, split_seed
+from .text import tokenizer_for
 
 MIN_SIDE = 240  # frames are upscaled (nearest neighbour) to at least this many pixels a side
 BAND = 22       # height of the text bands above and below the picture
@@ -35,7 +36,7 @@ class BuiltinEpisodes:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, split: str, seed: int):
         self.kind = cfg.data.type
-        self.env = make_env(cfg.data, 1, device, seed, split)
+        self.env = make_env(cfg.data, 1, device, seed, split, tokenizer_for(cfg.model))
         self.obs = self.env.reset(seed=split_seed(cfg.data, seed, split))
         self.finished = True
 
@@ -80,7 +81,7 @@ class GymEpisodes:
         except Exception as e:  # no renderer, a missing optional dependency, ...
             raise GifUnavailable(f"{self.env_id} cannot render rgb_array frames ({str(e).splitlines()[0]})") from None
         layout = describe_observations(self.env, cfg.data.image, cfg.data.constant_mission)
-        self.converter = GymObservations(layout, cfg.data.mission_tokens, device)
+        self.converter = GymObservations(layout, cfg.data.mission_tokens, device, tokenizer_for(cfg.model))
         self.success_rule = SUCCESS_RULES.get(env_family(self.env))
         self.finished = True
 

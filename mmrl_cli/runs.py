@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import (FORMAT, LATEST, CheckpointError, check_model_fits, file_metadata, find_checkpoint, load_state,
                          verify)
 from .config import GROUP_SCHEMAS, ConfigError, TrainConfig, validate
+from .text import tokenizer_for
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 RUN_DIR_VARIABLE = "MMRL_RUN_DIR"  # set for the ranks of `mmrl train`'s launcher (it holds the lock)
@@ -209,7 +210,7 @@ def check_structure_runs(cfg: TrainConfig, weights: Path, policy: torch.nn.Modul
         return  # exactly the config's shapes (check_model_fits): the model computes
     from .envs.spec import observation_spec_of
 
-    spec, _ = observation_spec_of(cfg.data)
+    spec, _ = observation_spec_of(cfg.data, tokenizer_for(cfg.model))
     try:
         with torch.no_grad():
             policy({name: torch.zeros((1, *shape), dtype=dtype) for name, (shape, dtype) in spec.items()})

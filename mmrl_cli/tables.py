@@ -35,6 +35,9 @@ def print_summary(summary: dict) -> None:
     else:
         table.add_row("env steps", f"{summary['steps']:,}")
         table.add_row("wall time", f"{summary['wall_seconds']:.1f} s ({summary['steps_per_second']:,.0f} steps/s)")
+    if summary.get("parameters_total"):
+        trainable, total = summary["parameters_trainable"], summary["parameters_total"]
+        table.add_row("parameters", f"{total:,} ({trainable:,} trainable, {trainable / total:.1%})")
     if summary["skipped_steps"]:
         table.add_row("skipped gradient steps", f"{summary['skipped_steps']} (non-finite loss or gradient)")
     table.add_row("device", summary["device"])

@@ -43,6 +43,8 @@ from .monitor import Monitor, SilentMonitor
 from .rng import global_rng_state, seed_everything, set_global_rng_state
 from .runs import Progress, checked_state, lock_run
 from .signals import StopRequests
+from .models.finetune import lora_note, parameter_counts
+from .text import tokenizer_for
 
 
 class NumericalFault(RuntimeError):
@@ -76,7 +78,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         torch.set_num_threads(cfg.hardware.threads)
     seed_everything(cfg.seed)
     autocast = autocast_for(device, cfg.hardware.precision)
-    env = make_env(cfg.data, cfg.rollout.n_envs, device, dist.seed(cfg.seed))
+    env = make_env(cfg.data, cfg.rollout.n_envs, device, dist.seed(cfg.seed), tokenizer=tokenizer_for(cfg.model))
     # The policy: resumed (the checkpoint's weights, in its structure), from init_from's weights
     # (shrunk by the compression's transforms on this fresh start), or from scratch.
     source, transforms = None, []
@@ -84,7 +86,8 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         source = resume_from / "model.safetensors"
     elif cfg.init_from is not None:
         source, transforms = init_from_weights(cfg), transforms_of(cfg)
-    policy, compression_done = build_policy_from(cfg, env, device, source, transforms)
+    policy, compression_done = build_policy_from(cfg, env, device, source, transforms,
+                                                 towers_if_heads_differ=cfg.init_from is not None and resume_from is None)
     teacher = load_teacher(cfg, device) if cfg.teacher is not None else None
     algo_class = ALGOS[algorithm_name(cfg)]
     # Train steps of the run (resumed: the steps left, in steps of this run's size; the rank count may have changed).
@@ -117,6 +120,8 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
             print("mmrl train: warning: this run's linear learning-rate schedule has annealed to 0, so further updates "
                   "change nothing; add algo.lr_schedule=constant to go on at algo.lr", file=sys.stderr)
     if dist.is_main:  # a resumed run's too: overrides such as total_steps change it
+        trainable, total = parameter_counts(policy)
+        print(f"mmrl train: {type(policy).__name__}, {total:,} parameters, {trainable:,} trainable ({trainable / total:.1%})")
         write_text_atomic(run_dir / "config.yaml", config_yaml)
         if compression_done:
             write_json(run_dir / "compression.json", compression_done)
@@ -266,6 +271,8 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
         "updates_per_second": progress.update / wall if wall else nan,
         "learns_from_data_only": algo.steps_per_update == 0,  # BC: no env steps; speed is in updates
         "skipped_steps": algo.skipped_steps,
+        "parameters_trainable": parameter_counts(algo.policy)[0],
+        "parameters_total": parameter_counts(algo.policy)[1],
         "device": str(device),
         "run_dir": str(run_dir),
         "stopped_by": stopped_by,
@@ -274,8 +281,9 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
 
 
 def structure_note(policy: torch.nn.Module) -> str | None:
-    """The checkpoint header note of a policy whose shapes are not its config's (pruned, factorised)."""
-    return STRUCTURE_NOTE if is_structured(policy) else None
+    """The checkpoint header note of a policy whose structure is not its config's: pruned or
+    factorised, or with LoRA adapters (how to rebuild them)."""
+    return STRUCTURE_NOTE if is_structured(policy) else lora_note(policy)
 
 
 def parameters_finite(module: torch.nn.Module) -> bool:

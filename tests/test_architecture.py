@@ -11,7 +11,7 @@ PACKAGE = Path(mmrl_cli.__file__).resolve().parent
 # Bottom to top; a module may import from its own layer or below. A name is a module or a
 # package (its modules belong to it unless listed on their own).
 LAYERS = [
-    ("foundations", {"errors", "distributions", "rng", "signals", "exits", "distributed", "monitor", "tables"}),
+    ("foundations", {"errors", "distributions", "rng", "signals", "exits", "distributed", "monitor", "tables", "text"}),
     ("envs and models", {"envs", "models"}),
     ("config", {"config", "compose"}),
     ("building blocks", {"checkpoint", "gif", "preflight", "rollout", "evaluation", "runs", "builders", "demos.dataset",

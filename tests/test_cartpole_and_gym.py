@@ -76,5 +76,5 @@ def test_gym_adapter_tokenizes_minigrid_missions():
     env = GymVectorEnv("BabyAI-GoToRedBallGrey-v0", 2, torch.device("cpu"), seed=0, mission_tokens=8)
     obs = env.reset()
     assert set(obs) == {"grid", "mission", "vector"} and obs["grid"].dtype == torch.uint8
-    assert obs["mission"][0].tolist()[:5] == env.observations.tokenizer.encode("go to the red ball")[:5]
+    assert obs["mission"][0].tolist()[:5] == env.observations.tokenizer.encode("go to the red ball", 8)[:5]
     env.close()

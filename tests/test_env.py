@@ -8,7 +8,7 @@ from gymnasium.utils.env_checker import check_env
 
 from mmrl_cli.envs import GotoEnv, GotoGymEnv, GotoVectorEnv
 from mmrl_cli.envs.goto import AGENT, OBJECT_BASE, SPLIT_ID_BASE, describe, object_code
-from mmrl_cli.envs.tokenizer import WordTokenizer
+from mmrl_cli.text import WordTokenizer
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 
@@ -87,7 +87,7 @@ def test_levels_are_deterministic_and_consistent():
     first = {k: v.clone() for k, v in env.reset(level_ids=ids).items()}
     again = GotoEnv(8, num_distractors=2).reset(level_ids=ids)
     assert all(torch.equal(first[k], again[k]) for k in first)
-    tokenizer = WordTokenizer(8)
+    tokenizer = WordTokenizer()
     for i in range(8):
         cells = env.cells[i]
         objects = cells[cells >= OBJECT_BASE]

@@ -110,7 +110,7 @@ def test_vit_gpt2_uses_the_instruction():
     env = GotoEnv(2)
     obs = env.reset(level_ids=torch.tensor([5, 5]))
     obs = {k: v.clone() for k, v in obs.items()}
-    obs["mission"][1] = env.tokenizer.encode_batch(["go to the blue key"])[0]
+    obs["mission"][1] = env.tokenizer.encode_batch(["go to the blue key"], env.mission_tokens)[0]
     policy = build_policy(VitGpt2Config(), env.observation_spec, env.num_actions, 8)
     logits, _ = policy(obs)
     assert not torch.allclose(logits[0], logits[1])  # same image, other instruction

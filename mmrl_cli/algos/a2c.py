@@ -18,6 +18,7 @@ from ..rollout import RolloutBuffer
 from .base import OnPolicy
 from .gradient import GradientStep, TrainingClock, explained_variance, mean_metrics, scheduled
 from .ppo import normalized
+from ..models.finetune import parameter_groups
 
 
 def a2c_loss(dist, values: torch.Tensor, batch: dict, normalize_advantages: bool,
@@ -44,8 +45,8 @@ def a2c_loss(dist, values: torch.Tensor, batch: dict, normalize_advantages: bool
 def make_optimizer(cfg, policy: nn.Module) -> torch.optim.Optimizer:
     """RMSprop as SB3/Baselines configure it for A2C (eps added outside the square root), or Adam."""
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(policy.parameters(), lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.eps, foreach=True)
-    return torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.eps, foreach=True)
+        return torch.optim.RMSprop(parameter_groups(policy, cfg.lr), lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.eps, foreach=True)
+    return torch.optim.Adam(parameter_groups(policy, cfg.lr), lr=cfg.lr, eps=cfg.eps, foreach=True)
 
 
 class A2C(OnPolicy):

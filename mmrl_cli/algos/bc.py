@@ -18,6 +18,7 @@ from torch import nn
 from ..demos.dataset import DemoDataset
 from .base import Algorithm, Setup
 from .gradient import GradientStep, TrainingClock, mean_metrics, scheduled
+from ..models.finetune import parameter_groups
 
 
 def returns_to_go(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -57,7 +58,7 @@ class BC(Algorithm):
 
     def __init__(self, cfg, policy: nn.Module, dataset: DemoDataset, total_updates: int, autocast):
         self.cfg, self.policy, self.dataset = cfg, policy, dataset
-        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        optimizer = torch.optim.Adam(parameter_groups(policy, cfg.lr), lr=cfg.lr, eps=1e-5)
         self.gradient = GradientStep(policy, optimizer, cfg.max_grad_norm, autocast, fast_path=False)
         self.clock = TrainingClock(total_updates)
         self.returns_to_go = returns_to_go(dataset.rewards.float().cpu(), dataset.dones.cpu(), cfg.gamma)

@@ -16,6 +16,7 @@ from ..distributed import Distributed
 from ..rollout import RolloutBuffer
 from .base import OnPolicy, Setup
 from .gradient import GradientStep, ShuffledUpdates, StepMetrics, TrainingClock
+from ..models.finetune import parameter_groups
 
 LABEL_CHUNK = 4096  # observations per teacher forward pass when labelling a rollout
 
@@ -69,7 +70,7 @@ class Distill(ShuffledUpdates, OnPolicy):
 
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
         self.cfg, self.policy = cfg, policy
-        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        optimizer = torch.optim.Adam(parameter_groups(policy, cfg.lr), lr=cfg.lr, eps=1e-5)
         self.gradient = GradientStep(policy, optimizer, cfg.max_grad_norm, autocast, fast_path=False)
         self.generator = torch.Generator()
         self.clock = TrainingClock(total_updates)

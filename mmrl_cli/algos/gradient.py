@@ -125,9 +125,9 @@ class GradientStep:
         return self.fast_capable and not self.extra_losses
 
     def set_lr(self, lr: float) -> None:
-        """Set the learning rate of every parameter group."""
+        """Set the learning rate of every parameter group (times its ``lr_scale``: `finetune.lr_scale`)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def forward(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy's (logits, values) on `obs`, ready for a loss and `step`."""

@@ -19,6 +19,7 @@ from ..distributed import Distributed
 from ..rollout import RolloutBuffer
 from .base import OnPolicy
 from .gradient import GradientStep, ShuffledUpdates, StepMetrics, TrainingClock, explained_variance, scheduled
+from ..models.finetune import parameter_groups
 
 
 def normalized(advantages: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,7 @@ class PPO(ShuffledUpdates, OnPolicy):
     def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
         self.cfg, self.policy = cfg, policy
         # fused=True: one kernel for the whole Adam step instead of several per parameter.
-        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        optimizer = torch.optim.Adam(parameter_groups(policy, cfg.lr), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         self.gradient = GradientStep(policy, optimizer, cfg.max_grad_norm, autocast, fast_path)
         self.generator = torch.Generator()  # minibatch shuffling
         self.clock = TrainingClock(total_updates)

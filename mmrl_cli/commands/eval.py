@@ -11,6 +11,7 @@ from ..config import ConfigError, validate_eval
 from ..envs.spec import observation_spec_of
 from ..exits import fail
 from ..tables import print_eval
+from ..text import tokenizer_for
 
 
 def check_eval(cfg: DictConfig, overrides: list[str]) -> None:
@@ -36,9 +37,13 @@ def evaluated_run(typed):
     check_episode_results("episodes", typed.episodes)
     run = load_run_checkpoint(typed.run, typed.runs_root, typed.checkpoint, "run")
     run.typed.hardware = typed.hardware  # evaluated on this command's hardware, not the training run's
+    if typed.split == "new-wordings" and (run.typed.data.type != "goto" or run.typed.data.wordings != "paraphrase"):
+        raise ConfigError("split: new-wordings needs a run on the built-in task with data.wordings=paraphrase "
+                          f"(this run: data={run.typed.data.type}"
+                          f"{', wordings=' + run.typed.data.wordings if run.typed.data.type == 'goto' else ''})")
     check_compatible(run.typed, evaluating=True, inference_batches={"episodes": eval_envs(run.typed.data, typed.episodes)})
     if typed.gif.episodes:
-        check_gif_memory(run.typed, typed.gif, observation_spec_of(run.typed.data)[0])
+        check_gif_memory(run.typed, typed.gif, observation_spec_of(run.typed.data, tokenizer_for(run.typed.model))[0])
     return run
 
 

@@ -19,6 +19,7 @@ from ..checkpoint import write_text_atomic
 from ..evaluation import evaluate, write_json
 from .measure import latencies_ms, macs_per_step, parameter_counts
 from .teacher import load_trained_policy, trained_run
+from ..text import tokenizer_for
 
 
 def finished(run_dir: Path) -> bool:
@@ -57,7 +58,7 @@ def observations(cfg, batch: int, seed: int) -> dict[str, torch.Tensor]:
     """A batch of real observations from the teacher's env (its first step), on CPU."""
     from ..envs import make_env
 
-    env = make_env(cfg.data, batch, torch.device("cpu"), seed, "heldout")
+    env = make_env(cfg.data, batch, torch.device("cpu"), seed, "heldout", tokenizer_for(cfg.model))
     obs = env.reset(seed=seed)
     obs = {k: v.clone() for k, v in obs.items()}
     if hasattr(env, "close"):

@@ -117,8 +117,13 @@ def adopt_shapes(policy: nn.Module, saved: dict[str, tuple[int, ...]]) -> None:
 
 def adopt_saved_structure(policy: nn.Module, weights) -> None:
     """Reshape `policy` like the weights file `weights` if its header says it was structurally
-    compressed (`adopt_shapes`); leave it as built otherwise."""
+    compressed (`adopt_shapes`), or give it the LoRA adapters it was saved with; leave it as
+    built otherwise."""
     from ..checkpoint import STRUCTURE_KEY, file_metadata, tensor_shapes
+    from ..models.finetune import adopt_lora_note
 
-    if file_metadata(weights).get(STRUCTURE_KEY):
+    note = file_metadata(weights).get(STRUCTURE_KEY)
+    if adopt_lora_note(policy, note):
+        return
+    if note:
         adopt_shapes(policy, tensor_shapes(weights))

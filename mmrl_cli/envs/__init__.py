@@ -23,11 +23,13 @@ SPLIT_SEED_OFFSETS = {"train": 0, "validation": 1_000_000, "heldout": 2_000_000}
 def split_seed(data_cfg, seed: int, split: str) -> int:
     """The seed `split`'s envs start from: `seed` itself for the built-in task (its splits differ
     by level content), else ``seed + SPLIT_SEED_OFFSETS[split]`` (splits differ by seed range)."""
-    return seed if data_cfg.type == "goto" else seed + SPLIT_SEED_OFFSETS[split]
+    return seed if data_cfg.type == "goto" else seed + SPLIT_SEED_OFFSETS[split]  # new-wordings: goto only
 
 
-def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: str = "train"):
-    """Build the batched env of `data_cfg`; `split` picks training, validation or held-out levels.
+def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: str = "train", tokenizer=None):
+    """Build the batched env of `data_cfg`; `split` picks training, validation or held-out levels
+    (or, on the built-in task, held-out levels in new wordings). Instructions are token ids of
+    `tokenizer` (the model's, `text.tokenizer_for(cfg.model)`; None: the built-in word tokenizer).
 
     The built-in task keeps the splits apart by level content (see envs/goto.py); the others
     by seed range (`split_seed`). Reset it with ``seed=split_seed(...)``, never the bare seed.
@@ -37,13 +39,14 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
             num_envs, grid_size=data_cfg.grid_size, num_distractors=data_cfg.num_distractors,
             max_steps=data_cfg.max_steps, tile_size=data_cfg.tile_size, num_walls=data_cfg.num_walls,
             num_train_levels=data_cfg.num_train_levels, split=split, device=device, seed=seed,
+            wordings=data_cfg.wordings, tokenizer=tokenizer,
         )
     if data_cfg.type == "cartpole":
         return CartPoleEnv(num_envs, max_steps=data_cfg.max_steps, device=device, seed=split_seed(data_cfg, seed, split))
     return GymVectorEnv(
         data_cfg.env_id, num_envs, device, seed=split_seed(data_cfg, seed, split), env_kwargs=dict(data_cfg.env_kwargs),
         mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization, image_kind=data_cfg.image,
-        constant_mission=data_cfg.constant_mission, action_squash=data_cfg.action_squash,
+        constant_mission=data_cfg.constant_mission, action_squash=data_cfg.action_squash, tokenizer=tokenizer,
     )
 
 

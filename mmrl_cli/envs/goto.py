@@ -5,7 +5,8 @@ a handful of tensor ops, on CPU or GPU. Each observation speaks two modalities:
 
 - ``image``: uint8 RGB rendering of the grid, one ``tile_size`` x ``tile_size`` tile per cell,
   so a ViT patch of the same size sees exactly one cell;
-- ``mission``: token ids of an instruction such as "go to the red ball".
+- ``mission``: token ids of an instruction such as "go to the red ball", from the tokenizer
+  the model names (`mmrl_cli.text`); worded one fixed way or paraphrased (`wordings`).
 
 The agent moves up/down/left/right. Stepping into the named object is a success (reward
 ``1 - 0.9 * steps / max_steps``, BabyAI style); stepping into any other object ends the episode
@@ -20,7 +21,8 @@ not only by id: a hash of the layout (every cell, the agent's position, the targ
 possible layout in exactly one split (80% / 10% / 10% of all layouts), and a level id draws
 candidate layouts until one falls in its split. So a held-out level is never a training level
 that happens to come from another id. Ids are also kept apart (`SPLIT_ID_BASE`), so that the
-validation and held-out sets are fixed, sequential lists of ids.
+validation and held-out sets are fixed, sequential lists of ids. A fourth split, ``new-wordings``,
+plays the held-out levels with instructions worded in held-out ways (envs/wordings.py).
 """
 
 from __future__ import annotations
@@ -33,19 +35,23 @@ from ..distributions import ActionSpace
 
 from ..rng import load_generator_state
 
-from .tokenizer import COLORS, OBJECT_TYPES, WordTokenizer
+from ..text import WordTokenizer
+from . import wordings as wording
+from .wordings import COLORS, OBJECT_TYPES
 
 EMPTY, WALL, OBJECT_BASE = 0, 1, 2
 NUM_OBJECT_KINDS = len(COLORS) * len(OBJECT_TYPES)
 AGENT = OBJECT_BASE + NUM_OBJECT_KINDS  # tile index used only for drawing the agent
-SPLITS = ("train", "validation", "heldout")
+SPLITS = ("train", "validation", "heldout", "new-wordings")
+# The levels each split plays: new wordings are held-out levels, worded in held-out ways.
+LEVEL_SPLIT = {"train": "train", "validation": "validation", "heldout": "heldout", "new-wordings": "heldout"}
 # Share of all possible layouts in each split, as a range of the layout hash's percentile.
 SPLIT_PERCENTILES = {"train": (0, 80), "validation": (80, 90), "heldout": (90, 100)}
 # Level ids of each split start here (training ids are drawn below 2^30; the others count up).
 SPLIT_ID_BASE = {"train": 0, "validation": 1 << 30, "heldout": 1 << 31}
 # A config must allow at least this many distinct layouts, so each split has plenty.
 MIN_LAYOUTS = 2000
-MISSION_TOKENS = 8
+MISSION_TOKENS = 8  # instruction length with the built-in tokenizer (longer when a wording needs more)
 ACTION_NAMES = ("up", "down", "left", "right")
 _MOVES = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=torch.int64)
 _MASK32 = 0xFFFFFFFF
@@ -106,6 +112,12 @@ def count_layouts(grid_size: int, num_distractors: int, num_walls: int) -> int:
     placements = cells * math.perm(cells - 1, objects) // math.factorial(num_distractors)
     kinds = NUM_OBJECT_KINDS * (NUM_OBJECT_KINDS - 1) ** num_distractors
     return placements * kinds * math.comb(cells - 1 - objects, num_walls)
+
+
+def mission_length(tokenizer, wordings: str) -> int:
+    """Tokens per instruction: `MISSION_TOKENS`, or more when some wording (in any split) needs them,
+    so every split of a config has the same observation shape."""
+    return max(MISSION_TOKENS, tokenizer.needed_length(wording.all_instructions(wordings)))
 
 
 def as_words(x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +181,8 @@ class GotoEnv:
         device: str | torch.device = "cpu",
         seed: int = 0,
         pool_size: int = 0,
+        wordings: str = "fixed",
+        tokenizer=None,
     ):
         if 2 + num_distractors + num_walls > grid_size * grid_size:
             raise ValueError("grid too small for the agent, target, distractors and walls")
@@ -176,18 +190,21 @@ class GotoEnv:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.num_envs, self.grid_size, self.tile_size = num_envs, grid_size, tile_size
         self.num_distractors, self.num_walls, self.max_steps = num_distractors, num_walls, max_steps
-        self.num_train_levels, self.split = num_train_levels, split
+        self.num_train_levels, self.split, self.level_split = num_train_levels, split, LEVEL_SPLIT[split]
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.next_level = 0  # validation and held-out splits play their ids in order
-        self.tokenizer = WordTokenizer(MISSION_TOKENS)
+        self.tokenizer = tokenizer if tokenizer is not None else WordTokenizer()
+        self.mission_tokens = mission_length(self.tokenizer, wordings)
         self.atlas = build_tile_atlas(tile_size).to(self.device)
         self.moves = _MOVES.to(self.device)
-        # Instruction token ids of every object kind, looked up when a level is generated.
+        # Instruction token ids of every (wording, object kind), looked up when a level is generated:
+        # row ``variant * NUM_OBJECT_KINDS + kind``; a level's wording is a hash of its id.
+        texts = wording.table(wordings, held_out=split == "new-wordings")
+        self.wording_variants = len(texts)
         self.mission_table = self.tokenizer.encode_batch(
-            [" ".join(("go to the",) + describe(OBJECT_BASE + k)) for k in range(NUM_OBJECT_KINDS)]
-        ).to(self.device)
+            [text for row in texts for text in row], self.mission_tokens).to(self.device)
         n, g = num_envs, grid_size
         self.env_index = torch.arange(n, device=self.device)
         self.cell_offset = self.env_index * g * g
@@ -216,7 +233,7 @@ class GotoEnv:
     def observation_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Shape (without the batch dimension) and dtype of each observation entry."""
         side = self.grid_size * self.tile_size
-        return {"image": ((side, side, 3), torch.uint8), "mission": ((MISSION_TOKENS,), torch.int64)}
+        return {"image": ((side, side, 3), torch.uint8), "mission": ((self.mission_tokens,), torch.int64)}
 
     def observation(self) -> dict[str, torch.Tensor]:
         """The current observation of every sub-environment."""
@@ -225,8 +242,8 @@ class GotoEnv:
     # ----------------------------------------------------------------------------- levels
     def sample_level_ids(self, count: int) -> torch.Tensor:
         """Level ids for `count` new episodes of this env's split."""
-        if self.split != "train":
-            ids = SPLIT_ID_BASE[self.split] + self.next_level + torch.arange(count, device=self.device)
+        if self.level_split != "train":
+            ids = SPLIT_ID_BASE[self.level_split] + self.next_level + torch.arange(count, device=self.device)
             self.next_level += count
             return ids
         high = self.num_train_levels if self.num_train_levels > 0 else SPLIT_ID_BASE["validation"]
@@ -254,7 +271,7 @@ class GotoEnv:
         Candidates are drawn several per id at a time (enough that nearly every id finds one in
         the first round: 2 for training's 80% of layouts, 24 for the 10% splits).
         """
-        low, high = SPLIT_PERCENTILES[self.split]
+        low, high = SPLIT_PERCENTILES[self.level_split]
         tries = 2 if high - low >= 50 else 24
         count = len(level_ids)
         cells = torch.zeros(count, self.grid_size**2, dtype=torch.int64, device=self.device)
@@ -284,9 +301,17 @@ class GotoEnv:
         agent = torch.stack([agent_cell // g, agent_cell % g], dim=1)
         return {
             "cells": cells, "agent": agent, "target": OBJECT_BASE + target_kind,
-            "mission": self.mission_table.index_select(0, target_kind), "level_id": level_ids.clone(),
+            "mission": self.mission_table.index_select(0, self.mission_row(level_ids, target_kind)), "level_id": level_ids.clone(),
             "image": self.render(cells, agent),
         }
+
+    def mission_row(self, level_ids: torch.Tensor, target_kind: torch.Tensor) -> torch.Tensor:
+        """The `mission_table` row of each level: its target's kind in the wording its id hashes to
+        (the only wording under ``wordings=fixed``)."""
+        if self.wording_variants == 1:
+            return target_kind
+        variant = _hash32(level_ids * 0x2C1B3C6D + 0x297A2D39) % self.wording_variants
+        return variant * NUM_OBJECT_KINDS + target_kind
 
     def render(self, cells: torch.Tensor, agent: torch.Tensor) -> torch.Tensor:
         """(k, side, side, 3) uint8 images of grids `cells` (k, g, g) with the agent at `agent`."""

@@ -9,7 +9,8 @@ What an observation becomes (decided once per observation space, see `Observatio
   MiniGrid envs are symbolic when their image is the agent's view or the whole grid (RGB
   wrappers such as ``RGBImgPartialObsWrapper`` make them pixels again); any other integer
   image whose dtype is not uint8 is symbolic; ``data.image=pixels|symbolic`` overrides.
-- ``mission``: a text instruction as token ids (download-free word tokenizer, cached). A
+- ``mission``: a text instruction as token ids (the model's tokenizer, `mmrl_cli.text`; each
+  distinct mission tokenised once). A
   MiniGrid mission that can only ever be one string (DoorKey, Empty: no placeholders) carries
   no information and is left out unless ``data.constant_mission=keep``: as a learned constant
   input it acted as an extra, fast-drifting bias that destabilised PPO (docs/benchmarks.md).
@@ -44,7 +45,7 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
 from ..distributions import ActionSpace
-from .tokenizer import WordTokenizer
+from ..text import WordTokenizer
 
 SUCCESS_INFO_KEYS = ("is_success", "success")  # SB3's / gymnasium-robotics' flag, and a plain one
 
@@ -225,12 +226,13 @@ def _image_kind(env: gym.Env, space: gym.spaces.Box, image_kind: str, name: str)
 class GymObservations:
     """Turns batched gymnasium observations of one layout into mmrl's torch observation dict."""
 
-    def __init__(self, layout: ObservationLayout, mission_tokens: int, device: torch.device):
+    def __init__(self, layout: ObservationLayout, mission_tokens: int, device: torch.device, tokenizer=None):
         self.layout, self.device = layout, torch.device(device)
         self.spec: dict = {}
         if layout.image_as:
             self.spec[layout.image_as] = (layout.image_shape, torch.uint8)
-        self.tokenizer = WordTokenizer(mission_tokens) if layout.mission_key else None
+        self.mission_tokens = mission_tokens
+        self.tokenizer = (tokenizer or WordTokenizer()) if layout.mission_key else None
         self.mission_cache: dict[str, np.ndarray] = {}  # an env has few distinct missions: tokenize each once
         if self.tokenizer is not None:
             self.spec["mission"] = ((mission_tokens,), torch.int64)
@@ -247,7 +249,7 @@ class GymObservations:
         for text in missions:
             ids = cache.get(text)
             if ids is None:
-                ids = cache[text] = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
+                ids = cache[text] = np.asarray(self.tokenizer.encode(text, self.mission_tokens), dtype=np.int64)
             rows.append(ids)
         return torch.from_numpy(np.stack(rows))
 
@@ -340,7 +342,7 @@ class GymVectorEnv:
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device, seed: int = 0,
                  env_kwargs: dict | None = None, mission_tokens: int = 16, vectorization: str = "sync",
-                 image_kind: str = "auto", constant_mission: str = "drop", action_squash: str = "clip"):
+                 image_kind: str = "auto", constant_mission: str = "drop", action_squash: str = "clip", tokenizer=None):
         import_env_packages()
         self.env_id, self.device, self.seed = env_id, torch.device(device), seed
         probe = make_quiet(env_id, **(env_kwargs or {}))
@@ -360,7 +362,8 @@ class GymVectorEnv:
         self.action_spec = action_space_of(actions, env_id, action_squash)
         self.num_actions = self.action_spec.n  # 0 for box actions
         self.action_start = int(actions.start) if isinstance(actions, gym.spaces.Discrete) else 0
-        self.observations = GymObservations(layout, mission_tokens, self.device)
+        self.observations = GymObservations(layout, mission_tokens, self.device, tokenizer)
+        self.tokenizer = self.observations.tokenizer
         self.observation_spec = self.observations.spec
         self.episode_return = np.zeros(num_envs, dtype=np.float64)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)

@@ -17,7 +17,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from .goto import ACTION_NAMES, GotoEnv
-from .tokenizer import VOCAB_SIZE
+from ..text import VOCAB_SIZE
 
 
 def _spaces(env: GotoEnv) -> gym.spaces.Dict:

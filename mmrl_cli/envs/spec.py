@@ -63,22 +63,27 @@ def patch_size_of(data_cfg, spec: dict) -> int:
     return patch
 
 
-def observation_spec_of(data_cfg) -> tuple[dict, ActionSpace]:
-    """The observation spec and action space of the env `data_cfg` names, without building it."""
+def observation_spec_of(data_cfg, tokenizer=None) -> tuple[dict, ActionSpace]:
+    """The observation spec and action space of the env `data_cfg` names, without building it
+    (instructions as ids of `tokenizer`, the model's; None: the built-in word tokenizer)."""
     import torch
 
+    from ..text import WordTokenizer
+
+    tokenizer = tokenizer or WordTokenizer()
     if data_cfg.type == "goto":
-        from .goto import ACTION_NAMES, MISSION_TOKENS
+        from .goto import ACTION_NAMES, mission_length
 
         side = data_cfg.grid_size * data_cfg.tile_size
-        spec = {"image": ((side, side, 3), torch.uint8), "mission": ((MISSION_TOKENS,), torch.int64)}
+        tokens = mission_length(tokenizer, data_cfg.wordings)
+        spec = {"image": ((side, side, 3), torch.uint8), "mission": ((tokens,), torch.int64)}
         return spec, ActionSpace.discrete(len(ACTION_NAMES))
     if data_cfg.type == "cartpole":
         return {"vector": ((4,), torch.float32)}, ActionSpace.discrete(2)
-    return gym_observations(data_cfg)
+    return gym_observations(data_cfg, tokenizer)
 
 
-def gym_observations(data_cfg) -> tuple[dict, ActionSpace]:
+def gym_observations(data_cfg, tokenizer=None) -> tuple[dict, ActionSpace]:
     """Observation spec mmrl would feed from a gymnasium env id, and its action space.
 
     Makes the env once to check the id, its kwargs, and that its spaces are ones mmrl handles.
@@ -103,4 +108,4 @@ def gym_observations(data_cfg) -> tuple[dict, ActionSpace]:
             raise ConfigError(f"data.env_id: {str(e) if str(e).startswith(data_cfg.env_id) else f'{data_cfg.env_id}: {e}'}") from None
     finally:
         env.close()
-    return GymObservations(layout, data_cfg.mission_tokens, "cpu").spec, actions
+    return GymObservations(layout, data_cfg.mission_tokens, "cpu", tokenizer).spec, actions

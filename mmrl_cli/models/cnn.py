@@ -8,12 +8,16 @@ from torch import nn
 
 from ..distributions import ActionSpace
 
+from ..text import tokenizer_for
 from .heads import ActorCritic, ActorCriticHeads, ImageInput, MissionBagOfWords, actor_gain, memory_of, orthogonal, vector_size
 
 
 class CnnPolicy(ActorCritic):
     """Conv stack (`channels`, `kernel_size`, `strides`) -> one hidden layer -> (`memory`: an LSTM or
     GRU) -> actor and critic heads (linear, or each its own MLP of widths `head_hidden`)."""
+
+    # Parts that fine-tuning settings name (models/finetune.py); the rest is "heads".
+    PARTS = {"vision": ("pixels", "conv"), "text": ("mission",)}
 
     def __init__(self, cfg, observation_spec: dict, action_space: ActionSpace | int):
         super().__init__()
@@ -33,7 +37,7 @@ class CnnPolicy(ActorCritic):
             raise ValueError(f"model.channels: a {self.pixels.height}x{self.pixels.width} image is too small for "
                              f"{len(cfg.channels)} conv layers of kernel {cfg.kernel_size}, strides {cfg.strides}") from None
         self.conv_spatial = conv_out // in_channels  # H x W of the last conv's output (channel-major flatten)
-        self.mission = MissionBagOfWords(cfg.mission_embed) if "mission" in observation_spec else None
+        self.mission = MissionBagOfWords(cfg.mission_embed, tokenizer_for(cfg)) if "mission" in observation_spec else None
         self.has_vector = "vector" in observation_spec
         features = conv_out + (cfg.mission_embed if self.mission is not None else 0) + vector_size(observation_spec)
         self.trunk = nn.Sequential(orthogonal(nn.Linear(features, cfg.hidden)), nn.ReLU())

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from ..distributions import ActionSpace
-from ..envs.tokenizer import PAD_ID, VOCAB_SIZE
 
 
 def orthogonal(layer: nn.Linear, gain: float = math.sqrt(2)) -> nn.Linear:
@@ -245,14 +244,16 @@ class ActorCritic(nn.Module):
 
 
 class MissionBagOfWords(nn.Module):
-    """Mean of the instruction's token embeddings (padding ignored): a cheap text encoder."""
+    """Mean of the instruction's token embeddings (padding ignored): a cheap text encoder over
+    the ids of `tokenizer` (the model's: its vocabulary size and padding id)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, tokenizer):
         super().__init__()
-        self.embed = nn.Embedding(VOCAB_SIZE, dim, padding_idx=PAD_ID)
+        self.pad_id = tokenizer.pad_id
+        self.embed = nn.Embedding(tokenizer.vocab_size, dim, padding_idx=tokenizer.pad_id)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        mask = (tokens != PAD_ID).unsqueeze(-1).float()
+        mask = (tokens != self.pad_id).unsqueeze(-1).float()
         return (self.embed(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 

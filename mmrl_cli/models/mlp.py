@@ -9,6 +9,7 @@ from torch import nn
 
 from ..distributions import ActionSpace
 
+from ..text import tokenizer_for
 from .heads import ActorCritic, ActorCriticHeads, GridEmbedding, MissionBagOfWords, actor_gain, memory_of
 
 # CPU tensors with at least this many elements take tanh through sigmoid (see `tanh`).
@@ -65,6 +66,9 @@ class MlpPolicy(ActorCritic):
     mission embedding). A test checks it against autograd.
     """
 
+    # Parts that fine-tuning settings name (models/finetune.py); the rest is "heads".
+    PARTS = {"vision": ("grid",), "text": ("mission",)}
+
     def __init__(self, cfg, observation_spec: dict, action_space: ActionSpace | int):
         super().__init__()
         self.keys = [k for k in ("vector", "image", "grid") if k in observation_spec]
@@ -72,7 +76,7 @@ class MlpPolicy(ActorCritic):
             raise ValueError("model=mlp needs a 'vector', 'image' or 'grid' observation")
         self.grid = GridEmbedding(observation_spec["grid"][0][2], cfg.grid_embed) if "grid" in observation_spec else None
         inputs = sum(math.prod(observation_spec[k][0]) * (cfg.grid_embed if k == "grid" else 1) for k in self.keys)
-        self.mission = MissionBagOfWords(cfg.mission_embed) if "mission" in observation_spec else None
+        self.mission = MissionBagOfWords(cfg.mission_embed, tokenizer_for(cfg)) if "mission" in observation_spec else None
         inputs += cfg.mission_embed if self.mission is not None else 0
         self.activation, self.activation_backward = ACTIVATIONS[cfg.activation]
         # model.memory: an LSTM or GRU over the inputs, read by both MLPs (SB3's RecurrentPPO: features -> LSTM -> net_arch)

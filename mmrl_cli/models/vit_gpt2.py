@@ -16,6 +16,13 @@ Data flow for one observation (P patches, L instruction tokens, width d):
    would run into an object; plus the mean patch state.
    ``flatten``: all patch states, flattened (the design prototype's readout). ``both``.
 
+Pretrained towers (`towers.py`, docs/transfer.md): ``model.vision_pretrained`` (ViT or CLIP
+vision) replaces the ViT, its width becoming the policy's; ``model.text_pretrained`` (GPT-2,
+BERT/MiniLM, CLIP text) replaces the GPT-2, which then reads the instruction alone (pretrained
+layers have no cross-attention) and its sentence vector drives the FiLM of step 3;
+``model.pretrained`` (a CLIP directory) gives both. The instruction's ids then come from that
+tower's own tokenizer (``model.tokenizer=auto``).
+
 Why this shape (measured in the design prototype): pooling a single token (CLS or GPT-2's last
 token) learned "go to an object" but not "which object"; small position-embedding init (0.02)
 stalled too. Position embeddings therefore start at `pos_init_std` (1.0 by default).
@@ -27,12 +34,15 @@ import torch
 from torch import nn
 
 from ..distributions import ActionSpace
-from ..envs.tokenizer import PAD_ID, VOCAB_SIZE
+from ..text import tokenizer_for
 from .heads import ActorCritic, ActorCriticHeads, ImageInput, actor_gain, memory_of, orthogonal, vector_size
 
 
 class VitGpt2Policy(ActorCritic):
-    """Actor-critic over (image, instruction) built from config, randomly initialised."""
+    """Actor-critic over (image, instruction) built from config: random, or with pretrained towers."""
+
+    # Parts that fine-tuning settings name (models/finetune.py); the rest is "heads".
+    PARTS = {"vision": ("vit", "vision", "pixels"), "text": ("gpt", "text")}
 
     def __init__(self, cfg, observation_spec: dict, action_space: ActionSpace | int, patch_size: int = 8):
         super().__init__()
@@ -42,25 +52,42 @@ class VitGpt2Policy(ActorCritic):
         height, width, channels = self.pixels.height, self.pixels.width, self.pixels.channels
         if height % patch_size or width % patch_size:
             raise ValueError(f"image {height}x{width} is not a whole number of {patch_size}-pixel patches")
-        d = cfg.hidden_size
-        self.vit = ViTModel(
-            ViTConfig(
-                hidden_size=d, num_hidden_layers=cfg.vit_layers, num_attention_heads=cfg.heads,
-                intermediate_size=cfg.ff_size, image_size=(height, width), patch_size=patch_size,
-                num_channels=channels, hidden_act=cfg.activation, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                attn_implementation="eager",
-            ),
-            add_pooling_layer=False,
-        )
-        nn.init.normal_(self.vit.embeddings.position_embeddings, std=cfg.pos_init_std)
-        self.gpt = None
-        if "mission" in observation_spec:
+        tokenizer = tokenizer_for(cfg)
+        self.pad_id = tokenizer.pad_id
+        vision_source, text_source = cfg.vision_pretrained or cfg.pretrained, cfg.text_pretrained or cfg.pretrained
+        self.vit = self.vision = None
+        if vision_source:  # a pretrained ViT / CLIP vision encoder; the policy takes its width
+            from .towers import load_vision_tower
+
+            key = "model.vision_pretrained" if cfg.vision_pretrained else "model.pretrained"
+            self.vision = load_vision_tower(vision_source, key, patch_size, channels, cfg.tower_weights)
+            d = self.vision.width
+        else:
+            d = cfg.hidden_size
+            self.vit = ViTModel(
+                ViTConfig(
+                    hidden_size=d, num_hidden_layers=cfg.vit_layers, num_attention_heads=cfg.heads,
+                    intermediate_size=cfg.ff_size, image_size=(height, width), patch_size=patch_size,
+                    num_channels=channels, hidden_act=cfg.activation, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                    attn_implementation="eager",
+                ),
+                add_pooling_layer=False,
+            )
+            nn.init.normal_(self.vit.embeddings.position_embeddings, std=cfg.pos_init_std)
+        self.gpt = self.text = None
+        if "mission" in observation_spec and text_source:  # a pretrained text encoder: a sentence vector
+            from .towers import load_text_tower
+
+            key = "model.text_pretrained" if cfg.text_pretrained else "model.pretrained"
+            self.text = load_text_tower(text_source, key, tokenizer.pad_id, cfg.tower_weights)
+            self.film = nn.Linear(self.text.width, 2 * d)
+        elif "mission" in observation_spec:
             self.gpt = GPT2Model(
                 GPT2Config(
-                    vocab_size=VOCAB_SIZE, n_positions=observation_spec["mission"][0][0], n_embd=d,
+                    vocab_size=tokenizer.vocab_size, n_positions=observation_spec["mission"][0][0], n_embd=d,
                     n_layer=cfg.gpt_layers, n_head=cfg.heads, n_inner=cfg.ff_size, add_cross_attention=True, activation_function=cfg.activation,
                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
-                    pad_token_id=PAD_ID, attn_implementation="eager",
+                    pad_token_id=tokenizer.pad_id, attn_implementation="eager",
                 )
             )
             self.film = nn.Linear(d, 2 * d)
@@ -95,18 +122,26 @@ class VitGpt2Policy(ActorCritic):
             self.heads = ActorCriticHeads(width, action_space, actor_gain=actor_gain(self.memory))
 
     def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        tokens = self.vit.embeddings(self.pixels(obs))  # (B, 1 + P, d)
+        pixels = self.pixels(obs)
+        tokens = self.vit.embeddings(pixels) if self.vit is not None else self.vision.embed(pixels)  # (B, 1 + P, d)
+        summary = None
         if self.gpt is not None:
             ids = obs["mission"]
-            valid = ids != PAD_ID
+            valid = ids != self.pad_id
             text = self.gpt(input_ids=ids, attention_mask=valid.long(), encoder_hidden_states=tokens).last_hidden_state
             last = (valid.sum(1) - 1).clamp(min=0)
             summary = text[torch.arange(len(ids), device=ids.device), last]
+        elif self.text is not None:
+            summary = self.text(obs["mission"])
+        if summary is not None:
             scale, shift = self.film(summary).unsqueeze(1).chunk(2, dim=-1)
             tokens = tokens * (1 + scale) + shift
-        for layer in self.vit.layers:
-            tokens = layer(tokens)
-        patches = self.vit.layernorm(tokens)[:, 1:]  # (B, P, d)
+        if self.vit is not None:
+            for layer in self.vit.layers:
+                tokens = layer(tokens)
+            patches = self.vit.layernorm(tokens)[:, 1:]  # (B, P, d)
+        else:
+            patches = self.vision.norm(self.vision.run_layers(tokens))[:, 1:]
         features = []
         if self.readout in ("spatial", "both"):
             attention = torch.softmax(self.keypoints(patches), dim=1)  # (B, P, K): a map per keypoint

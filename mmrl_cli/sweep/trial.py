@@ -25,6 +25,7 @@ from ..config import ConfigError, TrainConfig
 from ..trainer import NumericalFault, StopTraining, train
 from .settings import Param, SweepConfig, parse_space
 from .study import HOST, budget_left, counted_trials, fail_stale_trials, mask_secrets, open_study, set_attr
+from ..text import tokenizer_for
 
 TRIALS_DIR = "trials"
 
@@ -95,7 +96,7 @@ def parameter_count(cfg: TrainConfig) -> int:
     from ..envs.spec import observation_spec_of, patch_size_of
     from ..models import build_policy
 
-    spec, actions = observation_spec_of(cfg.data)
+    spec, actions = observation_spec_of(cfg.data, tokenizer_for(cfg.model))
     patch = patch_size_of(cfg.data, spec) if cfg.model.type == "vit-gpt2" else 1
     with torch.device("meta"):
         policy = build_policy(cfg.model, spec, actions, patch)

@@ -1,0 +1,199 @@
+"""Transfer learning on the built-in goto task: a pretrained instruction encoder on held-out
+wordings, LoRA and full fine-tuning from another setting, and RL started from another setting's
+policy against RL from scratch.
+
+    python scripts/bench_transfer.py --part wordings [--seeds 1 2 3] [--steps 200000]
+    python scripts/bench_transfer.py --part finetune [--seeds 1 2 3]
+
+``wordings``: `mmrl train exp=goto-minilm` (paraphrased instructions, the pretrained MiniLM text
+encoder, frozen) against the same run with ``model.tower_weights=random`` (MiniLM's architecture,
+fresh weights, frozen the same way: only the initialisation differs) and against the default
+policy (GPT-2 over the built-in word tokenizer, trained from scratch), all at equal env steps;
+then each run's final weights play 500 held-out levels in held-out wordings (`split=new-wordings`)
+and 500 in training wordings (`heldout`). Steps/s of each arm are the cost of each text tower.
+
+``finetune``: a source policy trained with PPO on another setting (``data.num_distractors=0``: any
+object is the goal, so it never needs to read the instruction), then on the default task (one
+distractor: it must read) three PPO arms: from scratch, full fine-tuning (``init_from``) and LoRA
+fine-tuning (``init_from`` + ``finetune.lora_rank``: the adapters alone train); and A2C
+(``exp=goto-a2c``, which needs >= 400k env steps from scratch) from scratch and from the source.
+Every arm evaluates 200 validation levels every 25k env steps and stops at the first success
+>= 0.9; steps and wall time to that point (the source's own training reported beside it), then
+500 held-out levels. Writes docs/bench/transfer_<part>.json and a PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, print_table, write_json  # noqa: E402
+
+from mmrl_cli.builders import load_policy, pick_device  # noqa: E402
+from mmrl_cli.compose import compose_train_config  # noqa: E402
+from mmrl_cli.evaluation import evaluate  # noqa: E402
+from mmrl_cli.trainer import StopTraining, train  # noqa: E402
+
+TARGET = 0.9
+COMMON = ["monitor.progress=false", "monitor.tensorboard=false", "checkpoint.every_updates=100000"]
+WORDINGS_ARMS = {
+    "minilm": ["exp=goto-minilm"],
+    "random-minilm": ["exp=goto-minilm", "model.tower_weights=random"],
+    "default": ["data.wordings=paraphrase"],
+}
+SOURCE = ["data.num_distractors=0", "total_steps=150000", "eval.every_steps=150000", "eval.episodes=200"]
+STOPPING = ["eval.every_steps=25000", "eval.episodes=200", "total_steps=600000"]
+FINETUNE_ARMS = {
+    "ppo scratch": [],
+    "ppo full fine-tune": ["init_from={source}"],
+    "ppo LoRA fine-tune": ["init_from={source}", "finetune.lora_rank=8", "algo.lr=3e-3"],
+    "a2c scratch": ["exp=goto-a2c"],
+    "a2c from source": ["exp=goto-a2c", "init_from={source}"],
+}
+
+
+class FirstSuccess:
+    """Records every validation evaluation; stops the run at the first success >= TARGET."""
+
+    def __init__(self, start: float, stop: bool = True):
+        self.start, self.stop, self.reached, self.curve = start, stop, None, []
+
+    def on_evaluation(self, progress, results):
+        rate = results["validation"]["success_rate"]
+        self.curve.append([progress.steps, time.perf_counter() - self.start, rate])
+        if rate >= TARGET and self.reached is None:
+            self.reached = (progress.steps, time.perf_counter() - self.start)
+            if self.stop:
+                raise StopTraining(f"validation success {rate:.3f} >= {TARGET}")
+
+
+def score(run_dir: Path, overrides: list[str], split: str) -> float:
+    """Success of a run's final weights on 500 levels of `split` (argmax actions)."""
+    cfg = compose_train_config(overrides)
+    device = pick_device(cfg.hardware)
+    policy = load_policy(cfg, run_dir / "model.safetensors", device)
+    return evaluate(policy, cfg, device, split, 500, True)["success_rate"]
+
+
+def wordings_part(seeds: list[int], steps: int, root: Path) -> list[dict]:
+    """Each arm of WORDINGS_ARMS per seed: held-out-wording success at equal steps."""
+    rows = []
+    for seed in seeds:
+        for arm, overrides in WORDINGS_ARMS.items():
+            overrides = [*overrides, *COMMON, f"seed={seed}", f"total_steps={steps}", f"eval.every_steps={steps // 4}",
+                         "eval.episodes=200"]
+            run_dir = root / f"{arm}-{seed}"
+            curve = FirstSuccess(time.perf_counter(), stop=False)
+            summary = train(compose_train_config(overrides), run_dir, callbacks=[curve])
+            rows.append({"arm": arm, "seed": seed, "steps": summary["steps"], "overrides": overrides,
+                         "steps_per_second": summary["steps_per_second"], "wall_seconds": summary["wall_seconds"],
+                         "parameters_trainable": summary["parameters_trainable"],
+                         "parameters_total": summary["parameters_total"], "curve": curve.curve,
+                         "new_wordings": score(run_dir, overrides, "new-wordings"),
+                         "heldout": score(run_dir, overrides, "heldout")})
+            print(arm, seed, rows[-1]["new_wordings"], rows[-1]["heldout"], flush=True)
+    return rows
+
+
+def finetune_part(seeds: list[int], arms: list[str], root: Path) -> list[dict]:
+    """Per seed: the source run, then every arm of FINETUNE_ARMS to the first validation success >= 0.9."""
+    rows = []
+    for seed in seeds:
+        source = root / f"source-{seed}"
+        start = time.perf_counter()
+        summary = train(compose_train_config([*SOURCE, *COMMON, f"seed={seed}"]), source)
+        rows.append({"arm": "source (0 distractors)", "seed": seed, "steps_to_target": None,
+                     "wall_seconds": time.perf_counter() - start, "steps": summary["steps"],
+                     "source_validation": summary["validation_success_rate"], "curve": []})
+        for arm in arms:
+            overrides = [o.format(source=source) for o in FINETUNE_ARMS[arm]] + [*STOPPING, *COMMON, f"seed={seed}"]
+            run_dir = root / f"{arm.replace(' ', '-')}-{seed}"
+            stop = FirstSuccess(time.perf_counter())
+            summary = train(compose_train_config(overrides), run_dir, callbacks=[stop])
+            steps, wall = stop.reached if stop.reached else (None, None)
+            rows.append({"arm": arm, "seed": seed, "steps_to_target": steps, "wall_to_target": wall,
+                         "curve": stop.curve, "overrides": overrides,
+                         "parameters_trainable": summary["parameters_trainable"],
+                         "parameters_total": summary["parameters_total"],
+                         "heldout": score(run_dir, overrides, "heldout")})
+            print(arm, seed, steps, wall, rows[-1]["heldout"], flush=True)
+    return rows
+
+
+def plot(rows: list[dict], path: Path, x_index: int, xlabel: str, title: str) -> None:
+    """Validation success curves of every run, one colour per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(r["arm"] for r in rows if r["curve"]))
+    colours = dict(zip(arms, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        if r["curve"]:
+            ax.plot([c[x_index] for c in r["curve"]], [c[2] for c in r["curve"]], "o-", color=colours[r["arm"]], alpha=0.7,
+                    label=r["arm"] if r["seed"] == rows[0]["seed"] else None)
+    ax.axhline(TARGET, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation success")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def mean(values: list) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["wordings", "finetune"], required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--steps", type=int, default=200_000, help="wordings: env steps of every arm")
+    parser.add_argument("--arms", nargs="+", default=list(FINETUNE_ARMS), help="finetune: which arms to run")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = args.out or ROOT / "docs" / "bench" / f"transfer_{args.part}.json"
+    with tempfile.TemporaryDirectory(prefix="mmrl-transfer-") as tmp:
+        if args.part == "wordings":
+            rows = wordings_part(args.seeds, args.steps, Path(tmp))
+            table = [[r["arm"], r["seed"], r["new_wordings"], r["heldout"], r["steps_per_second"],
+                      f"{r['parameters_trainable']:,} / {r['parameters_total']:,}"] for r in rows]
+            print_table(f"goto, paraphrased instructions, {args.steps:,} PPO steps", ["arm", "seed", "new wordings",
+                        "training wordings (held-out levels)", "steps/s", "trainable / total"], table)
+            means = {arm: mean([r["new_wordings"] for r in rows if r["arm"] == arm]) for arm in WORDINGS_ARMS}
+            speed = {arm: mean([r["steps_per_second"] for r in rows if r["arm"] == arm]) for arm in WORDINGS_ARMS}
+            summary = {"new_wordings_mean": means, "steps_per_second_mean": speed,
+                       "pretrained_minus_random": means["minilm"] - means["random-minilm"]}
+            plot(rows, out.with_suffix(".png"), 0, "env steps", "validation success (training wordings)")
+        else:
+            rows = finetune_part(args.seeds, args.arms, Path(tmp))
+            table = [[r["arm"], r["seed"], r.get("steps_to_target") or r.get("steps"), r.get("wall_to_target") or
+                      r.get("wall_seconds"), r.get("heldout", r.get("source_validation")),
+                      f"{r['parameters_trainable']:,} / {r['parameters_total']:,}" if "parameters_total" in r else ""]
+                     for r in rows]
+            print_table("goto: env steps and wall time to 0.9 validation success", ["arm", "seed", "steps",
+                        "wall s", "held-out", "trainable / total"], table)
+            steps = {arm: mean([r["steps_to_target"] for r in rows if r["arm"] == arm]) for arm in args.arms}
+            summary = {"steps_to_target_mean": steps,
+                       "missed_target": [[r["arm"], r["seed"]] for r in rows if r["arm"] in args.arms and r["steps_to_target"] is None]}
+            if "a2c scratch" in steps and "a2c from source" in steps:
+                summary["a2c_from_source_over_scratch_steps"] = steps["a2c from source"] / steps["a2c scratch"]
+            plot(rows, out.with_suffix(".png"), 0, "env steps", "default task after a source on 0 distractors")
+    print(summary)
+    write_json(out, {"command": " ".join(sys.argv), "target": TARGET, "summary": summary, "runs": rows})
+
+
+if __name__ == "__main__":
+    main()
