@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .config import ConfigError, TrainConfig
 from .envs.spec import observation_spec_of, patch_size_of
-from .text import tokenizer_for
+from .text import tokenizer_for, tokenizer_source
 
 
 def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool = False,
@@ -117,3 +117,7 @@ def check_demos_fit(cfg: TrainConfig, spec: dict, action_space) -> None:
         check_trainable(cfg.algo.demos, cfg.algo.fraction, cfg.algo.batch_size, cfg.data, spec, action_space)
     except DemoError as e:
         raise ConfigError(f"algo.demos: {e}") from None
+    reads = tokenizer_source(cfg.model)
+    if "mission" in spec and reads != "words":
+        raise ConfigError(f"algo.demos: demonstrations record instructions as ids of the built-in word tokenizer, "
+                          f"but this model reads those of {reads} (use a model with model.tokenizer=words)")

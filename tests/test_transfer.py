@@ -347,3 +347,22 @@ def test_bad_transfer_settings_are_one_line_exit_2_and_create_nothing(run_mmrl, 
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and key in result.stderr
     assert not (run_mmrl.cwd / "runs").exists()
+
+
+def test_behaviour_cloning_refuses_a_model_that_reads_another_tokenizers_ids(tmp_path, monkeypatch, capsys):
+    from mmrl_cli.cli import main
+    from mmrl_cli.demos.command import run_demos
+    from mmrl_cli.demos.settings import DemosConfig
+
+    typed = DemosConfig(data=GotoDataConfig(), episodes=40, shard_episodes=40, runs_root=str(tmp_path),
+                        out=str(tmp_path / "demos"), progress=False)
+    typed.check()
+    run_demos(typed)
+    save_tokenizer(tmp_path / "tokenizer")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "algo=bc", "model=cnn", f"algo.demos={typed.out}", "algo.batch_size=32",
+              f"model.tokenizer={tmp_path / 'tokenizer'}"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "algo.demos" in err and "tokenizer" in err, err
+    assert not (tmp_path / "runs").exists()
