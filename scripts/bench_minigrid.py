@@ -25,7 +25,13 @@ Part 3 (`--part babyai`): a BabyAI level with a real instruction (GoToLocalS6N4 
 transformer), 500k steps, 3 seeds: the step and the number of training episodes at which
 validation success first reached 0.9 (the BabyAI paper counts episodes), and held-out success.
 
+Part 4 (`--part speed`): the instruction path's cost. BabyAI-GoToRedBallGrey-v0 (a varying
+mission, so mmrl feeds it: bag of words beside the CNN), `exp=minigrid-ppo` against SB3 with the
+same CNN and PPO settings (SB3 sees the image alone), 50k steps, paired runs as in part 1;
+training steps/s of each and their ratio.
+
     python scripts/bench_minigrid.py --part cnn [--seeds 1 2 3] [--out docs/bench/minigrid.json]
+    python scripts/bench_minigrid.py --part speed [--steps 50000] [--out docs/bench/minigrid_speed.json]
     python scripts/bench_minigrid.py --part transformer [--envs ...] [--out docs/bench/minigrid_vit.json]
     python scripts/bench_minigrid.py --part babyai [--exp minigrid-vit] [--out docs/bench/babyai_<exp>.json]
 """
@@ -188,9 +194,25 @@ def part_levels(args, runs_root: Path, exp: str, default_envs: list[str]) -> dic
             "results": results, "summary": summary}
 
 
+def part_speed(args, runs_root: Path) -> dict:
+    """mmrl (exp=minigrid-ppo, mission fed) and SB3 (image only) on GoToRedBallGrey, paired, training steps/s."""
+    env_id = (args.envs or ["BabyAI-GoToRedBallGrey-v0"])[0]
+    with ProcessPoolExecutor(2) as pool:
+        pairs = [(pool.submit(mmrl_run, env_id, seed, args.steps, runs_root, args.overrides), pool.submit(sb3_run, env_id, seed, args.steps))
+                 for seed in args.seeds]
+        results = [(m.result(), b.result()) for m, b in pairs]
+    rows = [[seed, m["train_steps_per_second"], b["train_steps_per_second"], m["train_steps_per_second"] / b["train_steps_per_second"]]
+            for seed, (m, b) in zip(args.seeds, results)]
+    print_table(f"{env_id}: training steps/s, {args.steps:,} steps, paired runs", ["seed", "mmrl (image + mission)",
+                "SB3 (image)", "ratio"], rows)
+    ratios = [r[3] for r in rows]
+    return {"part": "speed", "env": env_id, "steps": args.steps, "results": [m for m, _ in results] + [b for _, b in results],
+            "summary": {"ratio_mean": mean(ratios), "ratios": ratios}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["cnn", "transformer", "babyai"], required=True)
+    parser.add_argument("--part", choices=["cnn", "transformer", "babyai", "speed"], required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--envs", nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="default: 200k (cnn), 300k (transformer), 500k (babyai)")
@@ -198,15 +220,18 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="extra mmrl overrides (transformer part)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    args.steps = args.steps or {"cnn": 200_000, "transformer": 300_000, "babyai": 500_000}[args.part]
+    args.steps = args.steps or {"cnn": 200_000, "transformer": 300_000, "babyai": 500_000, "speed": 50_000}[args.part]
     runs_root = Path(tempfile.mkdtemp(prefix="mmrl-bench-minigrid-"))
     if args.part == "cnn":
         data = part_cnn(args, runs_root)
     elif args.part == "transformer":
         data = part_levels(args, runs_root, "minigrid-vit", TRANSFORMER_ENVS)
+    elif args.part == "speed":
+        data = part_speed(args, runs_root)
     else:
         data = part_levels(args, runs_root, args.exp or "minigrid-ppo", BABYAI_ENVS)
-    name = {"cnn": "minigrid.json", "transformer": "minigrid_vit.json", "babyai": f"babyai_{data.get('exp')}.json"}[args.part]
+    name = {"cnn": "minigrid.json", "transformer": "minigrid_vit.json", "babyai": f"babyai_{data.get('exp')}.json",
+            "speed": "minigrid_speed.json"}[args.part]
     write_json(args.out or ROOT / "docs/bench" / name, data)
     print(json.dumps(data["summary"], indent=2))
 

@@ -273,6 +273,14 @@ def test_lora_trains_under_a_tenth_of_the_parameters_and_merges_to_the_same_outp
     assert any("c_attn" in name for name in policy.lora_settings["targets"])
     names = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert names and all(".lora_" in n for n in names)
+    with torch.no_grad():  # with nonzero B, every adapter (Linear and GPT-2 Conv1D alike) is active: all get gradients
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    logits, values = policy(env.reset())
+    (logits.sum() + values.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters() if p.requires_grad)
+    policy.zero_grad(set_to_none=True)
     ppo_update(policy, env, PPOConfig(batch_size=16, n_epochs=1, lr=0.05))  # the adapters move off zero
     obs = make_env(cfg.data, 4, torch.device("cpu"), 1).reset()
     with torch.no_grad():

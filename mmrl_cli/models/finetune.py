@@ -111,6 +111,9 @@ def add_lora(policy: nn.Module, rank: int, alpha: float, dropout: float, targets
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 inject_adapter_in_model(config, policy, adapter_name=adapter)
+    for module in policy.modules():  # each injection activated its own adapter only: activate every layer's own
+        if is_lora_layer(module):
+            module.set_adapter(list(module.lora_A.keys()))
     for name, parameter in policy.named_parameters():  # the adapters, and what train_also names
         parameter.requires_grad_(".lora_" in name or name in trained)
     if hasattr(policy, "analytic_backward"):
