@@ -473,6 +473,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["*"])
     lora_train_also: list[str] = field(default_factory=list)
+    lora_merge: bool = False
 
     def check(self) -> None:
         non_negative("finetune", self, "lora_rank", "lora_alpha")

@@ -17,6 +17,7 @@ that is done, a wall-clock budget).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -43,7 +44,7 @@ from .monitor import Monitor, SilentMonitor
 from .rng import global_rng_state, seed_everything, set_global_rng_state
 from .runs import Progress, checked_state, lock_run
 from .signals import StopRequests
-from .models.finetune import lora_note, parameter_counts
+from .models.finetune import has_lora, lora_note, merge_lora, parameter_counts
 from .text import tokenizer_for
 
 
@@ -204,6 +205,10 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     summary = make_summary(progress, algo, device, run_dir, stop_reason(stop, stopping, stopped_by))
     if dist.is_main:
         save_weights(policy.state_dict(), run_dir / "model.safetensors", structure_note(policy))
+        if cfg.finetune.lora_merge and has_lora(policy):  # a plain policy beside the adapters' checkpoints
+            merged = copy.deepcopy(policy)
+            merge_lora(merged)
+            save_weights(merged.state_dict(), run_dir / "model_merged.safetensors")
         write_json(run_dir / "summary.json", summary)
     dist.close()  # every rank leaves together, after rank 0 has written
     if lock is not None:

@@ -316,12 +316,16 @@ TINY_RUN = ["total_steps=512", "rollout.n_envs=16", "rollout.n_steps=16", "algo.
 
 @needs_peft
 def test_a_lora_run_checkpoints_resumes_and_evaluates(run_mmrl):
-    result = run_mmrl("train", *TINY_RUN, "finetune.lora_rank=2", "run_name=lora")
+    result = run_mmrl("train", *TINY_RUN, "finetune.lora_rank=2", "finetune.lora_merge=true", "run_name=lora")
     assert result.returncode == 0, result.stderr
     assert "trainable" in result.stdout
     run = next(run_mmrl.cwd.glob("runs/*/*-lora"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["parameters_trainable"] < 0.1 * summary["parameters_total"]
+    from mmrl_cli.checkpoint import read_weights
+
+    merged, saved = read_weights(run / "model_merged.safetensors"), read_weights(run / "model.safetensors")
+    assert not any(".lora_" in k for k in merged) and any(".lora_" in k for k in saved)
     again = run_mmrl("train", f"resume={run}", "total_steps=1024")
     assert again.returncode == 0, again.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 1024
