@@ -28,8 +28,11 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..text import local_model_dir
 
-TEXT_KINDS = ("gpt2", "bert", "clip", "clip_text_model")
-VISION_KINDS = ("vit", "clip", "clip_vision_model")
+# model_type -> (transformers class, its keyword arguments, the attribute holding the tower or None)
+TEXT_CLASSES = {"gpt2": ("GPT2Model", {}, None), "bert": ("BertModel", {"add_pooling_layer": False}, None),
+                "clip_text_model": ("CLIPTextModel", {}, None), "clip": ("CLIPModel", {}, "text_model")}
+VISION_CLASSES = {"vit": ("ViTModel", {"add_pooling_layer": False}, None),
+                  "clip_vision_model": ("CLIPVisionModel", {}, None), "clip": ("CLIPModel", {}, "vision_model")}
 # Pixel normalisation each vision family was pretrained with (a preprocessor_config.json overrides).
 PIXEL_STATS = {"vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))}
@@ -101,6 +104,17 @@ def check_saved_shapes(model: nn.Module, directory: Path, key: str) -> None:
         raise ConfigError(f"{key}: no tensor in the weights of {directory} belongs to its {type(model).__name__}")
 
 
+def load_hf_tower(value: str, key: str, classes: dict, weights: str) -> tuple[Path, str, nn.Module]:
+    """(directory, model_type, tower) of the local model `value` names, for one of `classes`."""
+    import transformers
+
+    directory = local_model_dir(value, key)
+    kind = model_kind(directory, key, tuple(classes))
+    class_name, kwargs, part = classes[kind]
+    model = from_pretrained(getattr(transformers, class_name), directory, key, weights, **kwargs)
+    return directory, kind, getattr(model, part) if part else model
+
+
 class TextTower(nn.Module):
     """A pretrained text encoder: instruction ids (B, L) -> sentence vectors (B, width).
 
@@ -149,18 +163,7 @@ class TextTower(nn.Module):
 def load_text_tower(value: str, key: str, pad_id: int, weights: str = "pretrained") -> TextTower:
     """The pretrained text encoder `value` names (see the module docstring); ``weights="random"``:
     its architecture with fresh weights."""
-    from transformers import BertModel, CLIPModel, CLIPTextModel, GPT2Model
-
-    directory = local_model_dir(value, key)
-    kind = model_kind(directory, key, TEXT_KINDS)
-    if kind == "gpt2":
-        model = from_pretrained(GPT2Model, directory, key, weights)
-    elif kind == "bert":
-        model = from_pretrained(BertModel, directory, key, weights, add_pooling_layer=False)
-    elif kind == "clip_text_model":
-        model = from_pretrained(CLIPTextModel, directory, key, weights)
-    else:
-        model = from_pretrained(CLIPModel, directory, key, weights).text_model
+    directory, kind, model = load_hf_tower(value, key, TEXT_CLASSES, weights)
     return TextTower(model, "clip" if kind.startswith("clip") else kind, pad_id)
 
 
@@ -217,16 +220,7 @@ def pixel_stats(directory: Path, family: str) -> tuple[tuple, tuple]:
 def load_vision_tower(value: str, key: str, cell_size: int, channels: int, weights: str = "pretrained") -> VisionTower:
     """The pretrained vision encoder `value` names; `cell_size` is the env's pixels per cell;
     ``weights="random"``: its architecture with fresh weights."""
-    from transformers import CLIPModel, CLIPVisionModel, ViTModel
-
-    directory = local_model_dir(value, key)
-    kind = model_kind(directory, key, VISION_KINDS)
-    if kind == "vit":
-        model = from_pretrained(ViTModel, directory, key, weights, add_pooling_layer=False)
-    elif kind == "clip_vision_model":
-        model = from_pretrained(CLIPVisionModel, directory, key, weights)
-    else:
-        model = from_pretrained(CLIPModel, directory, key, weights).vision_model
+    directory, kind, model = load_hf_tower(value, key, VISION_CLASSES, weights)
     family = "vit" if kind == "vit" else "clip"
     if model.config.num_channels != channels:
         raise ConfigError(f"{key}: the model in {directory} reads {model.config.num_channels}-channel images, the env gives "
