@@ -78,8 +78,9 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     autocast = autocast_for(device, cfg.hardware.precision)
     env = make_env(cfg.data, cfg.rollout.n_envs, device, dist.seed(cfg.seed), tokenizer=tokenizer_for(cfg.model))
     # Level sampler and curriculum (uniform levels and no curriculum: none, the env untouched); before the
-    # collector's first reset, which already asks the sampler.
-    callbacks += attach_levels(cfg.data, env, dist.seed(cfg.seed))
+    # collector's first reset, which already asks the sampler. First among the callbacks, so that it sees
+    # every update even when a later callback stops the run (its state is checkpointed then).
+    callbacks = attach_levels(cfg.data, env, dist.seed(cfg.seed)) + callbacks
     # The policy: resumed (the checkpoint's weights, in its structure), from init_from's weights
     # (shrunk by the compression's transforms on this fresh start), or from scratch.
     source, transforms = None, []
