@@ -634,6 +634,17 @@ class TrainConfig:
                                   f"{self.steps_per_update}, got {batch_size}")
         self.check_memory_fits()
         self.check_compression_sources()
+        self.check_level_sampling()
+
+    def check_level_sampling(self) -> None:
+        """PLR scores levels from the GAE advantages of an RL update: behaviour cloning plays no levels
+        and distillation computes no advantages."""
+        if getattr(self.data, "level_sampler", "uniform") != "plr":
+            return
+        if self.algo.type == "bc" or self.compression.type == "distill":
+            what = "algo=bc" if self.algo.type == "bc" else "compression=distill"
+            raise ConfigError(f"data.level_sampler: plr scores levels by the advantages of an RL update, which {what} "
+                              f"does not compute; use data.level_sampler=uniform")
 
     def check_memory_fits(self) -> None:
         """A recurrent policy (`model.memory`) learns from whole env sequences: PPO's minibatches are

@@ -230,6 +230,8 @@ CASES = [
     ("train", ["data=gym", "data.curriculum=success", "data.curriculum_stages=[MountainCar-v0]"], None,
      "data.curriculum_stages.0: MountainCar-v0 does not look like CartPole-v1"),
     ("train", ["data=gym", "data.num_train_levels=10", "data.vectorization=async"], None, "data.vectorization: training on chosen"),
+    ("train", ["algo=bc", "algo.demos=x", "data.level_sampler=plr", "data.num_train_levels=10"], None,
+     "data.level_sampler: plr scores levels by the advantages of an RL update, which algo=bc"),
     ("train", ["algo.n_epochs=100000000"], None, "algo.n_epochs"),
     ("train", ["algo=bc"], None, "algo.demos: required"),
     ("train", ["algo=bc", "algo.demos=nowhere"], None, "algo.demos: nowhere: no such directory"),
