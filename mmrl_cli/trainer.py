@@ -9,7 +9,8 @@ levels, the training levels too, for the generalisation gap); the *held-out* lev
 once, at the end, for the final report, so choosing on validation never peeks at them.
 
 Callbacks watch the run and may stop it: any object with ``on_rollout(rollout)`` (may add
-per-transition labels), ``on_update(progress, metrics)`` and/or ``on_evaluation(progress,
+per-transition labels), ``on_advantages(rollout)`` (after the update, with its advantages: PLR's
+level scores), ``on_update(progress, metrics)`` and/or ``on_evaluation(progress,
 results)`` methods; raising `StopTraining` in `on_update` or `on_evaluation` stops the run after
 a checkpoint, with ``summary["stopped_by"]`` naming the reason (an Optuna pruner, a curriculum
 that is done, a wall-clock budget).

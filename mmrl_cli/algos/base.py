@@ -115,6 +115,7 @@ class OnPolicy(Algorithm):
     """
 
     collector: Collector
+    advantage_hooks: tuple = ()  # callbacks' on_advantages, after each update (`watch`)
 
     @classmethod
     def section(cls, cfg):
@@ -129,7 +130,6 @@ class OnPolicy(Algorithm):
         algo.collector = Collector(setup.env, setup.policy, cfg.rollout.n_steps, setup.device, setup.seed,
                                    setup.autocast, cfg.rollout.bootstrap_truncated)
         algo.rollout_hooks = []
-        algo.advantage_hooks = []
         algo.steps_per_update = cfg.steps_per_update
         return algo
 
@@ -142,7 +142,7 @@ class OnPolicy(Algorithm):
         those with ``on_advantages(rollout)`` see it after the update, with the advantages and returns
         the update computed beside the values and per-step fields the collector kept (PLR's scores)."""
         self.rollout_hooks += [c.on_rollout for c in callbacks if hasattr(c, "on_rollout")]
-        self.advantage_hooks += [c.on_advantages for c in callbacks if hasattr(c, "on_advantages")]
+        self.advantage_hooks = [*self.advantage_hooks, *(c.on_advantages for c in callbacks if hasattr(c, "on_advantages"))]
 
     def train_step(self) -> tuple[int, dict[str, float]]:
         """Collect one rollout with the current policy, let the hooks label it, learn from it, then let
