@@ -9,6 +9,7 @@
 2. ``plr``: `mmrl train exp=goto-plr` (200 training levels) against ``data.level_sampler=uniform``
    at equal env steps: held-out success (500 levels) at the end; the probability of improvement
    P(PLR > uniform) over all seed pairs and bootstrap 95% intervals of each arm's mean.
+   ``plr-minigrid``: the same on MiniGrid DoorKey-6x6 with 200 training seeds (`exp=minigrid-plr`, 300k steps).
 3. ``babyai``: `mmrl train exp=babyai-curriculum` (GoToRedBallGrey -> GoToRedBall -> GoToLocal)
    against GoToLocal alone: env steps to the first validation success >= 0.9 on GoToLocal.
 
@@ -43,6 +44,7 @@ PARTS = {
     "curriculum": [("curriculum", ["exp=goto-curriculum"]), ("no curriculum", ["exp=goto-curriculum", "data.curriculum=none"])],
     "plr": [("plr", ["exp=goto-plr"]), ("uniform", ["exp=goto-plr", "data.level_sampler=uniform"])],
     "babyai": [("sequence", ["exp=babyai-curriculum"]), ("target only", ["exp=babyai-curriculum", "data.curriculum=none"])],
+    "plr-minigrid": [("plr", ["exp=minigrid-plr"]), ("uniform", ["exp=minigrid-plr", "data.level_sampler=uniform"])],
 }
 STOPS_AT_TARGET = {"curriculum", "babyai"}  # these compare steps to 0.9; plr compares success at equal steps
 
