@@ -233,8 +233,63 @@ class MlpConfig:
 
 
 # --------------------------------------------------------------------------------- data
+# Level samplers and curricula (mmrl_cli/levels, docs/curriculum.md): the keys are the same for
+# the built-in task and gymnasium envs (`LevelSettings`).
+LEVEL_SAMPLERS = ("uniform", "plr")
+PLR_SCORES = ("value_l1", "positive_value_loss")
+REPLAY_SCHEDULES = ("proportionate", "fixed")
+CURRICULA = ("none", "success", "schedule")
+GOTO_STAGE_KNOBS = ("num_distractors", "num_walls", "max_steps")  # what a built-in curriculum stage may set
+
+
 @dataclass
-class GotoDataConfig:
+class LevelSettings:
+    """Which training levels are played: `level_sampler` (uniform | plr, Prioritised Level Replay) over
+    `num_train_levels` levels, and a `curriculum` of easier stages before the configured task."""
+
+    num_train_levels: int = 0
+    level_sampler: str = "uniform"
+    plr_score: str = "value_l1"
+    plr_temperature: float = 0.1
+    plr_staleness_coef: float = 0.1
+    plr_staleness_temperature: float = 1.0
+    plr_alpha: float = 1.0
+    plr_replay_schedule: str = "proportionate"
+    plr_replay_prob: float = 0.5
+    curriculum: str = "none"
+    curriculum_stages: list[Any] = field(default_factory=list)
+    curriculum_threshold: float = 0.8
+    curriculum_window: int = 100
+    curriculum_stage_steps: int = 100_000
+    curriculum_stop: bool = False
+
+    def check_levels(self) -> None:
+        """The level sampler's and curriculum's keys (the stages themselves: `check_stage`)."""
+        non_negative("data", self, "num_train_levels")
+        one_of("data", self, "level_sampler", LEVEL_SAMPLERS)
+        one_of("data", self, "plr_score", PLR_SCORES)
+        positive("data", self, "plr_temperature", "plr_staleness_temperature")
+        between("data", self, "plr_staleness_coef", 0.0, 1.0)
+        between("data", self, "plr_replay_prob", 0.0, 1.0)
+        one_of("data", self, "plr_replay_schedule", REPLAY_SCHEDULES)
+        if not 0.0 < self.plr_alpha <= 1.0:
+            raise ConfigError(f"data.plr_alpha: expected a value in (0, 1], got {self.plr_alpha}")
+        if self.level_sampler == "plr" and self.num_train_levels == 0:
+            raise ConfigError("data.num_train_levels: data.level_sampler=plr replays a finite set of training levels: "
+                              "set data.num_train_levels=N (e.g. 200)")
+        one_of("data", self, "curriculum", CURRICULA)
+        between("data", self, "curriculum_threshold", 0.0, 1.0)
+        between("data", self, "curriculum_window", 1, 10**6)
+        positive("data", self, "curriculum_stage_steps")
+        if self.curriculum != "none" and not self.curriculum_stages:
+            raise ConfigError(f"data.curriculum_stages: data.curriculum={self.curriculum} needs at least one easier stage "
+                              f"before the configured task")
+        if self.curriculum == "none" and self.curriculum_stop:
+            raise ConfigError("data.curriculum_stop: there is no curriculum to master (set data.curriculum=success)")
+
+
+@dataclass
+class GotoDataConfig(LevelSettings):
     type: str = "goto"
     grid_size: int = 5
     num_distractors: int = 1
@@ -245,6 +300,9 @@ class GotoDataConfig:
     wordings: str = "fixed"
 
     def check(self) -> None:
+        self.check_levels()
+        for index, stage in enumerate(self.curriculum_stages):
+            self.check_stage(index, stage)
         one_of("data", self, "wordings", ("fixed", "paraphrase"))
         positive("data", self, "grid_size", "max_steps", "tile_size")
         non_negative("data", self, "num_distractors", "num_walls", "num_train_levels")
@@ -267,6 +325,26 @@ class GotoDataConfig:
             )
 
 
+    def check_stage(self, index: int, stage: Any) -> None:
+        """A built-in curriculum stage: a mapping of difficulty knobs that fits this grid."""
+        key = f"data.curriculum_stages.{index}"
+        if not isinstance(stage, dict) or not stage:
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(GOTO_STAGE_KNOBS)}, got {stage!r}")
+        for name, value in stage.items():
+            if name not in GOTO_STAGE_KNOBS:
+                raise ConfigError(f"{key}.{name}: unknown stage setting (expected one of {', '.join(GOTO_STAGE_KNOBS)}; "
+                                  f"the grid size changes the image, so it cannot change between stages)")
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "max_steps" else 0):
+                raise ConfigError(f"{key}.{name}: expected an integer >= {1 if name == 'max_steps' else 0}, got {value!r}")
+        from .envs.goto import MIN_LAYOUTS, count_layouts
+
+        distractors = stage.get("num_distractors", self.num_distractors)
+        walls = stage.get("num_walls", self.num_walls)
+        if count_layouts(self.grid_size, distractors, walls) < MIN_LAYOUTS:
+            raise ConfigError(f"{key}: a {self.grid_size}x{self.grid_size} grid with {distractors} distractors and {walls} "
+                              f"walls has fewer than {MIN_LAYOUTS} distinct levels (or no room for them)")
+
+
 @dataclass
 class CartPoleDataConfig:
     type: str = "cartpole"
@@ -277,7 +355,7 @@ class CartPoleDataConfig:
 
 
 @dataclass
-class GymDataConfig:
+class GymDataConfig(LevelSettings):
     type: str = "gym"
     env_id: str = "CartPole-v1"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -288,6 +366,13 @@ class GymDataConfig:
     action_squash: str = "clip"  # Box actions: a Gaussian sample is clipped to the bounds, or squashed by tanh
 
     def check(self) -> None:
+        self.check_levels()
+        for index, stage in enumerate(self.curriculum_stages):
+            if not isinstance(stage, str) or not stage:
+                raise ConfigError(f"data.curriculum_stages.{index}: expected a gymnasium env id, got {stage!r}")
+        if self.vectorization == "async" and (self.num_train_levels or self.curriculum != "none"):
+            raise ConfigError("data.vectorization: training on chosen levels (num_train_levels, level_sampler, "
+                              "curriculum) needs vectorization=sync (the sampler is asked in this process)")
         positive("data", self, "mission_tokens")
         one_of("data", self, "vectorization", ("sync", "async"))
         one_of("data", self, "image", ("auto", "pixels", "symbolic"))
@@ -550,6 +635,17 @@ class TrainConfig:
                                   f"{self.steps_per_update}, got {batch_size}")
         self.check_memory_fits()
         self.check_compression_sources()
+        self.check_level_sampling()
+
+    def check_level_sampling(self) -> None:
+        """PLR scores levels from the GAE advantages of an RL update: behaviour cloning plays no levels
+        and distillation computes no advantages."""
+        if getattr(self.data, "level_sampler", "uniform") != "plr":
+            return
+        if self.algo.type == "bc" or self.compression.type == "distill":
+            what = "algo=bc" if self.algo.type == "bc" else "compression=distill"
+            raise ConfigError(f"data.level_sampler: plr scores levels by the advantages of an RL update, which {what} "
+                              f"does not compute; use data.level_sampler=uniform")
 
     def check_memory_fits(self) -> None:
         """A recurrent policy (`model.memory`) learns from whole env sequences: PPO's minibatches are

@@ -22,6 +22,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 # Thresholds for the live warnings (KL blow-up, generalisation gap).
 KL_WARN_ABOVE = 0.1
 GAP_WARN_ABOVE = 0.15
+# ... and when the gap keeps growing: larger at each of this many evaluations in a row (and above
+# GAP_GROWING_ABOVE, so that noise around zero does not warn).
+GAP_GROWING_EVALS = 3
+GAP_GROWING_ABOVE = 0.05
 # Live view refreshes at most this often (rebuilding it every update would cost more than a fast update).
 REFRESH_SECONDS = 0.25
 # TensorBoard tags of the update metrics every algorithm may report (others: see `tag_for`).
@@ -45,6 +49,14 @@ def truncate_metrics(path: Path, last_update: int) -> None:
         if row.get("update", 0) <= last_update:
             kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def gap_keeps_growing(gaps: list[float]) -> bool:
+    """True when the generalisation gap grew at each of the last `GAP_GROWING_EVALS` evaluations and is
+    now above `GAP_GROWING_ABOVE`."""
+    recent = gaps[-GAP_GROWING_EVALS - 1:]
+    return (len(recent) == GAP_GROWING_EVALS + 1 and recent[-1] > GAP_GROWING_ABOVE
+            and all(later > earlier for earlier, later in zip(recent, recent[1:])))
 
 
 def headline(results: dict) -> float:
@@ -84,6 +96,7 @@ class Monitor:
         self.skipped_reported = skipped_before
         self.latest: dict[str, float] = {}
         self.warnings: list[str] = []
+        self.gaps: list[float] = []  # train - validation success at each evaluation (overfitting warnings)
         self.live = None
         self.last_refresh = 0.0
         self.progress = Progress(
@@ -159,6 +172,8 @@ class Monitor:
         if metrics.get("approx_kl", 0.0) > KL_WARN_ABOVE:
             self.warn(f"KL blow-up: approx_kl {metrics['approx_kl']:.3f} > {KL_WARN_ABOVE} (lower lr or set algo.target_kl)")
         self.latest.update({"steps/s": sps, "loss": metrics.get("loss_value", float("nan"))})
+        if "curriculum_stage" in metrics:  # mmrl_cli/levels: the curriculum's stage, shown live
+            self.latest["stage"] = metrics["curriculum_stage"]
         if "approx_kl" in metrics:
             self.latest["kl"] = metrics["approx_kl"]
         if episodes:
@@ -204,9 +219,14 @@ class Monitor:
             self.scalar("eval/return", train["return_mean"])
             gap = train["success_rate"] - validation["success_rate"]
             self.scalar("eval/generalization_gap", gap)
+            self.gaps.append(gap)
             if gap > GAP_WARN_ABOVE:
                 self.warn(f"overfitting to training levels: success {train['success_rate']:.2f} on training "
                           f"vs {validation['success_rate']:.2f} on validation levels")
+            elif gap_keeps_growing(self.gaps):
+                recent = " -> ".join(f"{g:.2f}" for g in self.gaps[-GAP_GROWING_EVALS - 1:])
+                self.warn(f"overfitting to training levels: the train/validation success gap keeps growing ({recent}); "
+                          f"more training levels (data.num_train_levels) or data.level_sampler=plr may help")
         self._refresh(force=True)
 
     def log_heldout(self, step: int, heldout: dict) -> None:

@@ -30,9 +30,12 @@ class RolloutBuffer:
     """One rollout of `n_steps` x `n_envs` transitions plus its advantages and returns."""
 
     def __init__(self, n_steps: int, n_envs: int, observation_spec: dict, device: torch.device,
-                 action_space: ActionSpace | None = None, state_size: int = 0):
+                 action_space: ActionSpace | None = None, state_size: int = 0, step_fields: tuple[str, ...] = ()):
         self.n_steps, self.n_envs = n_steps, n_envs
         shape = (n_steps, n_envs)
+        # Per-step integers the env declares (``env.step_fields``: the level each transition was played
+        # on, for level samplers); read by hooks, never by the losses.
+        self.step_fields = {name: torch.zeros(shape, dtype=torch.int64, device=device) for name in step_fields}
         self.obs = {k: torch.zeros(shape + tuple(s), dtype=dt, device=device) for k, (s, dt) in observation_spec.items()}
         action_shape, action_dtype = (action_space or ActionSpace.discrete(1)).storage  # int ids, or box vectors
         self.actions = torch.zeros(shape + action_shape, dtype=action_dtype, device=device)
@@ -154,8 +157,9 @@ class Collector:
         self.recurrent = bool(getattr(policy, "recurrent", False))
         self.state = policy.initial_state(env.num_envs, device) if self.recurrent else None
         self.episode_starts = torch.ones(env.num_envs, device=device) if self.recurrent else None  # a reset starts every env
+        self.step_fields = tuple(getattr(env, "step_fields", ()))
         self.buffer = RolloutBuffer(n_steps, env.num_envs, env.observation_spec, device, env.action_spec,
-                                    self.state.shape[1] if self.recurrent else 0)
+                                    self.state.shape[1] if self.recurrent else 0, self.step_fields)
         self.action_rng = torch.Generator(device=device)  # action sampling, apart from torch's global generator
         self.action_rng.manual_seed(seed)
         # Time-limit bootstrapping only where the env's limit is not part of the task.
@@ -172,6 +176,7 @@ class Collector:
         if self.bootstrap:  # only written when bootstrapping; otherwise it stays all zeros
             buffer.truncation_values.zero_()
         obs, recurrent = self.obs, self.recurrent
+        levels = getattr(self.env, "level_control", None)  # a curriculum counts successes (mmrl_cli/levels)
         if recurrent:
             buffer.initial_state.copy_(self.state)
         for t in range(self.n_steps):
@@ -183,6 +188,8 @@ class Collector:
             dist = policy.distribution(params)
             action, logprob = sample_actions(dist, generator=self.action_rng)
             buffer.store_obs(t, obs)  # before stepping: env buffers are updated in place
+            for name in self.step_fields:
+                buffer.step_fields[name][t].copy_(getattr(self.env, name))
             obs, reward, terminated, truncated, info = self.env.step(dist.to_env(action))
             buffer.store(t, action, logprob, value.float(), reward, terminated | truncated)
             if recurrent:
@@ -190,6 +197,8 @@ class Collector:
                 self.state, self.episode_starts = state.float(), buffer.dones[t].clone()  # the next obs starts an episode where this one ended
             if "final_obs" in info:
                 self.episodes.append((info["episode_return"], info["episode_length"], info.get("success")))
+                if levels is not None:
+                    levels.episodes_ended(info)
                 if self.bootstrap:
                     self.store_truncation_values(t, terminated, truncated, info)
         with self.autocast():
@@ -226,11 +235,15 @@ class Collector:
 
     def state_dict(self) -> dict:
         """The env's state (None for envs that cannot be snapshotted), the observation, the action RNG;
-        a recurrent policy's state and episode-start flags (``memory``)."""
+        a recurrent policy's state and episode-start flags (``memory``); the level sampler's and
+        curriculum's state (``levels``, when the env has them)."""
         env_state = self.env.state_dict() if hasattr(self.env, "state_dict") else None
         state = {"env": env_state, "obs": self.obs, "action_rng": self.action_rng.get_state()}
         if self.recurrent:
             state["memory"] = {"state": self.state, "episode_starts": self.episode_starts}
+        levels = getattr(self.env, "level_control", None)
+        if levels is not None:  # the level sampler's and curriculum's state (mmrl_cli/levels)
+            state["levels"] = levels.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -241,6 +254,9 @@ class Collector:
         else continues exactly.
         """
         load_generator_state(self.action_rng, state["action_rng"])
+        levels = getattr(self.env, "level_control", None)
+        if levels is not None:  # first: putting the env on the saved stage drops its pool, which the env's state restores
+            levels.load_state_dict(state["levels"])
         if state["env"] is None or not hasattr(self.env, "load_state_dict"):
             return
         self.env.load_state_dict(state["env"])

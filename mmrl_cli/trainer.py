@@ -9,7 +9,8 @@ levels, the training levels too, for the generalisation gap); the *held-out* lev
 once, at the end, for the final report, so choosing on validation never peeks at them.
 
 Callbacks watch the run and may stop it: any object with ``on_rollout(rollout)`` (may add
-per-transition labels), ``on_update(progress, metrics)`` and/or ``on_evaluation(progress,
+per-transition labels), ``on_advantages(rollout)`` (after the update, with its advantages: PLR's
+level scores), ``on_update(progress, metrics)`` and/or ``on_evaluation(progress,
 results)`` methods; raising `StopTraining` in `on_update` or `on_evaluation` stops the run after
 a checkpoint, with ``summary["stopped_by"]`` naming the reason (an Optuna pruner, a curriculum
 that is done, a wall-clock budget).
@@ -38,8 +39,10 @@ from .checkpoint import (POLICY, CheckpointError, load_modules, optimizer_state_
 from .config import TrainConfig, validate
 from .evaluation import evaluate, write_json
 from .distributed import Distributed
+from .errors import StopTraining  # noqa: F401  (re-exported: callbacks raise trainer.StopTraining)
 from .envs import make_env
 from .envs.spec import trains_on_level_subset
+from .levels import attach_levels
 from .monitor import Monitor, SilentMonitor
 from .rng import global_rng_state, seed_everything, set_global_rng_state
 from .runs import Progress, checked_state, lock_run
@@ -50,10 +53,6 @@ from .text import tokenizer_for
 
 class NumericalFault(RuntimeError):
     """Too many gradient steps in a row had a non-finite loss or gradient."""
-
-
-class StopTraining(Exception):
-    """Raised by a callback to stop the run cleanly (after a checkpoint); the message is the reason."""
 
 
 def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: Iterable = (),
@@ -80,6 +79,10 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     seed_everything(cfg.seed)
     autocast = autocast_for(device, cfg.hardware.precision)
     env = make_env(cfg.data, cfg.rollout.n_envs, device, dist.seed(cfg.seed), tokenizer=tokenizer_for(cfg.model))
+    # Level sampler and curriculum (uniform levels and no curriculum: none, the env untouched); before the
+    # collector's first reset, which already asks the sampler. First among the callbacks, so that it sees
+    # every update even when a later callback stops the run (its state is checkpointed then).
+    callbacks = attach_levels(cfg.data, env, dist.seed(cfg.seed)) + callbacks
     # The policy: resumed (the checkpoint's weights, in its structure), from init_from's weights
     # (shrunk by the compression's transforms on this fresh start), or from scratch.
     source, transforms = None, []

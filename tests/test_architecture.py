@@ -14,7 +14,7 @@ LAYERS = [
     ("foundations", {"errors", "distributions", "rng", "signals", "exits", "distributed", "monitor", "tables", "text"}),
     ("envs and models", {"envs", "models"}),
     ("config", {"config", "compose"}),
-    ("building blocks", {"checkpoint", "gif", "preflight", "rollout", "evaluation", "runs", "builders", "demos.dataset",
+    ("building blocks", {"checkpoint", "gif", "preflight", "rollout", "evaluation", "runs", "builders", "levels", "demos.dataset",
                          "demos.planner", "demos.babyai", "demos.settings", "compress.structure", "compress.structured",
                          "compress.unstructured", "compress.lowrank", "compress.measure"}),
     ("algorithms and training-time methods", {"algos", "compress.kickstart", "compress.teacher", "compress.setup"}),

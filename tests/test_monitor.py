@@ -97,3 +97,20 @@ def test_resumed_monitor_drops_metrics_logged_after_the_checkpoint(tmp_path):
     Monitor(cfg, tmp_path, total_steps=100, start=(2, 20)).metrics_file.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["update"] for row in rows] == [1, 2]
+
+
+def test_a_generalization_gap_that_keeps_growing_warns_before_it_is_large(tmp_path):
+    monitor, console = make_monitor(tmp_path)
+    for step, (train, validation) in enumerate([(0.50, 0.50), (0.60, 0.55), (0.70, 0.62), (0.80, 0.70)]):
+        monitor.log_eval(step, {"success_rate": validation, "return_mean": 0.0}, {"success_rate": train, "return_mean": 0.0})
+        if step < 3:
+            assert "keeps growing" not in console.export_text(clear=False)
+    text = console.export_text()
+    assert "gap keeps growing" in text and "0.00 -> 0.05 -> 0.08 -> 0.10" in text
+
+
+def test_a_gap_that_shrinks_again_does_not_warn(tmp_path):
+    monitor, console = make_monitor(tmp_path)
+    for step, gap in enumerate([0.02, 0.06, 0.04, 0.08, 0.07]):
+        monitor.log_eval(step, {"success_rate": 0.5, "return_mean": 0.0}, {"success_rate": 0.5 + gap, "return_mean": 0.0})
+    assert "overfitting" not in console.export_text()

@@ -115,6 +115,7 @@ class OnPolicy(Algorithm):
     """
 
     collector: Collector
+    advantage_hooks: tuple = ()  # callbacks' on_advantages, after each update (`watch`)
 
     @classmethod
     def section(cls, cfg):
@@ -137,15 +138,22 @@ class OnPolicy(Algorithm):
         return [self.gradient]
 
     def watch(self, callbacks: list) -> None:
-        """Callbacks with ``on_rollout(rollout)`` see (and may label) every rollout before the update."""
+        """Callbacks with ``on_rollout(rollout)`` see (and may label) every rollout before the update;
+        those with ``on_advantages(rollout)`` see it after the update, with the advantages and returns
+        the update computed beside the values and per-step fields the collector kept (PLR's scores)."""
         self.rollout_hooks += [c.on_rollout for c in callbacks if hasattr(c, "on_rollout")]
+        self.advantage_hooks = [*self.advantage_hooks, *(c.on_advantages for c in callbacks if hasattr(c, "on_advantages"))]
 
     def train_step(self) -> tuple[int, dict[str, float]]:
-        """Collect one rollout with the current policy, let the hooks label it, learn from it."""
+        """Collect one rollout with the current policy, let the hooks label it, learn from it, then let
+        the advantage hooks read it."""
         rollout = self.collector.collect()
         for hook in self.rollout_hooks:
             hook(rollout)
-        return self.steps_per_update, self.update(rollout)
+        metrics = self.update(rollout)
+        for hook in self.advantage_hooks:
+            hook(rollout)
+        return self.steps_per_update, metrics
 
     def update(self, rollout: RolloutBuffer) -> dict[str, float]:
         """Learn from one rollout; return the metrics."""

@@ -47,7 +47,18 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
         data_cfg.env_id, num_envs, device, seed=split_seed(data_cfg, seed, split), env_kwargs=dict(data_cfg.env_kwargs),
         mission_tokens=data_cfg.mission_tokens, vectorization=data_cfg.vectorization, image_kind=data_cfg.image,
         constant_mission=data_cfg.constant_mission, action_squash=data_cfg.action_squash, tokenizer=tokenizer,
+        **gym_levels(data_cfg, split),
     )
+
+
+def gym_levels(data_cfg, split: str) -> dict:
+    """What a gymnasium env of `split` plays beyond its own seeding: the training seed set
+    (`data.num_train_levels`, training split only) and a curriculum's env ids (training split only:
+    validation and held-out episodes play the configured env id)."""
+    if split != "train":
+        return {}
+    stages = tuple(data_cfg.curriculum_stages) + (data_cfg.env_id,) if data_cfg.curriculum != "none" else ()
+    return {"num_train_levels": data_cfg.num_train_levels, "stage_ids": stages}
 
 
 __all__ = ["SPLIT_SEED_OFFSETS", "split_seed", "CartPoleEnv", "GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]

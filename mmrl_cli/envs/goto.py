@@ -167,6 +167,8 @@ class GotoEnv:
     bootstrap_time_limit = False
     # Per-env tensors that, with the level pool and the generator, make up the whole state.
     LEVEL_FIELDS = ("cells", "agent", "target", "mission", "level_id", "image")
+    # Per-step fields the collector keeps beside each transition (the level it was played on).
+    step_fields = ("level_id",)
 
     def __init__(
         self,
@@ -228,6 +230,10 @@ class GotoEnv:
         self.pool_size = pool_size or max(256, n)
         self.pool: dict[str, torch.Tensor] = {}
         self.pool_cursor = self.pool_size
+        # A level sampler (mmrl_cli/levels) chooses each training reset's level id instead of the
+        # uniform pool: its levels are generated when chosen, so its choice is played at once.
+        self.level_sampler = None
+        self.level_control = None  # the sampler's and curriculum's state, saved by the collector
 
     @property
     def observation_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -329,14 +335,31 @@ class GotoEnv:
         self.episode_return.index_fill_(0, index, 0.0)
 
     def reset_from_pool(self, index: torch.Tensor) -> None:
-        """Start new episodes in sub-environments `index` on the next levels of the pool."""
+        """Start new episodes in sub-environments `index` on the next levels of the pool (or, with a
+        level sampler on the training split, on the levels it picks now, generated on demand)."""
         count = len(index)
+        if self.level_sampler is not None and self.level_split == "train":
+            self.load_levels(index, self.generate_levels(self.level_sampler.sample(count).to(self.device)))
+            return
         if self.pool_cursor + count > self.pool_size:
             self.pool = self.generate_levels(self.sample_level_ids(self.pool_size))
             self.pool_cursor = 0
         window = slice(self.pool_cursor, self.pool_cursor + count)
         self.load_levels(index, {name: value[window] for name, value in self.pool.items()})
         self.pool_cursor += count
+
+    def set_stage(self, stage: dict) -> None:
+        """Play the difficulty `stage` (a curriculum stage: `num_distractors`, `num_walls`, `max_steps`)
+        from the next reset on; levels already drawn into the pool are dropped (same shapes, so a
+        checkpoint's pool still fits)."""
+        knobs = {name: int(stage.get(name, getattr(self, name))) for name in ("num_distractors", "num_walls", "max_steps")}
+        if 2 + knobs["num_distractors"] + knobs["num_walls"] > self.grid_size**2:
+            raise ValueError("grid too small for the agent, target, distractors and walls")
+        if all(getattr(self, name) == value for name, value in knobs.items()):
+            return
+        for name, value in knobs.items():
+            setattr(self, name, value)
+        self.pool_cursor = self.pool_size
 
     def draw_tiles(self, positions: torch.Tensor, tile_words: torch.Tensor) -> None:
         """Draw one tile (its machine words `tile_words`, repeated per env) at `positions` (n, 2).

@@ -46,6 +46,7 @@ from gymnasium.vector import AutoresetMode
 
 from ..distributions import ActionSpace
 from ..text import WordTokenizer
+from .gym_levels import LevelPicker, PickedResets, TaskSwitch
 
 SUCCESS_INFO_KEYS = ("is_success", "success")  # SB3's / gymnasium-robotics' flag, and a plain one
 
@@ -342,7 +343,8 @@ class GymVectorEnv:
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device, seed: int = 0,
                  env_kwargs: dict | None = None, mission_tokens: int = 16, vectorization: str = "sync",
-                 image_kind: str = "auto", constant_mission: str = "drop", action_squash: str = "clip", tokenizer=None):
+                 image_kind: str = "auto", constant_mission: str = "drop", action_squash: str = "clip", tokenizer=None,
+                 num_train_levels: int = 0, stage_ids: tuple[str, ...] = ()):
         import_env_packages()
         self.env_id, self.device, self.seed = env_id, torch.device(device), seed
         probe = make_quiet(env_id, **(env_kwargs or {}))
@@ -355,9 +357,19 @@ class GymVectorEnv:
         vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False}
         if vectorization == "async" and layout.has_text:
             vector_kwargs["shared_memory"] = False  # text (MiniGrid's MissionSpace) has no shared-memory form
+        # Training on chosen levels (a finite seed set, a level sampler, a curriculum of env ids): every
+        # sub-environment asks a shared picker at each reset (envs/gym_levels.py).
+        self.picker = LevelPicker(num_envs, num_train_levels, seed) if num_train_levels or stage_ids else None
+        self.stage_ids = tuple(stage_ids) or (env_id,)
+        self.level_control = None  # a level sampler's and curriculum's state, saved by the collector
+        self.step_fields = ("level_id",) if num_train_levels else ()
         with quiet_stdout():
-            self.vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
-                                    vector_kwargs=vector_kwargs, wrappers=[QuietStdout], **(env_kwargs or {}))
+            if self.picker is None:
+                self.vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
+                                        vector_kwargs=vector_kwargs, wrappers=[QuietStdout], **(env_kwargs or {}))
+            else:
+                self.vec = gym.vector.SyncVectorEnv([self.picked_env(i, env_kwargs or {}) for i in range(num_envs)],
+                                                    **vector_kwargs)
         self.num_envs = num_envs
         self.action_spec = action_space_of(actions, env_id, action_squash)
         self.num_actions = self.action_spec.n  # 0 for box actions
@@ -367,6 +379,31 @@ class GymVectorEnv:
         self.observation_spec = self.observations.spec
         self.episode_return = np.zeros(num_envs, dtype=np.float64)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
+
+    def picked_env(self, index: int, env_kwargs: dict):
+        """A maker of sub-environment `index` that plays the picker's levels and tasks."""
+        def make() -> gym.Env:
+            envs = [make_quiet(env_id, **env_kwargs) for env_id in self.stage_ids]
+            return PickedResets(envs[0] if len(envs) == 1 else TaskSwitch(envs, self.picker), self.picker, index)
+        return make
+
+    @property
+    def level_id(self) -> torch.Tensor:
+        """The training level (reset seed) each sub-environment plays now (-1: not a chosen level)."""
+        return self.picker.level_id
+
+    @property
+    def level_sampler(self):
+        """The sampler that picks each reset's training level (None: uniform)."""
+        return self.picker.sampler if self.picker is not None else None
+
+    @level_sampler.setter
+    def level_sampler(self, sampler) -> None:
+        self.picker.sampler = sampler
+
+    def set_stage(self, stage: dict) -> None:
+        """Play the curriculum stage `stage` (its ``env_id``) from each sub-environment's next reset on."""
+        self.picker.task = self.stage_ids.index(stage["env_id"])
 
     def to_torch(self, obs) -> dict[str, torch.Tensor]:
         """Convert a (batched) gymnasium observation to the torch observation dict."""

@@ -42,8 +42,9 @@ def eval_envs(data_cfg, episodes: int) -> int:
 
 
 def trains_on_level_subset(data_cfg) -> bool:
-    """True when training plays a finite set of levels (then a generalisation gap means something)."""
-    return traits_of(data_cfg).numbered_levels and data_cfg.num_train_levels > 0
+    """True when training plays a finite set of levels (then a generalisation gap means something): the
+    built-in task's level ids, or a gymnasium env's reset seeds."""
+    return getattr(data_cfg, "num_train_levels", 0) > 0
 
 
 def patch_size_of(data_cfg, spec: dict) -> int:
@@ -108,4 +109,26 @@ def gym_observations(data_cfg, tokenizer=None) -> tuple[dict, ActionSpace]:
             raise ConfigError(f"data.env_id: {str(e) if str(e).startswith(data_cfg.env_id) else f'{data_cfg.env_id}: {e}'}") from None
     finally:
         env.close()
-    return GymObservations(layout, data_cfg.mission_tokens, "cpu", tokenizer).spec, actions
+    spec = GymObservations(layout, data_cfg.mission_tokens, "cpu", tokenizer).spec
+    check_stage_ids(data_cfg, spec, actions, tokenizer)
+    return spec, actions
+
+
+def check_stage_ids(data_cfg, spec: dict, actions: ActionSpace, tokenizer) -> None:
+    """A gymnasium curriculum's env ids: registered, and seen by a policy exactly as the target env
+    (the same observation spec and actions); ConfigError naming the stage otherwise."""
+    if getattr(data_cfg, "curriculum", "none") == "none":
+        return
+    import dataclasses
+
+    import gymnasium as gym
+
+    for index, env_id in enumerate(data_cfg.curriculum_stages):
+        key = f"data.curriculum_stages.{index}"
+        if env_id not in gym.registry:
+            raise ConfigError(f"{key}: {env_id!r} is not a registered gymnasium env id")
+        stage_spec, stage_actions = gym_observations(dataclasses.replace(data_cfg, env_id=env_id, curriculum="none",
+                                                                         curriculum_stages=[]), tokenizer)
+        if stage_spec != spec or repr(stage_actions) != repr(actions):
+            raise ConfigError(f"{key}: {env_id} does not look like {data_cfg.env_id} to the policy (observations "
+                              f"{stage_spec} vs {spec}); every stage needs the same observation and action spaces")

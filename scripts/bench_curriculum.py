@@ -1,0 +1,169 @@
+"""Curriculum learning and Prioritised Level Replay against their baselines, 3 seeds each.
+
+    python scripts/bench_curriculum.py [--parts curriculum plr babyai] [--seeds 1 2 3] [--quick]
+
+1. ``curriculum``: `mmrl train exp=goto-curriculum` (10x10 grid, 4 distractors, stages of 0/1/2
+   distractors first) against the same task without a curriculum (``data.curriculum=none``): env
+   steps to the first validation success >= 0.9 (evaluations every 50k steps, 200 episodes; the
+   weights that got there are then scored on 500 held-out levels). Target: ratio <= 0.5.
+2. ``plr``: `mmrl train exp=goto-plr` (200 training levels) against ``data.level_sampler=uniform``
+   at equal env steps: held-out success (500 levels) at the end; the probability of improvement
+   P(PLR > uniform) over all seed pairs and bootstrap 95% intervals of each arm's mean.
+   ``plr-minigrid``: the same on MiniGrid DoorKey-6x6 with 200 training seeds (`exp=minigrid-plr`, 300k steps).
+3. ``babyai``: `mmrl train exp=babyai-curriculum` (GoToRedBallGrey -> GoToRedBall -> GoToLocal)
+   against GoToLocal alone: env steps to the first validation success >= 0.9 on GoToLocal.
+
+``--quick`` runs every arm for a few thousand steps with small evaluations: a smoke test of the
+script, not a measurement. Writes docs/bench/curriculum.json, a PNG of the validation curves
+beside it, and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, print_table, write_json  # noqa: E402
+
+from mmrl_cli.builders import load_policy, pick_device  # noqa: E402
+from mmrl_cli.compose import compose_train_config  # noqa: E402
+from mmrl_cli.evaluation import evaluate  # noqa: E402
+from mmrl_cli.trainer import StopTraining, train  # noqa: E402
+
+TARGET = 0.9
+COMMON = ["monitor.progress=false", "monitor.tensorboard=false", "checkpoint.every_updates=100000"]
+QUICK = ["total_steps=2048", "eval.every_steps=1024", "eval.episodes=10"]
+# Each comparison: (arm name, overrides) pairs, the first arm the method, the second its baseline.
+PARTS = {
+    "curriculum": [("curriculum", ["exp=goto-curriculum"]), ("no curriculum", ["exp=goto-curriculum", "data.curriculum=none"])],
+    "plr": [("plr", ["exp=goto-plr"]), ("uniform", ["exp=goto-plr", "data.level_sampler=uniform"])],
+    "babyai": [("sequence", ["exp=babyai-curriculum"]), ("target only", ["exp=babyai-curriculum", "data.curriculum=none"])],
+    "plr-minigrid": [("plr", ["exp=minigrid-plr"]), ("uniform", ["exp=minigrid-plr", "data.level_sampler=uniform"])],
+}
+STOPS_AT_TARGET = {"curriculum", "babyai"}  # these compare steps to 0.9; plr compares success at equal steps
+
+
+class Curve:
+    """Records validation success at every evaluation; with `stop_at_target`, stops the run at the first
+    validation success >= TARGET."""
+
+    def __init__(self, stop_at_target: bool):
+        self.stop_at_target, self.points, self.reached_at = stop_at_target, [], None
+
+    def on_evaluation(self, progress, results):
+        rate = results["validation"]["success_rate"]
+        self.points.append([progress.steps, rate])
+        if self.stop_at_target and rate >= TARGET and self.reached_at is None:
+            self.reached_at = progress.steps
+            raise StopTraining(f"validation success {rate:.3f} >= {TARGET}")
+
+
+def heldout(run_dir: Path, overrides: list[str], episodes: int) -> float:
+    """Held-out success (argmax actions) of the weights a run ended with."""
+    cfg = compose_train_config(overrides)
+    device = pick_device(cfg.hardware)
+    policy = load_policy(cfg, run_dir / "model.safetensors", device)
+    return evaluate(policy, cfg, device, "heldout", episodes, True)["success_rate"]
+
+
+def run_arm(part: str, arm: str, overrides: list[str], seed: int, root: Path, quick: bool) -> dict:
+    """One training run of one arm; its curve, steps to target (or None) and held-out success."""
+    full = [*overrides, f"seed={seed}", *COMMON, *(QUICK if quick else [])]
+    curve = Curve(part in STOPS_AT_TARGET)
+    run_dir = root / f"{part}-{arm.replace(' ', '_')}-{seed}"
+    summary = train(compose_train_config(full), run_dir, callbacks=[curve])
+    return {"part": part, "arm": arm, "seed": seed, "overrides": full, "steps": summary["steps"],
+            "steps_to_target": curve.reached_at, "curve": curve.points,
+            "heldout": heldout(run_dir, full, 20 if quick else 500), "steps_per_second": summary["steps_per_second"]}
+
+
+def probability_of_improvement(better: list[float], worse: list[float]) -> float:
+    """P(X > Y) over all pairs of runs (ties count half): Agarwal et al. 2021's probability of improvement."""
+    pairs = [(x > y) + 0.5 * (x == y) for x in better for y in worse]
+    return sum(pairs) / len(pairs)
+
+
+def bootstrap_ci(values: list[float], draws: int = 10_000, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of the mean."""
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(draws))
+    return [means[int(0.025 * draws)], means[int(0.975 * draws) - 1]]
+
+
+def summarise(part: str, rows: list[dict]) -> dict:
+    """The comparison's headline: steps ratio to 0.9 (curriculum, babyai) or PLR's improvement."""
+    (method, _), (baseline, _) = PARTS[part]
+    of = lambda arm: [r for r in rows if r["part"] == part and r["arm"] == arm]  # noqa: E731
+    if part in STOPS_AT_TARGET:
+        # A run that never reached 0.9 counts with all its steps (so the ratio is a bound, marked as such).
+        steps = {arm: [r["steps_to_target"] or r["steps"] for r in of(arm)] for arm in (method, baseline)}
+        missed = {arm: sum(r["steps_to_target"] is None for r in of(arm)) for arm in (method, baseline)}
+        ratio = sum(steps[method]) / sum(steps[baseline]) if steps[baseline] else None
+        return {"mean_steps": {arm: sum(v) / len(v) for arm, v in steps.items() if v}, "ratio": ratio,
+                "missed_target": missed, "target_ratio": 0.5 if part == "curriculum" else 1.0}
+    success = {arm: [r["heldout"] for r in of(arm)] for arm in (method, baseline)}
+    return {"mean_heldout": {arm: sum(v) / len(v) for arm, v in success.items() if v},
+            "ci95": {arm: bootstrap_ci(v) for arm, v in success.items() if v},
+            "probability_of_improvement": probability_of_improvement(success[method], success[baseline])}
+
+
+def plot(rows: list[dict], parts: list[str], path: Path) -> None:
+    """Validation success against env steps: one panel per comparison, every seed of every arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 4), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        for (arm, _), color in zip(PARTS[part], ("tab:orange", "tab:blue")):
+            for r in (r for r in rows if r["part"] == part and r["arm"] == arm):
+                ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]], "o-", color=color, alpha=0.7,
+                        label=f"{arm} seed {r['seed']}")
+        ax.axhline(TARGET, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("validation success")
+        ax.set_title(part)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--quick", action="store_true", help="a few thousand steps per run: a smoke test, not a measurement")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default docs/bench/curriculum[_quick].json)")
+    args = parser.parse_args()
+    out = args.out or ROOT / "docs" / "bench" / ("curriculum_quick.json" if args.quick else "curriculum.json")
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mmrl-curriculum-") as tmp:
+        for part in args.parts:
+            for seed in args.seeds:  # arms alternate within a seed, so load on the machine falls on both
+                for arm, overrides in PARTS[part]:
+                    rows.append(run_arm(part, arm, overrides, seed, Path(tmp), args.quick))
+                    r = rows[-1]
+                    print(f"{part} {arm} seed {seed}: steps to {TARGET} {r['steps_to_target']}, held-out {r['heldout']:.3f}",
+                          flush=True)
+    summaries = {part: summarise(part, rows) for part in args.parts}
+    print_table("curriculum and level sampling: every run", ["part", "arm", "seed", "steps", f"steps to {TARGET}", "held-out"],
+                [[r["part"], r["arm"], r["seed"], r["steps"], r["steps_to_target"] or "missed", r["heldout"]] for r in rows])
+    for part, summary in summaries.items():
+        print(part, summary)
+    plot(rows, args.parts, out.with_suffix(".png"))
+    write_json(out, {"command": " ".join(sys.argv), "target": TARGET, "quick": args.quick, "summaries": summaries,
+                     "runs": rows})
+
+
+if __name__ == "__main__":
+    main()
