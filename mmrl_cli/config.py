@@ -563,8 +563,9 @@ class TrainConfig:
 
     @property
     def steps_per_update(self) -> int:
-        """Transitions collected per update: all envs, one rollout each."""
-        return self.rollout.n_envs * self.rollout.n_steps
+        """Transitions collected per update: all envs, one rollout each (A3C: `algo.reports_per_step`
+        worker rollouts)."""
+        return self.rollout.n_envs * self.rollout.n_steps * getattr(self.algo, "reports_per_step", 1)
 
     @property
     def total_updates(self) -> int:

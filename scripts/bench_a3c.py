@@ -127,6 +127,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    """Parse the arguments and run the chosen parts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of the scaling curve")

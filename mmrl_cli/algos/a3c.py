@@ -43,8 +43,8 @@ SEED_LIMIT = 2**31 - 1
 
 def steps_per_train_step(cfg) -> int:
     """Env steps of one coordinator train step: `algo.reports_per_step` worker updates of
-    ``rollout.n_envs * rollout.n_steps`` env steps each."""
-    return cfg.algo.reports_per_step * cfg.rollout.n_envs * cfg.rollout.n_steps
+    ``rollout.n_envs * rollout.n_steps`` env steps each (`TrainConfig.steps_per_update`)."""
+    return cfg.steps_per_update
 
 
 def worker_seed(seed: int, index: int, start_update: int, restarts: int) -> int:
@@ -118,14 +118,6 @@ class A3C(Algorithm):
         self.skipped_total = 0
         self.skipped_by_worker: dict[int, int] = {}
         self.grad_norms: dict[str, float] = {}
-
-    @classmethod
-    def planned_updates(cls, cfg, world_size: int, saved: dict | None = None) -> int:
-        """Train steps of the run: `total_steps` over the env steps of one train step."""
-        per_update = steps_per_train_step(cfg)
-        if saved is None:
-            return max(1, cfg.total_steps // per_update)
-        return max(1, saved["update"] + max(0, cfg.total_steps - saved["steps"]) // per_update)
 
     @classmethod
     def build(cls, setup: Setup) -> A3C:
@@ -204,6 +196,7 @@ class A3C(Algorithm):
         return self.restarts_before + (self.pool.restarts if self.pool is not None else 0)
 
     def take_episodes(self) -> list:
+        """The training episodes the workers reported since the last call."""
         episodes, self.episodes = self.episodes, []
         return episodes
 
