@@ -59,7 +59,7 @@ def test_an_episode_end_cuts_the_n_step_return():
 
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
 def test_hogwild_step_applies_local_gradients_with_the_shared_statistics(optimizer):
-    from mmrl_cli.algos.a2c import make_optimizer
+    from mmrl_cli.algos.a2c import make_optimizer, optimizer_over
     from mmrl_cli.config import A3CConfig
 
     cfg = A3CConfig(optimizer=optimizer, lr=0.1)
@@ -68,15 +68,15 @@ def test_hogwild_step_applies_local_gradients_with_the_shared_statistics(optimiz
     reference = torch.nn.Linear(3, 2)
     reference.load_state_dict(shared.state_dict())
     shared.share_memory()
-    coordinator = make_optimizer(cfg, shared.parameters())
+    coordinator = make_optimizer(cfg, shared)
     init_state(coordinator)
     share_state(coordinator)
     assert all(p.equal(q) for p, q in zip(shared.parameters(), reference.parameters()))  # init changes nothing
-    worker = make_optimizer(cfg, list(shared.parameters()))  # a worker's own optimiser object...
+    worker = optimizer_over(cfg, [{"params": list(shared.parameters())}])  # a worker's own optimiser object...
     adopt_state(worker, state_tensors(coordinator))  # ...over the same statistics
     local = torch.nn.Linear(3, 2)
     local.load_state_dict(shared.state_dict())
-    plain = make_optimizer(cfg, reference.parameters())
+    plain = make_optimizer(cfg, reference)
     x = torch.randn(4, 3)
     for _ in range(2):
         local.load_state_dict(shared.state_dict())
