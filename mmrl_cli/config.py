@@ -9,6 +9,7 @@ read plain Python values, never the DictConfig. Each group option picks its sche
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -95,6 +96,48 @@ class A2CConfig:
         non_negative("algo", self, "ent_coef", "vf_coef")
         one_of("algo", self, "lr_schedule", SCHEDULES)
         one_of("algo", self, "optimizer", ("rmsprop", "adam"))
+
+
+# A3C's worker processes: at most this many per CPU core, and never more than this in all.
+A3C_WORKERS_PER_CORE = 4
+A3C_WORKERS_MAX = 256
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class A3CConfig(A2CConfig):
+    """Asynchronous advantage actor-critic (Hogwild workers, a shared model); see algos/a3c.py.
+
+    A2C's loss and optimiser settings, plus the worker processes. ``rollout.n_envs`` is per
+    worker (as it is per rank under hardware=ddp); one worker update is ``rollout.n_envs *
+    rollout.n_steps`` env steps.
+    """
+
+    type: str = "a3c"
+    ent_coef: float = 0.01        # Mnih et al. 2016 (A2C's SB3 default is 0)
+    workers: Optional[int] = None  # worker processes; None: one per available core
+    reports_per_step: int = 8      # worker updates gathered into one train step of the coordinator
+    max_restarts: int = 10         # workers killed by a signal are restarted this many times in all
+
+    def check(self) -> None:
+        super().check()
+        if self.workers is not None:
+            limit = min(A3C_WORKERS_PER_CORE * available_cores(), A3C_WORKERS_MAX)
+            between("algo", self, "workers", 1, limit)
+        between("algo", self, "reports_per_step", 1, 1_000_000)
+        between("algo", self, "max_restarts", 0, 1_000_000)
+
+    @property
+    def worker_count(self) -> int:
+        """The worker processes a run starts: `workers`, or one per available core."""
+        return self.workers if self.workers is not None else available_cores()
 
 
 @dataclass
@@ -605,8 +648,9 @@ class TrainConfig:
 
     @property
     def steps_per_update(self) -> int:
-        """Transitions collected per update: all envs, one rollout each."""
-        return self.rollout.n_envs * self.rollout.n_steps
+        """Transitions collected per update: all envs, one rollout each (A3C: `algo.reports_per_step`
+        worker rollouts)."""
+        return self.rollout.n_envs * self.rollout.n_steps * getattr(self.algo, "reports_per_step", 1)
 
     @property
     def total_updates(self) -> int:
@@ -636,6 +680,7 @@ class TrainConfig:
         self.check_memory_fits()
         self.check_compression_sources()
         self.check_level_sampling()
+        self.check_a3c()
 
     def check_level_sampling(self) -> None:
         """PLR scores levels from the GAE advantages of an RL update: behaviour cloning plays no levels
@@ -646,6 +691,26 @@ class TrainConfig:
             what = "algo=bc" if self.algo.type == "bc" else "compression=distill"
             raise ConfigError(f"data.level_sampler: plr scores levels by the advantages of an RL update, which {what} "
                               f"does not compute; use data.level_sampler=uniform")
+
+    def check_a3c(self) -> None:
+        """A3C's workers share one model in CPU shared memory, each in its own process: one machine's
+        CPU, no ranks, no compiled policy, no training-time compression method, no level sampler or curriculum."""
+        if self.algo.type != "a3c":
+            return
+        if self.hardware.device not in ("auto", "cpu"):
+            raise ConfigError(f"hardware.device: algo=a3c trains on CPU cores (a model in shared memory): "
+                              f"expected auto or cpu, got {self.hardware.device!r}")
+        if self.hardware.distributed:
+            raise ConfigError("hardware.nproc: algo=a3c runs its own worker processes (algo.workers); "
+                              "use hardware.nproc=1 hardware.nnodes=1")
+        if self.hardware.compile:
+            raise ConfigError("hardware.compile: algo=a3c workers run the policy eagerly; use hardware.compile=false")
+        if self.compression.type != "none":
+            raise ConfigError(f"compression: algo=a3c trains with compression=none only, got compression="
+                              f"{self.compression.type}")
+        if getattr(self.data, "level_sampler", "uniform") != "uniform" or getattr(self.data, "curriculum", "none") != "none":
+            raise ConfigError("data.level_sampler: algo=a3c workers play their own envs, which the trainer's level "
+                              "sampler and curriculum do not reach; use data.level_sampler=uniform data.curriculum=none")
 
     def check_memory_fits(self) -> None:
         """A recurrent policy (`model.memory`) learns from whole env sequences: PPO's minibatches are
@@ -719,7 +784,7 @@ class EvalCommandConfig:
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "algo": {"ppo": PPOConfig, "a2c": A2CConfig, "bc": BCConfig},
+    "algo": {"ppo": PPOConfig, "a2c": A2CConfig, "a3c": A3CConfig, "bc": BCConfig},
     "model": {"vit-gpt2": VitGpt2Config, "cnn": CnnConfig, "mlp": MlpConfig},
     "data": {"goto": GotoDataConfig, "cartpole": CartPoleDataConfig, "gym": GymDataConfig},
     "compression": {"none": NoCompression, "kickstart": KickstartCompression, "distill": DistillCompression,

@@ -66,9 +66,12 @@ def headline(results: dict) -> float:
 
 def tag_for(name: str) -> str:
     """TensorBoard tag of an update metric: known names by `METRIC_TAGS`, ``loss_x`` as ``losses/x``,
-    anything else an algorithm reports as ``update/<name>``."""
+    a name with a ``/`` as it is (``perf/worker_0_sps``), anything else an algorithm reports as
+    ``update/<name>``."""
     if name in METRIC_TAGS:
         return METRIC_TAGS[name]
+    if "/" in name:
+        return name
     return f"losses/{name.removeprefix('loss_')}" if name.startswith("loss_") else f"update/{name}"
 
 

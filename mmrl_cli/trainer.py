@@ -18,6 +18,7 @@ that is done, a wall-clock budget).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -68,7 +69,8 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     cfg.check()
     run_dir = Path(run_dir)
     callbacks = list(callbacks)
-    device = pick_device(cfg.hardware)
+    algo_class = ALGOS[algorithm_name(cfg)]
+    device = torch.device("cpu") if algo_class.cpu_only else pick_device(cfg.hardware)
     dist = Distributed.from_env(device.type, cfg.hardware.backend)  # one rank unless started by torchrun
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -93,7 +95,6 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     policy, compression_done = build_policy_from(cfg, env, device, source, transforms,
                                                  towers_if_heads_differ=cfg.init_from is not None and resume_from is None)
     teacher = load_teacher(cfg, device) if cfg.teacher is not None else None
-    algo_class = ALGOS[algorithm_name(cfg)]
     # Train steps of the run (resumed: the steps left, in steps of this run's size; the rank count may have changed).
     saved = checked_state(resume_from)["progress"] if resume_from is not None else None
     total_updates = algo_class.planned_updates(cfg, dist.world_size, saved)
@@ -159,7 +160,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
 
     stop = StopRequests()
     stopped_by, stopping = None, False
-    with monitor, stop:
+    with monitor, stop, contextlib.closing(algo):  # closing: the algorithm stops what it runs (A3C's workers) however the run ends
         while progress.update < total_updates and not stopping and stopped_by is None:
             update_start = time.perf_counter()
             # 1-2. One step of the algorithm: whatever it is (on-policy: collect a rollout with the current
@@ -200,6 +201,8 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
             # 4. Checkpoint now and then, at the end, and before any early stop (a signal on any rank
             #    stops every rank at this same update).
             stopping = dist.any(stop.requested)
+            if last or stopped_by or stopping:
+                algo.close()  # the run ends here: stop what the algorithm runs beside the trainer (A3C's workers)
             if progress.update % cfg.checkpoint.every_updates == 0 or last or stopped_by or stopping:
                 checkpoint()
         if saved_update != progress.update:  # stopped by a signal between checkpoints

@@ -9,14 +9,15 @@ trainer's loop is the same for all of them.
 """
 
 from .a2c import A2C
+from .a3c import A3C
 from .bc import BC
-from .base import Algorithm, OnPolicy, Setup
+from .base import Algorithm, AlgorithmFault, OnPolicy, Setup
 from .distill import Distill
 from .ppo import PPO
 
 # "distill" is chosen by compression=distill (it learns from a teacher, not from rewards) and
 # reads its settings from the compression section.
-ALGOS = {"ppo": PPO, "a2c": A2C, "bc": BC, "distill": Distill}
+ALGOS = {"ppo": PPO, "a2c": A2C, "a3c": A3C, "bc": BC, "distill": Distill}
 
 
 def algorithm_name(cfg) -> str:
@@ -24,4 +25,4 @@ def algorithm_name(cfg) -> str:
     return "distill" if cfg.compression.type == "distill" else cfg.algo.type
 
 
-__all__ = ["ALGOS", "Algorithm", "OnPolicy", "Setup", "algorithm_name"]
+__all__ = ["ALGOS", "Algorithm", "AlgorithmFault", "OnPolicy", "Setup", "algorithm_name"]

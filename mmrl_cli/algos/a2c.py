@@ -43,18 +43,29 @@ def a2c_loss(dist, values: torch.Tensor, batch: dict, normalize_advantages: bool
 
 
 def make_optimizer(cfg, policy: nn.Module) -> torch.optim.Optimizer:
-    """RMSprop as SB3/Baselines configure it for A2C (eps added outside the square root), or Adam."""
+    """RMSprop as SB3/Baselines configure it for A2C (eps added outside the square root), or Adam,
+    over the policy's trainable parameter groups (`finetune.lr_scale`)."""
+    return optimizer_over(cfg, parameter_groups(policy, cfg.lr))
+
+
+def optimizer_over(cfg, groups: list[dict]) -> torch.optim.Optimizer:
+    """`make_optimizer`'s optimiser over given parameter groups (A3C's workers: the shared ones)."""
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(parameter_groups(policy, cfg.lr), lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.eps, foreach=True)
-    return torch.optim.Adam(parameter_groups(policy, cfg.lr), lr=cfg.lr, eps=cfg.eps, foreach=True)
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.eps, foreach=True)
+    return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.eps, foreach=True)
 
 
 class A2C(OnPolicy):
-    """A2C updates of one policy: one gradient step per rollout, optional linear LR decay."""
+    """A2C updates of one policy: one gradient step per rollout, optional linear LR decay.
 
-    def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True):
+    `optimizer`: what steps the policy's gradients (default: `make_optimizer` over its parameters;
+    A3C's workers pass a `shared_optim.HogwildOptimizer`, which applies them to the shared model).
+    """
+
+    def __init__(self, cfg, policy: nn.Module, total_updates: int, autocast, fast_path: bool = True, optimizer=None):
         self.cfg, self.policy = cfg, policy
-        self.gradient = GradientStep(policy, make_optimizer(cfg, policy), cfg.max_grad_norm, autocast, fast_path)
+        optimizer = make_optimizer(cfg, policy) if optimizer is None else optimizer
+        self.gradient = GradientStep(policy, optimizer, cfg.max_grad_norm, autocast, fast_path)
         self.clock = TrainingClock(total_updates)
         self.distributed = Distributed()  # one rank unless the trainer says otherwise
 

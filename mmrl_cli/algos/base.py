@@ -16,7 +16,12 @@ a `Setup` (config, env, policy, device, ...) and then offers:
 - ``planned_updates(cfg, world_size, saved)``: how many train steps the run makes (also after
   a resume with another ``total_steps`` or rank count);
 - ``gradients``: its `GradientStep`s, from which the trainer reads skip counters and gradient
-  norms for the numerical-fault stop and the monitor.
+  norms for the numerical-fault stop and the monitor;
+- ``close()``: stop what it runs beside the trainer (A3C's worker processes); the trainer calls
+  it when the run ends, before its last checkpoint, and again on any way out (an error, a second
+  Ctrl-C), so it must be idempotent; ``cpu_only``: True for an algorithm that trains on CPU
+  cores only (A3C's model in shared memory): ``hardware.device=auto`` then picks the CPU.
+  An algorithm that cannot go on (a worker process failed) raises `AlgorithmFault`.
 
 `OnPolicy` is the data source of PPO, A2C and distillation: a `Collector` that plays the policy
 for one rollout per step, hooks that may label the rollout (a teacher's logits), then the
@@ -32,6 +37,10 @@ import torch
 from torch import nn
 
 from ..rollout import Collector, RolloutBuffer
+
+
+class AlgorithmFault(RuntimeError):
+    """The algorithm cannot go on (e.g. a worker process failed); the message is one line."""
 
 
 @dataclasses.dataclass
@@ -54,6 +63,7 @@ class Algorithm:
     gradients: list  # the algorithm's GradientSteps (the first is the policy's)
     policy: nn.Module
     steps_per_update: int = 0  # env steps one train step plays on one rank (0: learns from data only)
+    cpu_only: bool = False  # trains on CPU cores only: hardware.device=auto picks the CPU
 
     @classmethod
     def planned_updates(cls, cfg, world_size: int, saved: dict | None = None) -> int:
@@ -80,6 +90,9 @@ class Algorithm:
     def take_episodes(self) -> list:
         """(returns, lengths, successes) of the training episodes finished since the last call."""
         return []
+
+    def close(self) -> None:
+        """Stop whatever the algorithm runs beside the trainer (none by default); idempotent."""
 
     def source_state_dict(self) -> dict | None:
         """The data source's state (None when there is none to keep)."""

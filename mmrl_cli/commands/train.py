@@ -52,6 +52,7 @@ def train_task(cfg: DictConfig) -> float:
     """Hydra task of `mmrl train`: validate, make (or reopen) the run directory, train, summarise."""
     from hydra.core.hydra_config import HydraConfig
 
+    from ..algos import AlgorithmFault
     from ..checkpoint import CheckpointError
     from ..runs import RunLocked
     from ..trainer import NumericalFault, train
@@ -102,7 +103,7 @@ def train_task(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         print(f"\nmmrl train: stopped at once; the last periodic checkpoint is in {run_dir}/checkpoints ({hint})", file=sys.stderr)
         raise SystemExit(interrupted_status()) from None
-    except NumericalFault as e:
+    except (NumericalFault, AlgorithmFault) as e:
         kept = f"the last good checkpoint is kept in {run_dir}/checkpoints" if (run_dir / "checkpoints").is_dir() \
             else "no checkpoint had been written yet"
         print(f"mmrl train: error: {e}; {kept}", file=sys.stderr)
