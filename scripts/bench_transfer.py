@@ -162,8 +162,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000, help="wordings: env steps of every arm")
     parser.add_argument("--arms", nargs="+", default=list(FINETUNE_ARMS), help="finetune: which arms to run")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = args.out or ROOT / "docs" / "bench" / f"transfer_{args.part}.json"
     with tempfile.TemporaryDirectory(prefix="mmrl-transfer-") as tmp:
         if args.part == "wordings":
