@@ -81,12 +81,17 @@ def score(run_dir: Path, overrides: list[str], split: str) -> float:
     return evaluate(policy, cfg, device, split, 500, True)["success_rate"]
 
 
-def wordings_part(seeds: list[int], steps: int, root: Path) -> list[dict]:
+def save_partial(out: Path, rows: list[dict]) -> None:
+    """Every finished run lands on disk at once: an interrupted benchmark loses nothing."""
+    write_json(out, {"command": " ".join(sys.argv), "partial": True, "runs": rows})
+
+
+def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out: Path) -> list[dict]:
     """Each arm of WORDINGS_ARMS per seed: held-out-wording success at equal steps."""
     rows = []
     for seed in seeds:
-        for arm, overrides in WORDINGS_ARMS.items():
-            overrides = [*overrides, *COMMON, f"seed={seed}", f"total_steps={steps}", f"eval.every_steps={steps // 4}",
+        for arm in arms:
+            overrides = [*WORDINGS_ARMS[arm], *COMMON, f"seed={seed}", f"total_steps={steps}", f"eval.every_steps={steps // 4}",
                          "eval.episodes=200"]
             run_dir = root / f"{arm}-{seed}"
             curve = FirstSuccess(time.perf_counter(), stop=False)
@@ -98,10 +103,11 @@ def wordings_part(seeds: list[int], steps: int, root: Path) -> list[dict]:
                          "new_wordings": score(run_dir, overrides, "new-wordings"),
                          "heldout": score(run_dir, overrides, "heldout")})
             print(arm, seed, rows[-1]["new_wordings"], rows[-1]["heldout"], flush=True)
+            save_partial(out, rows)
     return rows
 
 
-def finetune_part(seeds: list[int], arms: list[str], root: Path) -> list[dict]:
+def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path) -> list[dict]:
     """Per seed: the source run, then every arm of FINETUNE_ARMS to the first validation success >= 0.9."""
     rows = []
     for seed in seeds:
@@ -123,6 +129,7 @@ def finetune_part(seeds: list[int], arms: list[str], root: Path) -> list[dict]:
                          "parameters_total": summary["parameters_total"],
                          "heldout": score(run_dir, overrides, "heldout")})
             print(arm, seed, steps, wall, rows[-1]["heldout"], flush=True)
+            save_partial(out, rows)
     return rows
 
 
@@ -160,7 +167,8 @@ def main() -> None:
     parser.add_argument("--part", choices=["wordings", "finetune"], required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--steps", type=int, default=200_000, help="wordings: env steps of every arm")
-    parser.add_argument("--arms", nargs="+", default=list(FINETUNE_ARMS), help="finetune: which arms to run")
+    parser.add_argument("--arms", nargs="+", default=None,
+                        help=f"which arms to run (wordings: {list(WORDINGS_ARMS)}; finetune: {list(FINETUNE_ARMS)})")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
@@ -168,18 +176,20 @@ def main() -> None:
     out = args.out or ROOT / "docs" / "bench" / f"transfer_{args.part}.json"
     with tempfile.TemporaryDirectory(prefix="mmrl-transfer-") as tmp:
         if args.part == "wordings":
-            rows = wordings_part(args.seeds, args.steps, Path(tmp))
+            arms = args.arms or list(WORDINGS_ARMS)
+            rows = wordings_part(args.seeds, args.steps, Path(tmp), arms, out)
             table = [[r["arm"], r["seed"], r["new_wordings"], r["heldout"], r["steps_per_second"],
                       f"{r['parameters_trainable']:,} / {r['parameters_total']:,}"] for r in rows]
             print_table(f"goto, paraphrased instructions, {args.steps:,} PPO steps", ["arm", "seed", "new wordings",
                         "training wordings (held-out levels)", "steps/s", "trainable / total"], table)
-            means = {arm: mean([r["new_wordings"] for r in rows if r["arm"] == arm]) for arm in WORDINGS_ARMS}
-            speed = {arm: mean([r["steps_per_second"] for r in rows if r["arm"] == arm]) for arm in WORDINGS_ARMS}
+            means = {arm: mean([r["new_wordings"] for r in rows if r["arm"] == arm]) for arm in arms}
+            speed = {arm: mean([r["steps_per_second"] for r in rows if r["arm"] == arm]) for arm in arms}
             summary = {"new_wordings_mean": means, "steps_per_second_mean": speed,
-                       "pretrained_minus_random": means["minilm"] - means["random-minilm"]}
+                       "pretrained_minus_random": means.get("minilm", float("nan")) - means.get("random-minilm", float("nan"))}
             plot(rows, out.with_suffix(".png"), 0, "env steps", "validation success (training wordings)")
         else:
-            rows = finetune_part(args.seeds, args.arms, Path(tmp))
+            args.arms = args.arms or list(FINETUNE_ARMS)
+            rows = finetune_part(args.seeds, args.arms, Path(tmp), out)
             table = [[r["arm"], r["seed"], r.get("steps_to_target") or r.get("steps"), r.get("wall_to_target") or
                       r.get("wall_seconds"), r.get("heldout", r.get("source_validation")),
                       f"{r['parameters_trainable']:,} / {r['parameters_total']:,}" if "parameters_total" in r else ""]
