@@ -4,6 +4,7 @@ policy against RL from scratch.
 
     python scripts/bench_transfer.py --part wordings [--seeds 1 2 3] [--steps 200000]
     python scripts/bench_transfer.py --part finetune [--seeds 1 2 3]
+    python scripts/bench_transfer.py --part probe [--seeds 1 2 3]
 
 ``wordings``: `mmrl train exp=goto-minilm` (paraphrased instructions, the pretrained MiniLM text
 encoder, frozen) against the same run with ``model.tower_weights=random`` (MiniLM's architecture,
@@ -19,7 +20,14 @@ fine-tuning (``init_from`` + ``finetune.lora_rank``: the adapters alone train); 
 (``exp=goto-a2c``, which needs >= 400k env steps from scratch) from scratch and from the source.
 Every arm evaluates 200 validation levels every 25k env steps and stops at the first success
 >= 0.9; steps and wall time to that point (the source's own training reported beside it), then
-500 held-out levels. Writes docs/bench/transfer_<part>.json and a PNG beside it.
+500 held-out levels.
+
+``probe``: what the text tower alone knows, without RL: a small classifier (384 -> 96 -> 18) trained
+on the frozen sentence vectors of every training wording to name the target (colour x object),
+then scored on every held-out wording; pretrained MiniLM against the same architecture with
+random weights. It bounds what the RL arms of ``wordings`` can transfer.
+
+Writes docs/bench/transfer_<part>.json (after every run) and, for the RL parts, a PNG beside it.
 """
 
 from __future__ import annotations
@@ -107,6 +115,47 @@ def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out
     return rows
 
 
+def probe_part(seeds: list[int]) -> list[dict]:
+    """Held-out-wording accuracy of a classifier on frozen sentence vectors (see the docstring)."""
+    from mmrl_cli.envs.wordings import COLORS, OBJECT_TYPES, instructions
+    from mmrl_cli.models.towers import load_text_tower
+    from mmrl_cli.text import PretrainedTokenizer, local_model_dir
+
+    tokenizer = PretrainedTokenizer(local_model_dir("minilm", "probe"))
+
+    def labelled(held_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        texts, labels = [], []
+        for c, color in enumerate(COLORS):
+            for o, object_type in enumerate(OBJECT_TYPES):
+                for text in instructions("paraphrase", held_out, color, object_type):
+                    texts.append(text)
+                    labels.append(c * len(OBJECT_TYPES) + o)
+        return torch.tensor([tokenizer.encode(t, 24) for t in texts]), torch.tensor(labels)
+
+    (train_ids, train_y), (test_ids, test_y) = labelled(False), labelled(True)
+    rows = []
+    for weights in ("pretrained", "random"):
+        for seed in seeds:
+            torch.manual_seed(seed)
+            tower = load_text_tower("minilm", "probe", tokenizer.pad_id, weights)
+            with torch.no_grad():
+                train_x, test_x = tower.encode(train_ids), tower.encode(test_ids)
+            classes = len(COLORS) * len(OBJECT_TYPES)
+            head = torch.nn.Sequential(torch.nn.Linear(train_x.shape[1], 96), torch.nn.ReLU(), torch.nn.Linear(96, classes))
+            optimizer = torch.optim.Adam(head.parameters(), 3e-4)
+            for _ in range(600):
+                loss = torch.nn.functional.cross_entropy(head(train_x), train_y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                rows.append({"arm": "minilm" if weights == "pretrained" else "random-minilm", "seed": seed,
+                             "train_accuracy": (head(train_x).argmax(1) == train_y).float().mean().item(),
+                             "new_wordings_accuracy": (head(test_x).argmax(1) == test_y).float().mean().item(),
+                             "train_wordings": len(train_y), "new_wordings": len(test_y)})
+    return rows
+
+
 def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path) -> list[dict]:
     """Per seed: the source run, then every arm of FINETUNE_ARMS to the first validation success >= 0.9."""
     rows = []
@@ -164,7 +213,7 @@ def mean(values: list) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["wordings", "finetune"], required=True)
+    parser.add_argument("--part", choices=["wordings", "finetune", "probe"], required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--steps", type=int, default=200_000, help="wordings: env steps of every arm")
     parser.add_argument("--arms", nargs="+", default=None,
@@ -175,7 +224,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = args.out or ROOT / "docs" / "bench" / f"transfer_{args.part}.json"
     with tempfile.TemporaryDirectory(prefix="mmrl-transfer-") as tmp:
-        if args.part == "wordings":
+        if args.part == "probe":
+            rows = probe_part(args.seeds)
+            print_table("frozen sentence vectors -> target (18 classes), trained on training wordings",
+                        ["text tower", "seed", "training wordings", "new wordings"],
+                        [[r["arm"], r["seed"], r["train_accuracy"], r["new_wordings_accuracy"]] for r in rows])
+            summary = {arm: mean([r["new_wordings_accuracy"] for r in rows if r["arm"] == arm])
+                       for arm in ("minilm", "random-minilm")}
+        elif args.part == "wordings":
             arms = args.arms or list(WORDINGS_ARMS)
             rows = wordings_part(args.seeds, args.steps, Path(tmp), arms, out)
             table = [[r["arm"], r["seed"], r["new_wordings"], r["heldout"], r["steps_per_second"],
