@@ -89,6 +89,36 @@ def score(run_dir: Path, overrides: list[str], split: str) -> float:
     return evaluate(policy, cfg, device, split, 500, True)["success_rate"]
 
 
+def wording_breakdown(run_dir: Path, overrides: list[str], episodes: int = 500) -> dict:
+    """Success on `new-wordings` levels split by what the instruction names the target with: a
+    held-out synonym (orb, chest, crimson, violet, gray: words no training instruction contains)
+    or only canonical words (a held-out template around "blue key"). Argmax actions."""
+    from mmrl_cli.distributions import act
+    from mmrl_cli.envs import make_env, split_seed
+    from mmrl_cli.envs.wordings import HELDOUT_SYNONYMS
+    from mmrl_cli.text import tokenizer_for
+
+    held_out_words = {w for words in HELDOUT_SYNONYMS.values() for w in words}
+    cfg = compose_train_config(overrides)
+    device = pick_device(cfg.hardware)
+    policy = load_policy(cfg, run_dir / "model.safetensors", device).eval()
+    tokenizer, num_envs = tokenizer_for(cfg.model), 50
+    env = make_env(cfg.data, num_envs, device, cfg.seed + 10_000, "new-wordings", tokenizer)
+    obs = env.reset(seed=split_seed(cfg.data, cfg.seed + 10_000, "new-wordings"))
+    texts = [tokenizer.decode(ids) for ids in obs["mission"]]
+    outcomes = {"held-out word": [], "canonical words": []}
+    with torch.no_grad():
+        while sum(len(v) for v in outcomes.values()) < episodes:
+            params, _ = policy(obs)
+            dist = policy.distribution(params)
+            obs, _, _, _, info = env.step(dist.to_env(act(dist, True)))
+            for slot, i in enumerate(info["done_index"].tolist()):
+                kind = "held-out word" if set(texts[i].split()) & held_out_words else "canonical words"
+                outcomes[kind].append(bool(info["success"][slot]))
+                texts[i] = tokenizer.decode(obs["mission"][i])
+    return {kind: {"episodes": len(v), "success_rate": sum(v) / max(len(v), 1)} for kind, v in outcomes.items()}
+
+
 def save_partial(out: Path, rows: list[dict]) -> None:
     """Every finished run lands on disk at once: an interrupted benchmark loses nothing."""
     write_json(out, {"command": " ".join(sys.argv), "partial": True, "runs": rows})
@@ -109,8 +139,9 @@ def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out
                          "parameters_trainable": summary["parameters_trainable"],
                          "parameters_total": summary["parameters_total"], "curve": curve.curve,
                          "new_wordings": score(run_dir, overrides, "new-wordings"),
-                         "heldout": score(run_dir, overrides, "heldout")})
-            print(arm, seed, rows[-1]["new_wordings"], rows[-1]["heldout"], flush=True)
+                         "heldout": score(run_dir, overrides, "heldout"),
+                         "new_wordings_by_words": wording_breakdown(run_dir, overrides)})
+            print(arm, seed, rows[-1]["new_wordings"], rows[-1]["heldout"], rows[-1]["new_wordings_by_words"], flush=True)
             save_partial(out, rows)
     return rows
 
