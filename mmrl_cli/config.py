@@ -341,9 +341,11 @@ class GotoDataConfig(LevelSettings):
     num_walls: int = 0
     num_train_levels: int = 0
     wordings: str = "fixed"
+    sequence_steps: list[int] = field(default_factory=list)  # [] goto; step counts of sequential instructions (envs/goto_seq.py)
 
     def check(self) -> None:
         self.check_levels()
+        self.check_sequence()
         for index, stage in enumerate(self.curriculum_stages):
             self.check_stage(index, stage)
         one_of("data", self, "wordings", ("fixed", "paraphrase"))
@@ -367,6 +369,26 @@ class GotoDataConfig(LevelSettings):
                 f"to keep training, validation and held-out levels apart"
             )
 
+
+    def check_sequence(self) -> None:
+        """`sequence_steps` (the sequential task): step counts in [1, 4], each of whose levels fits the grid
+        (the agent, every target, the distractors, the walls) with distinct objects for targets and distractors."""
+        from .envs.goto import NUM_OBJECT_KINDS
+        from .envs.goto_seq import MAX_SEQUENCE_STEPS
+
+        for index, steps in enumerate(self.sequence_steps):
+            if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_SEQUENCE_STEPS:
+                raise ConfigError(f"data.sequence_steps.{index}: expected a step count in [1, {MAX_SEQUENCE_STEPS}], "
+                                  f"got {steps!r}")
+        if not self.sequence_steps:
+            return
+        most = max(self.sequence_steps)
+        if most + self.num_distractors > NUM_OBJECT_KINDS:
+            raise ConfigError(f"data.sequence_steps: {most} steps and {self.num_distractors} distractors need "
+                              f"{most + self.num_distractors} distinct objects; there are {NUM_OBJECT_KINDS}")
+        if 1 + most + self.num_distractors + self.num_walls > self.grid_size**2:
+            raise ConfigError(f"data.sequence_steps: a {self.grid_size}x{self.grid_size} grid has no room for the agent, "
+                              f"{most} targets, {self.num_distractors} distractors and {self.num_walls} walls")
 
     def check_stage(self, index: int, stage: Any) -> None:
         """A built-in curriculum stage: a mapping of difficulty knobs that fits this grid."""
