@@ -36,14 +36,14 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
     patch = patch_size_of(cfg.data, spec) if cfg.model.type == "vit-gpt2" else 1
 
-    from .models import build_policy
+    from .models import build_agent
 
     def measure_model() -> tuple[int, int]:
         from .preflight import activation_elements_per_sample
 
         try:
             with torch.device("meta"):
-                policy = build_policy(cfg.model, spec, action_space, patch)
+                policy = build_agent(cfg, spec, action_space, patch)
         except ValueError as e:
             raise ConfigError(str(e) if str(e).startswith("model") else f"model: {e}") from None
         return sum(p.numel() for p in policy.parameters()), activation_elements_per_sample(policy, spec)
@@ -51,13 +51,13 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
     if cfg.algo.type == "bc":  # before memory: a dataset that cannot fill one minibatch is the first problem
         check_demos_fit(cfg, spec, action_space)
     check_memory(cfg, spec, measure_model)
-    check_finetune_names(cfg.finetune, lambda: build_policy(cfg.model, spec, action_space, patch))
+    check_finetune_names(cfg.finetune, lambda: build_agent(cfg, spec, action_space, patch))
     if inference_batches:
         check_inference_memory(cfg, spec, measure_model, inference_batches)
     if cfg.teacher is not None and not evaluating:
         source_run(cfg, "teacher")
     if cfg.init_from is not None and not resuming and not evaluating:
-        check_init_from_fits(source_run(cfg, "init_from"), lambda: build_policy(cfg.model, spec, action_space, patch))
+        check_init_from_fits(source_run(cfg, "init_from"), lambda: build_agent(cfg, spec, action_space, patch))
 
 
 def check_finetune_names(settings, build) -> None:
