@@ -3,7 +3,8 @@ a goal-conditioned low level that acts until it is reached (docs/hierarchical.md
 
 - ``high``: the configured model (vit-gpt2 by default) over the image and the *whole* instruction;
   its actions are the instruction's clauses (``K`` = the most steps an instruction has), masked
-  to the clauses this instruction has. It is asked only at a sub-goal boundary: an episode's
+  to the clauses this instruction has whose step is not done yet (the options' initiation sets:
+  "go to X" is available while X is on the grid). It is asked only at a sub-goal boundary: an episode's
   start, the sub-goal reached (the env's ``progress`` observation moved on), or the low level's
   step budget (``option_steps``) spent.
 - ``low``: the same model over the image and the chosen clause worded as a goto instruction
@@ -51,8 +52,11 @@ class HierarchicalPolicy(nn.Module):
 
     # ------------------------------------------------------------------------ the pieces
     def clause_mask(self, obs: dict) -> torch.Tensor:
-        """(B, K) True for the clauses each instruction has."""
-        return obs["subgoals"][:, :, 0] != self.pad_id
+        """(B, K) True for the clauses the high level may pick: the instruction has them and their step is
+        not done yet (an option's initiation set: "go to X" exists while X is on the grid, and a done
+        step's object has been removed)."""
+        clause = torch.arange(obs["subgoals"].shape[1], device=obs["subgoals"].device)
+        return (obs["subgoals"][:, :, 0] != self.pad_id) & (clause[None, :] >= obs["progress"])
 
     def high_outputs(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The high level's clause logits (absent clauses masked out) and value on `obs`."""
@@ -116,5 +120,5 @@ class HierarchicalPolicy(nn.Module):
     def describe(self, obs: dict, state: torch.Tensor, tokenizer) -> str:
         """The sub-goal env 0 is on, for a GIF caption: "sub-goal 2/3: go to the blue key"."""
         clause = int(state[0, CLAUSE])
-        count = int(self.clause_mask(obs)[0].sum())
+        count = int((obs["subgoals"][0, :, 0] != self.pad_id).sum())
         return f"sub-goal {clause + 1}/{count}: {tokenizer.decode(obs['subgoals'][0, clause])}"
