@@ -429,9 +429,10 @@ class GotoDataConfig(LevelSettings):
         if not self.sequence_steps:
             return
         most = max(self.sequence_steps)
-        if most + self.num_distractors > NUM_OBJECT_KINDS:
-            raise ConfigError(f"data.sequence_steps: {most} steps and {self.num_distractors} distractors need "
-                              f"{most + self.num_distractors} distinct objects; there are {NUM_OBJECT_KINDS}")
+        if MAX_SEQUENCE_STEPS + self.num_distractors > NUM_OBJECT_KINDS:  # levels draw kinds for the longest instruction
+            raise ConfigError(f"data.sequence_steps: up to {MAX_SEQUENCE_STEPS} steps and {self.num_distractors} "
+                              f"distractors need {MAX_SEQUENCE_STEPS + self.num_distractors} distinct objects; "
+                              f"there are {NUM_OBJECT_KINDS}")
         if 1 + most + self.num_distractors + self.num_walls > self.grid_size**2:
             raise ConfigError(f"data.sequence_steps: a {self.grid_size}x{self.grid_size} grid has no room for the agent, "
                               f"{most} targets, {self.num_distractors} distractors and {self.num_walls} walls")

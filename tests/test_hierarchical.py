@@ -56,7 +56,7 @@ def test_the_instruction_its_clauses_and_progress_are_observed():
     obs = env.observation()
     decode = env.tokenizer.decode
     assert decode(obs["mission"][0]) == "go to the red ball , then go to the blue key , then go to the red box"
-    assert [decode(row) for row in obs["subgoals"][0]] == ["go to the red ball", "go to the blue key", "go to the red box"]
+    assert [decode(row) for row in obs["subgoals"][0]] == ["go to the red ball", "go to the blue key", "go to the red box", ""]
     assert int(obs["progress"][0, 0]) == 0 and env.step_fields == ("level_id", "progress")
 
 

@@ -203,7 +203,7 @@ CASES = [
     ("train", ["data=goto-seq", "data.sequence_steps=[2, 5]"], None, "data.sequence_steps.1: expected a step count in [1, 4]"),
     ("train", ["data=goto-seq", "data.sequence_steps=[two]"], None, "data.sequence_steps"),
     ("train", ["data=goto-seq", "data.sequence_steps=[4]", "data.num_distractors=15"], None,
-     "data.sequence_steps: 4 steps and 15 distractors need 19 distinct objects; there are 18"),
+     "data.sequence_steps: up to 4 steps and 15 distractors need 19 distinct objects; there are 18"),
     ("train", ["data=goto-seq", "data.sequence_steps=[4]", "data.grid_size=3", "data.num_distractors=5"], None,
      "data.sequence_steps: a 3x3 grid has no room for the agent, 4 targets, 5 distractors"),
     ("train", ["algo=hierarchical"], None, "algo: algo=hierarchical picks sub-goals of a sequential instruction"),

@@ -20,7 +20,8 @@ Rules:
   (a distractor, or a later target out of order) ends it as a failure, keeping the rewards of the
   steps already done; running out of ``max_steps`` ends it as a failure too (a truncation).
 
-Observations: goto's ``image`` and ``mission`` (the whole instruction), plus ``subgoals`` (K, L):
+Observations (shaped for 4-step instructions whatever ``sequence_steps`` is, so a policy trained on
+2 and 3 steps plays 4-step levels): goto's ``image`` and ``mission`` (the whole instruction), plus ``subgoals`` (K, L):
 each clause of the instruction as a goto instruction's token ids (the sub-goal instructions a
 hierarchical agent's low level reads; rows past the instruction's steps are padding), and
 ``progress`` (1,): the steps done so far (what a hierarchical agent watches for a sub-goal
@@ -71,7 +72,9 @@ class GotoSeqEnv(GotoEnv):
         steps = tuple(int(s) for s in sequence_steps)
         if not steps or min(steps) < 1 or max(steps) > MAX_SEQUENCE_STEPS:
             raise ValueError(f"sequence_steps must be step counts in [1, {MAX_SEQUENCE_STEPS}], got {list(steps)}")
-        self.sequence_steps, self.max_targets = steps, max(steps)
+        # Observation shapes are those of the longest instruction the task has (MAX_SEQUENCE_STEPS), whatever
+        # `sequence_steps` is: a policy trained on 2 and 3 steps plays 4-step levels as they are.
+        self.sequence_steps, self.max_targets = steps, MAX_SEQUENCE_STEPS
         from ..text import WordTokenizer
 
         tokenizer = tokenizer if tokenizer is not None else WordTokenizer()

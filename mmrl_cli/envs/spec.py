@@ -79,9 +79,9 @@ def observation_spec_of(data_cfg, tokenizer=None) -> tuple[dict, ActionSpace]:
         tokens = mission_length(tokenizer, data_cfg.wordings)
         spec = {"image": ((side, side, 3), torch.uint8), "mission": ((tokens,), torch.int64)}
         if data_cfg.sequence_steps:  # the sequential task: the whole instruction, its clauses, the steps done
-            from .goto_seq import sequence_mission_length
+            from .goto_seq import MAX_SEQUENCE_STEPS, sequence_mission_length
 
-            steps = max(data_cfg.sequence_steps)
+            steps = MAX_SEQUENCE_STEPS  # shapes of the longest instruction, whatever sequence_steps is
             spec.update(mission=((sequence_mission_length(tokenizer, data_cfg.wordings, steps),), torch.int64),
                         subgoals=((steps, tokens), torch.int64), progress=((1,), torch.int64))
         return spec, ActionSpace.discrete(len(ACTION_NAMES))
