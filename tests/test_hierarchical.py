@@ -204,28 +204,27 @@ def test_acting_outside_training_keeps_the_chosen_clause_until_a_boundary():
     assert "sub-goal" in policy.describe(obs, state, env.tokenizer)
 
 
-def test_a_cli_run_checkpoints_both_levels_resumes_exactly_and_evaluates(run_mmrl, tmp_path):
+def test_a_cli_run_checkpoints_both_levels_resumes_exactly_and_evaluates(run_mmrl, tmp_path, monkeypatch):
+    from mmrl_cli.cli import main
     from mmrl_cli.trainer import train
 
     args = ["algo=hierarchical", "data=goto-seq", *SMALL, "runs_root=runs", "checkpoint.every_updates=1"]
-    first = run_mmrl("train", *args, "total_steps=128", "run_name=hrl", timeout=120)
+    first = run_mmrl("train", *args, "total_steps=128", "run_name=hrl", timeout=120)  # the console script's path
     assert first.returncode == 0, first.stderr
     (run_dir,) = (tmp_path / "runs").glob("*/*-hrl")
     assert (run_dir / "checkpoints" / "00000002").is_dir()
-    resumed = run_mmrl("train", f"resume={run_dir}", "total_steps=256", timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
+    monkeypatch.chdir(tmp_path)
+    main(["train", f"resume={run_dir}", "total_steps=256"])  # resumed through the CLI, in this process
     weights = load_file(str(run_dir / "model.safetensors"))
     assert any(k.startswith("high.") for k in weights) and any(k.startswith("low.") for k in weights)
 
-    cfg = compose_train_config(args + ["total_steps=256"])
     straight = tmp_path / "straight"
-    train(cfg, straight)
+    train(compose_train_config(args + ["total_steps=256"]), straight)
     expected = load_file(str(straight / "model.safetensors"))
     assert weights.keys() == expected.keys()
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
 
-    evaluated = run_mmrl("eval", f"run={run_dir}", "episodes=6", "gif.episodes=1", "gif.max_steps=10", timeout=120)
-    assert evaluated.returncode == 0, evaluated.stderr
+    main(["eval", f"run={run_dir}", "episodes=6", "gif.episodes=1", "gif.max_steps=10"])
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert results["episodes"] == 6 and (run_dir / "eval" / "episodes.gif").is_file()
 
