@@ -212,6 +212,7 @@ CASES = [
     ("train", ["algo=hierarchical", "data=goto-seq", "algo.low_train=freeze"], None, "algo.low_train: freeze keeps the low level"),
     ("train", ["algo=hierarchical", "data=goto-seq", "algo.low_init_from=/nonexistent/run"], None, "algo.low_init_from"),
     ("train", ["algo=hierarchical", "data=goto-seq", "model.memory=lstm"], None, "model.memory: algo=hierarchical"),
+    ("demos", ["data=goto-seq"], None, "data.sequence_steps: the planner demonstrates one-step goto levels"),
     # --- level samplers and curricula (docs/curriculum.md)
     ("train", ["data.level_sampler=best"], None, "data.level_sampler: expected one of uniform, plr"),
     ("train", ["data.level_sampler=plr"], None, "data.num_train_levels: data.level_sampler=plr replays a finite set"),
