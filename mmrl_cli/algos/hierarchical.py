@@ -88,7 +88,7 @@ class OptionCollector:
         policy.eval()
         obs = self.obs
         closed: list[dict] = []  # the options that ended, one group per step, in time order
-        queries = in_order = 0
+        queries, in_order = 0, torch.zeros((), dtype=torch.int64, device=self.state.device)  # summed on the device
         levels = getattr(env, "level_control", None)
         for t in range(self.n_steps):
             # 1. Sub-goal boundaries: close the open options there, let the high level choose the next.
@@ -105,7 +105,7 @@ class OptionCollector:
                 self.open_options(index, chosen, clause, logprob, value.float(), policy.clause_mask(chosen))
                 self.state = policy.started(obs, self.state, index, clause)
                 queries += len(index)
-                in_order += int((clause == chosen["progress"][:, 0]).sum())
+                in_order += (clause == chosen["progress"][:, 0]).sum()
             # 2. The low level moves towards the chosen clause's object.
             clause = self.state[:, CLAUSE].long()
             low_obs = policy.low_inputs(obs, clause)
@@ -137,7 +137,7 @@ class OptionCollector:
         with self.autocast():
             buffer.last_value.copy_(policy.low(policy.low_inputs(obs, self.state[:, CLAUSE].long()))[1].float())
         self.obs = obs
-        stats = {"high_queries": float(queries), "high_in_order": in_order / queries if queries else float("nan")}
+        stats = {"high_queries": float(queries), "high_in_order": int(in_order) / queries if queries else float("nan")}
         return buffer, self.high_batch(closed, stats), stats
 
     def close_options(self, index: torch.Tensor, next_value: torch.Tensor) -> dict | None:
@@ -327,8 +327,8 @@ class Hierarchical(Algorithm):
 
 
 def prefixed(metrics: dict[str, float], level: str) -> dict[str, float]:
-    """A level's metrics renamed: ``loss_x`` -> ``loss_<level>_x`` (still summed by nothing: logged as
-    ``losses/<level>_x``), anything else -> ``<level>_x``."""
+    """A level's metrics renamed for the monitor: ``loss_x`` -> ``loss_<level>_x`` (TensorBoard
+    ``losses/<level>_x``), anything else -> ``<level>_x`` (``update/<level>_x``)."""
     return {(f"loss_{level}_{k[5:]}" if k.startswith("loss_") else f"{level}_{k}"): v for k, v in metrics.items()}
 
 
