@@ -391,9 +391,9 @@ class GotoDataConfig(LevelSettings):
 
     def check(self) -> None:
         self.check_levels()
-        self.check_sequence()
         for index, stage in enumerate(self.curriculum_stages):
             self.check_stage(index, stage)
+        self.check_sequence()
         one_of("data", self, "wordings", ("fixed", "paraphrase"))
         positive("data", self, "grid_size", "max_steps", "tile_size")
         non_negative("data", self, "num_distractors", "num_walls", "num_train_levels")
@@ -429,13 +429,17 @@ class GotoDataConfig(LevelSettings):
         if not self.sequence_steps:
             return
         most = max(self.sequence_steps)
-        if MAX_SEQUENCE_STEPS + self.num_distractors > NUM_OBJECT_KINDS:  # levels draw kinds for the longest instruction
-            raise ConfigError(f"data.sequence_steps: up to {MAX_SEQUENCE_STEPS} steps and {self.num_distractors} "
-                              f"distractors need {MAX_SEQUENCE_STEPS + self.num_distractors} distinct objects; "
-                              f"there are {NUM_OBJECT_KINDS}")
-        if 1 + most + self.num_distractors + self.num_walls > self.grid_size**2:
-            raise ConfigError(f"data.sequence_steps: a {self.grid_size}x{self.grid_size} grid has no room for the agent, "
-                              f"{most} targets, {self.num_distractors} distractors and {self.num_walls} walls")
+        stages = [("data.sequence_steps", {}), *((f"data.curriculum_stages.{i}", stage)
+                                                  for i, stage in enumerate(self.curriculum_stages))]
+        for key, stage in stages:  # the task's own settings, and every curriculum stage's
+            distractors = stage.get("num_distractors", self.num_distractors)
+            walls = stage.get("num_walls", self.num_walls)
+            if MAX_SEQUENCE_STEPS + distractors > NUM_OBJECT_KINDS:  # levels draw kinds for the longest instruction
+                raise ConfigError(f"{key}: up to {MAX_SEQUENCE_STEPS} steps and {distractors} distractors need "
+                                  f"{MAX_SEQUENCE_STEPS + distractors} distinct objects; there are {NUM_OBJECT_KINDS}")
+            if 1 + most + distractors + walls > self.grid_size**2:
+                raise ConfigError(f"{key}: a {self.grid_size}x{self.grid_size} grid has no room for the agent, "
+                                  f"{most} targets, {distractors} distractors and {walls} walls")
 
     def check_stage(self, index: int, stage: Any) -> None:
         """A built-in curriculum stage: a mapping of difficulty knobs that fits this grid."""
