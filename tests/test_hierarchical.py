@@ -91,12 +91,12 @@ def test_a_later_target_first_ends_the_episode_as_a_failure():
 
 def test_partial_progress_keeps_its_reward_but_is_no_success():
     env = env_with()
-    rewards, infos = play(env, [RIGHT, RIGHT, LEFT, LEFT, DOWN, DOWN, DOWN, DOWN])  # the red ball, then the distractor
+    _, infos = play(env, [RIGHT, RIGHT, LEFT, LEFT, DOWN, DOWN, DOWN, DOWN])  # the red ball, then the distractor
     terminated, _, info = infos[-1]
     assert terminated and not bool(info["success"][0])
     assert float(info["episode_return"][0]) == pytest.approx(step_reward(2))
     env = env_with(max_steps=4)
-    rewards, infos = play(env, [RIGHT, RIGHT, LEFT, LEFT])  # out of time after one step of three
+    _, infos = play(env, [RIGHT, RIGHT, LEFT, LEFT])  # out of time after one step of three
     terminated, truncated, info = infos[-1]
     assert truncated and not terminated and not bool(info["success"][0])
     assert float(info["episode_return"][0]) == pytest.approx(step_reward(2, max_steps=4))
@@ -160,7 +160,7 @@ def count_high_rows(policy):
 
 def test_the_high_level_is_asked_only_at_sub_goal_boundaries():
     torch.manual_seed(0)
-    cfg, env, policy = agent(n_envs=6)
+    _, env, policy = agent(n_envs=6)
     collector = OptionCollector(env, policy, 24, torch.device("cpu"), 0, contextlib.nullcontext, 0.99, 0.95)
     calls = count_high_rows(policy)
     rollout, high, stats = collector.collect()
@@ -177,7 +177,7 @@ def test_the_high_level_is_asked_only_at_sub_goal_boundaries():
 
 
 def test_an_option_ends_when_its_step_budget_is_spent():
-    cfg, env, policy = agent(n_envs=1, overrides=["algo.option_steps=3"])
+    _, env, policy = agent(n_envs=1, overrides=["algo.option_steps=3"])
     policy.low.forward = lambda obs: (torch.tensor([[9.0, 0.0, 0.0, 0.0]]), torch.zeros(1))  # always "up": never arrives
     collector = OptionCollector(env, policy, 10, torch.device("cpu"), 0, contextlib.nullcontext, 0.99, 0.95)
     env.set_level(0, ["A.r..", ".....", "..B..", ".....", "y...0"], STEPS[:2])  # after the collector's reset
@@ -190,14 +190,14 @@ def test_an_option_ends_when_its_step_budget_is_spent():
 
 
 def test_acting_outside_training_keeps_the_chosen_clause_until_a_boundary():
-    cfg, env, policy = agent(n_envs=1, overrides=["algo.option_steps=2"])
+    _, env, policy = agent(n_envs=1, overrides=["algo.option_steps=2"])
     policy.eval()
     obs = env.observation()
     state, starts = policy.initial_state(1, "cpu"), torch.ones(1)
     calls = count_high_rows(policy)
     with torch.inference_mode():
         for _ in range(4):
-            params, value, state = policy.step(env.observation(), state, starts)
+            _, _, state = policy.step(env.observation(), state, starts)
             starts = torch.zeros(1)
     assert len(calls) == 2  # at the start, then when the 2-step budget was spent
     assert bool(policy.clause_mask(obs)[0, int(state[0, CLAUSE])])
@@ -232,7 +232,7 @@ def test_a_cli_run_checkpoints_both_levels_resumes_exactly_and_evaluates(run_mmr
 def test_the_gif_names_the_chosen_sub_goal():
     from mmrl_cli.gif import record_episodes
 
-    cfg, env, policy = agent(n_envs=1)
+    cfg, _, policy = agent(n_envs=1)
     episodes = record_episodes(policy, cfg, torch.device("cpu"), "validation", 1, True, 0, 6)
     notes = episodes[0]["notes"]
     assert len(notes) == len(episodes[0]["frames"]) and all(n.startswith("sub-goal ") for n in notes[1:])

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from . import wordings as wording
-from .goto import EMPTY, NUM_OBJECT_KINDS, OBJECT_BASE, GotoEnv, _hash32, level_random, mission_length, object_code
+from .goto import EMPTY, NUM_OBJECT_KINDS, OBJECT_BASE, GotoEnv, _hash32, level_random, object_code
 
 # How clauses are joined: the fixed wording, training paraphrases, held-out paraphrases (new-wordings).
 FIXED_JOINER = ", then "
