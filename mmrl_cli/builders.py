@@ -19,7 +19,7 @@ import torch
 
 from .config import TrainConfig
 from .envs import make_env
-from .models import build_policy
+from .models import build_agent
 from .models.patches import default_patch_size
 from .text import tokenizer_for
 
@@ -93,7 +93,7 @@ def build_policy_from(cfg: TrainConfig, env, device: torch.device, source: Path 
     from .checkpoint import CheckpointError, load_model
     from .compress.structure import adopt_saved_structure
 
-    policy = build_policy(cfg.model, env.observation_spec, env.action_spec, patch_size_for(env))
+    policy = build_agent(cfg, env.observation_spec, env.action_spec, patch_size_for(env))
     if source is not None:
         adopt_saved_structure(policy, source)
         try:
@@ -169,7 +169,7 @@ def policy_for_weights(cfg: TrainConfig, weights: Path, device: torch.device) ->
 
     env = make_env(cfg.data, 1, device, cfg.seed, "train", tokenizer_for(cfg.model))
     try:
-        policy = build_policy(cfg.model, env.observation_spec, env.action_spec, patch_size_for(env))
+        policy = build_agent(cfg, env.observation_spec, env.action_spec, patch_size_for(env))
     finally:
         if hasattr(env, "close"):
             env.close()

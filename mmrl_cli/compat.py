@@ -36,14 +36,14 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
         raise ConfigError(f"model: model={cfg.model.type} needs image observations, but data gives {sorted(spec)} (try model=mlp)")
     patch = patch_size_of(cfg.data, spec) if cfg.model.type == "vit-gpt2" else 1
 
-    from .models import build_policy
+    from .models import build_agent
 
     def measure_model() -> tuple[int, int]:
         from .preflight import activation_elements_per_sample
 
         try:
             with torch.device("meta"):
-                policy = build_policy(cfg.model, spec, action_space, patch)
+                policy = build_agent(cfg, spec, action_space, patch)
         except ValueError as e:
             raise ConfigError(str(e) if str(e).startswith("model") else f"model: {e}") from None
         return sum(p.numel() for p in policy.parameters()), activation_elements_per_sample(policy, spec)
@@ -51,13 +51,15 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
     if cfg.algo.type == "bc":  # before memory: a dataset that cannot fill one minibatch is the first problem
         check_demos_fit(cfg, spec, action_space)
     check_memory(cfg, spec, measure_model)
-    check_finetune_names(cfg.finetune, lambda: build_policy(cfg.model, spec, action_space, patch))
+    check_finetune_names(cfg.finetune, lambda: build_agent(cfg, spec, action_space, patch))
     if inference_batches:
         check_inference_memory(cfg, spec, measure_model, inference_batches)
     if cfg.teacher is not None and not evaluating:
         source_run(cfg, "teacher")
+    if getattr(cfg.algo, "low_init_from", None) is not None and not resuming and not evaluating:
+        check_low_init_from(cfg, lambda: build_agent(cfg, spec, action_space, patch).low)
     if cfg.init_from is not None and not resuming and not evaluating:
-        check_init_from_fits(source_run(cfg, "init_from"), lambda: build_policy(cfg.model, spec, action_space, patch))
+        check_init_from_fits(source_run(cfg, "init_from"), lambda: build_agent(cfg, spec, action_space, patch))
 
 
 def check_finetune_names(settings, build) -> None:
@@ -79,6 +81,28 @@ def check_finetune_names(settings, build) -> None:
         lora_targets(policy, list(settings.lora_targets))
         for selection in settings.lora_train_also:
             selected(policy, selection, "finetune.lora_train_also")
+
+
+def check_low_init_from(cfg: TrainConfig, build_low) -> None:
+    """ConfigError (naming `algo.low_init_from`) unless it names a trained run whose policy fits the
+    hierarchical agent's low level (`build_low()`, on torch's meta device): a data=goto run of the same
+    model, grid, tile size and wordings."""
+    import torch
+
+    from .checkpoint import CheckpointError, check_model_fits
+    from .runs import load_run_checkpoint
+
+    run = load_run_checkpoint(cfg.algo.low_init_from, cfg.runs_root, "latest", "algo.low_init_from")
+    if run.typed.algo.type == "hierarchical" or getattr(run.typed.data, "sequence_steps", None):
+        raise ConfigError(f"algo.low_init_from: {run.run_dir} is a run on the sequential task; give a data=goto run "
+                          f"(its policy becomes the low level)")
+    with torch.device("meta"):
+        low = build_low()
+    try:
+        check_model_fits(run.checkpoint_dir / "model.safetensors", low)
+    except CheckpointError as e:
+        raise ConfigError(f"algo.low_init_from: {e}; train it with data=goto and this run's model, grid_size, "
+                          f"tile_size and wordings") from None
 
 
 def check_init_from_fits(run, build) -> None:

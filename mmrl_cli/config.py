@@ -168,6 +168,52 @@ class BCConfig:
             raise ConfigError(f"algo.fraction: expected a fraction in (0, 1], got {self.fraction}")
 
 
+LOW_TRAINING = ("finetune", "freeze")
+
+
+@dataclass
+class HierarchicalConfig(PPOConfig):
+    """Hierarchical RL on the sequential task (algos/hierarchical.py, docs/hierarchical.md).
+
+    PPO's keys train the low level (on its own transitions: one per env step, rewarded for reaching
+    its sub-goal); the ``high_*`` keys train the high level (on its own transitions: one per option,
+    discounted over the option's elapsed steps, an SMDP); ``clip_range``, ``clip_value``,
+    ``vf_coef``, ``max_grad_norm``, ``normalize_advantages``, ``adam_eps`` and the schedules serve both.
+    """
+
+    type: str = "hierarchical"
+    option_steps: int = 16          # the low level's step budget per sub-goal; then the high level chooses again
+    high_lr: float = 1e-3
+    high_gamma: float = 0.99        # per env step: an option of t steps discounts what follows by high_gamma ** t
+    high_gae_lambda: float = 0.95   # over consecutive options of an env
+    high_ent_coef: float = 0.01
+    high_n_epochs: int = 4
+    high_batch_size: int = 256      # options per minibatch (a rollout's options, however many, in minibatches of this size)
+    low_init_from: Optional[str] = None  # a trained data=goto run (same model) whose policy starts the low level
+    low_train: str = "finetune"     # finetune | freeze: the low level trains with PPO, or acts as loaded
+
+    def check(self) -> None:
+        super().check()
+        between("algo", self, "option_steps", 1, 10**6)
+        positive("algo", self, "high_lr", "high_n_epochs", "high_batch_size")
+        between("algo", self, "high_n_epochs", 1, 1000)
+        between("algo", self, "high_gamma", 0.0, 1.0)
+        between("algo", self, "high_gae_lambda", 0.0, 1.0)
+        non_negative("algo", self, "high_ent_coef")
+        one_of("algo", self, "low_train", LOW_TRAINING)
+        if self.low_train == "freeze" and self.low_init_from is None:
+            raise ConfigError("algo.low_train: freeze keeps the low level as loaded: give algo.low_init_from=<goto run dir>")
+
+    def level(self, which: str) -> PPOConfig:
+        """The PPO settings of one level: ``low`` (PPO's keys) or ``high`` (with the ``high_*`` keys)."""
+        settings = {f.name: getattr(self, f.name) for f in fields(PPOConfig)}
+        settings["type"] = "ppo"
+        if which == "high":
+            settings.update(lr=self.high_lr, gamma=self.high_gamma, gae_lambda=self.high_gae_lambda,
+                            ent_coef=self.high_ent_coef, n_epochs=self.high_n_epochs, batch_size=self.high_batch_size)
+        return PPOConfig(**settings)
+
+
 # -------------------------------------------------------------------------------- model
 # Every model takes `memory` (none | lstm | gru: a recurrent core between its features and its
 # actor-critic heads, see docs/memory.md) and `memory_size` (that core's hidden size).
@@ -341,11 +387,13 @@ class GotoDataConfig(LevelSettings):
     num_walls: int = 0
     num_train_levels: int = 0
     wordings: str = "fixed"
+    sequence_steps: list[int] = field(default_factory=list)  # [] goto; step counts of sequential instructions (envs/goto_seq.py)
 
     def check(self) -> None:
         self.check_levels()
         for index, stage in enumerate(self.curriculum_stages):
             self.check_stage(index, stage)
+        self.check_sequence()
         one_of("data", self, "wordings", ("fixed", "paraphrase"))
         positive("data", self, "grid_size", "max_steps", "tile_size")
         non_negative("data", self, "num_distractors", "num_walls", "num_train_levels")
@@ -367,6 +415,31 @@ class GotoDataConfig(LevelSettings):
                 f"to keep training, validation and held-out levels apart"
             )
 
+
+    def check_sequence(self) -> None:
+        """`sequence_steps` (the sequential task): step counts in [1, 4], each of whose levels fits the grid
+        (the agent, every target, the distractors, the walls) with distinct objects for targets and distractors."""
+        from .envs.goto import NUM_OBJECT_KINDS
+        from .envs.goto_seq import MAX_SEQUENCE_STEPS
+
+        for index, steps in enumerate(self.sequence_steps):
+            if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_SEQUENCE_STEPS:
+                raise ConfigError(f"data.sequence_steps.{index}: expected a step count in [1, {MAX_SEQUENCE_STEPS}], "
+                                  f"got {steps!r}")
+        if not self.sequence_steps:
+            return
+        most = max(self.sequence_steps)
+        stages = [("data.sequence_steps", {}), *((f"data.curriculum_stages.{i}", stage)
+                                                  for i, stage in enumerate(self.curriculum_stages))]
+        for key, stage in stages:  # the task's own settings, and every curriculum stage's
+            distractors = stage.get("num_distractors", self.num_distractors)
+            walls = stage.get("num_walls", self.num_walls)
+            if MAX_SEQUENCE_STEPS + distractors > NUM_OBJECT_KINDS:  # levels draw kinds for the longest instruction
+                raise ConfigError(f"{key}: up to {MAX_SEQUENCE_STEPS} steps and {distractors} distractors need "
+                                  f"{MAX_SEQUENCE_STEPS + distractors} distinct objects; there are {NUM_OBJECT_KINDS}")
+            if 1 + most + distractors + walls > self.grid_size**2:
+                raise ConfigError(f"{key}: a {self.grid_size}x{self.grid_size} grid has no room for the agent, "
+                                  f"{most} targets, {distractors} distractors and {walls} walls")
 
     def check_stage(self, index: int, stage: Any) -> None:
         """A built-in curriculum stage: a mapping of difficulty knobs that fits this grid."""
@@ -681,6 +754,31 @@ class TrainConfig:
         self.check_compression_sources()
         self.check_level_sampling()
         self.check_a3c()
+        self.check_hierarchical()
+
+    def check_hierarchical(self) -> None:
+        """The hierarchical agent plays the sequential task with two memoryless policies of one model, on
+        one process, without a training-time compression method, PLR or fine-tuning settings (its low
+        level's are `algo.low_train`)."""
+        if self.algo.type != "hierarchical":
+            return
+        if self.data.type != "goto" or not self.data.sequence_steps:
+            raise ConfigError("algo: algo=hierarchical picks sub-goals of a sequential instruction: use data=goto-seq "
+                              "(or data.sequence_steps=[2, 3])")
+        if getattr(self.model, "memory", "none") != "none":
+            raise ConfigError("model.memory: algo=hierarchical carries the option state itself; use model.memory=none")
+        if self.hardware.distributed:
+            raise ConfigError("hardware.nproc: algo=hierarchical trains on one process; use hardware.nproc=1 hardware.nnodes=1")
+        if self.hardware.compile:
+            raise ConfigError("hardware.compile: algo=hierarchical runs its two policies eagerly; use hardware.compile=false")
+        if self.compression.type != "none" or self.teacher is not None or self.init_from is not None:
+            raise ConfigError("compression: algo=hierarchical trains with compression=none and no teacher or init_from "
+                              "(start its low level from a goto run with algo.low_init_from=<run dir>)")
+        if self.data.level_sampler != "uniform":
+            raise ConfigError("data.level_sampler: algo=hierarchical does not score levels for plr; use data.level_sampler=uniform")
+        if self.finetune != FinetuneConfig():
+            raise ConfigError("finetune: algo=hierarchical takes no finetune settings (freeze its low level with "
+                              "algo.low_train=freeze)")
 
     def check_level_sampling(self) -> None:
         """PLR scores levels from the GAE advantages of an RL update: behaviour cloning plays no levels
@@ -784,7 +882,7 @@ class EvalCommandConfig:
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "algo": {"ppo": PPOConfig, "a2c": A2CConfig, "a3c": A3CConfig, "bc": BCConfig},
+    "algo": {"ppo": PPOConfig, "a2c": A2CConfig, "a3c": A3CConfig, "bc": BCConfig, "hierarchical": HierarchicalConfig},
     "model": {"vit-gpt2": VitGpt2Config, "cnn": CnnConfig, "mlp": MlpConfig},
     "data": {"goto": GotoDataConfig, "cartpole": CartPoleDataConfig, "gym": GymDataConfig},
     "compression": {"none": NoCompression, "kickstart": KickstartCompression, "distill": DistillCompression,

@@ -146,9 +146,11 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
     generator.manual_seed(seed)
     recorded = []
     recurrent = bool(getattr(policy, "recurrent", False))
+    describe = getattr(policy, "describe", None)  # a hierarchical agent names its current sub-goal
+    tokenizer = tokenizer_for(cfg.model)
     for _ in range(episodes):
         session.new_episode()
-        caption, frames, rewards = session.caption(), [session.picture()], []
+        caption, frames, rewards, notes = session.caption(), [session.picture()], [], [""]
         done, success = False, False
         if recurrent:  # a recurrent policy starts each episode from the zero state
             state, starts = policy.initial_state(1, device), torch.ones(1, device=device)
@@ -159,6 +161,8 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
                     starts = torch.zeros(1, device=device)
                 else:
                     params, _ = policy(session.obs)
+            if describe is not None:
+                notes.append(describe(session.obs, state, tokenizer))  # the sub-goal this step works towards
             dist = policy.distribution(params)
             picture, reward, done, success = session.step(dist.to_env(act(dist, deterministic, generator)))
             frames.append(picture)
@@ -169,7 +173,8 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
             outcome = f"return {sum(rewards):.2f} in {len(rewards)} steps"
         else:
             outcome = "success" if success else "failed"
-        recorded.append({"caption": caption, "frames": frames, "rewards": rewards, "outcome": outcome})
+        recorded.append({"caption": caption, "frames": frames, "rewards": rewards, "outcome": outcome,
+                         "notes": notes if describe is not None else None})
     return recorded
 
 
@@ -191,7 +196,7 @@ def frame_bytes(data_cfg, observation_spec: dict) -> int:
     else:
         height = width = MIN_SIDE
     scale = max(1, math.ceil(MIN_SIDE / max(height, width)))
-    return 3 * height * width + 4 * (width * scale) * (height * scale + 2 * BAND)
+    return 3 * height * width + 4 * (width * scale) * (height * scale + 3 * BAND)  # up to two lines above
 
 
 def _font(size: int):
@@ -201,17 +206,19 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def annotate(picture: np.ndarray, top: str, bottom: str) -> Image.Image:
-    """The picture upscaled to at least MIN_SIDE pixels, with text bands above and below."""
+def annotate(picture: np.ndarray, top: str, bottom: str, lines: int = 1) -> Image.Image:
+    """The picture upscaled to at least MIN_SIDE pixels, with text bands above (`lines` lines of
+    text: a hierarchical agent's sub-goal under the instruction) and below."""
     height, width = picture.shape[:2]
     scale = max(1, math.ceil(MIN_SIDE / max(height, width)))
     image = Image.fromarray(picture).resize((width * scale, height * scale), Image.NEAREST)
-    canvas = Image.new("RGB", (image.width, image.height + 2 * BAND), (24, 24, 24))
-    canvas.paste(image, (0, BAND))
+    top_band = BAND + (lines - 1) * (BAND - 6)
+    canvas = Image.new("RGB", (image.width, image.height + top_band + BAND), (24, 24, 24))
+    canvas.paste(image, (0, top_band))
     draw = ImageDraw.Draw(canvas)
     font = _font(13)
-    draw.text((6, 4), top, fill=(255, 255, 255), font=font)
-    draw.text((6, image.height + BAND + 4), bottom, fill=(220, 220, 120), font=font)
+    draw.multiline_text((6, 4), top, fill=(255, 255, 255), font=font, spacing=3)
+    draw.text((6, image.height + top_band + 4), bottom, fill=(220, 220, 120), font=font)
     return canvas
 
 
@@ -225,7 +232,9 @@ def write_gif(episodes: list[dict], path: Path, fps: int) -> None:
                 total += episode["rewards"][step - 1]
             bottom = f"episode {number}/{len(episodes)}  step {step}  return {total:.2f}"
             last = step == len(episode["frames"]) - 1
-            frame = annotate(picture, episode["caption"], f"{bottom}  {episode['outcome']}" if last else bottom)
+            notes = episode.get("notes")
+            top = f"{episode['caption']}\n{notes[step]}" if notes else episode["caption"]  # + the chosen sub-goal
+            frame = annotate(picture, top, f"{bottom}  {episode['outcome']}" if last else bottom, lines=2 if notes else 1)
             frames.extend([frame] * (fps if last else 1))  # hold the outcome for a second
     tmp = temp_path(path)
     frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)

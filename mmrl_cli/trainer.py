@@ -98,7 +98,8 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
     # Train steps of the run (resumed: the steps left, in steps of this run's size; the rank count may have changed).
     saved = checked_state(resume_from)["progress"] if resume_from is not None else None
     total_updates = algo_class.planned_updates(cfg, dist.world_size, saved)
-    algo = algo_class.build(Setup(cfg, env, policy, device, autocast, total_updates, dist.seed(cfg.seed), teacher))
+    algo = algo_class.build(Setup(cfg, env, policy, device, autocast, total_updates, dist.seed(cfg.seed), teacher,
+                                  resuming=resume_from is not None))
     algo.seed(cfg.seed)
     if dist.enabled:  # every rank starts from rank 0's weights, then draws its own random streams
         for module in algo.modules().values():

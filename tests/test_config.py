@@ -44,6 +44,11 @@ def test_every_group_option_composes_and_validates(group):
             with pytest.raises(ConfigError, match="^(teacher|init_from): compression="):
                 validate(composed(*overrides))
             continue
+        if group == "algo" and option == "hierarchical":
+            # It picks sub-goals of sequential instructions: tests/test_hierarchical.py trains it.
+            with pytest.raises(ConfigError, match="^algo: algo=hierarchical"):
+                validate(composed(*overrides))
+            overrides.append("data=goto-seq")
         if group == "algo" and option == "bc":
             # It needs a demonstration dataset: tests/test_bc.py trains it on one.
             with pytest.raises(ConfigError, match="^algo.demos: required"):

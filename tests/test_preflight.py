@@ -14,6 +14,8 @@ def config_with(group: str, option: str) -> TrainConfig:
     """The default TrainConfig with `group` set to `option`'s defaults (a fresh object each call)."""
     cfg = TrainConfig()
     setattr(cfg, group, GROUP_SCHEMAS[group][option]())
+    if group == "algo" and option == "hierarchical":  # it plays the sequential task only
+        cfg.data = GROUP_SCHEMAS["data"]["goto"](sequence_steps=[2, 3])
     if group == "compression":  # methods that need a trained run only check that one is named
         cfg.teacher = "runs/teacher" if option in ("kickstart", "distill") else None
         cfg.init_from = "runs/teacher" if option == "lowrank" else None
@@ -46,7 +48,7 @@ def set_key(cfg, key: str, value) -> None:
     for part in path:
         obj = getattr(obj, part)
     current = getattr(obj, name)
-    setattr(obj, name, [value] * len(current) if isinstance(current, list) else value)
+    setattr(obj, name, [value] * max(1, len(current)) if isinstance(current, list) else value)  # an empty list gets one
 
 
 def check_all(cfg) -> None:

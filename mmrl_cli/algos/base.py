@@ -55,6 +55,7 @@ class Setup:
     total_updates: int  # train steps the run makes
     seed: int  # this rank's seed
     teacher: nn.Module | None = None  # a frozen policy to learn from (compression=distill/kickstart)
+    resuming: bool = False  # a checkpoint's weights and state follow (weights a fresh start loads are not needed)
 
 
 class Algorithm:

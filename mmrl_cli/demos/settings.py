@@ -55,6 +55,9 @@ class DemosConfig:
         if self.data.type not in EXPERT_DATA:
             raise ConfigError(f"data: no expert for data={self.data.type} (experts: the shortest-path planner of "
                               "data=goto, the BabyAI bot of data=gym with a BabyAI level id)")
+        if getattr(self.data, "sequence_steps", None):
+            raise ConfigError("data.sequence_steps: the planner demonstrates one-step goto levels; the sequential task "
+                              "has no expert yet (use data=goto)")
         self.data.check()
         self.check_level_range()
         self.check_out()

@@ -11,6 +11,7 @@ import torch
 
 from .cartpole import CartPoleEnv
 from .goto import GotoEnv
+from .goto_seq import GotoSeqEnv
 from .gym_adapter import GymVectorEnv, UnsupportedEnvError
 from .gym_api import GotoGymEnv, GotoVectorEnv, register
 
@@ -34,6 +35,13 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
     The built-in task keeps the splits apart by level content (see envs/goto.py); the others
     by seed range (`split_seed`). Reset it with ``seed=split_seed(...)``, never the bare seed.
     """
+    if data_cfg.type == "goto" and data_cfg.sequence_steps:  # the sequential task (envs/goto_seq.py)
+        return GotoSeqEnv(
+            num_envs, sequence_steps=tuple(data_cfg.sequence_steps), grid_size=data_cfg.grid_size,
+            num_distractors=data_cfg.num_distractors, max_steps=data_cfg.max_steps, tile_size=data_cfg.tile_size,
+            num_walls=data_cfg.num_walls, num_train_levels=data_cfg.num_train_levels, split=split, device=device,
+            seed=seed, wordings=data_cfg.wordings, tokenizer=tokenizer,
+        )
     if data_cfg.type == "goto":
         return GotoEnv(
             num_envs, grid_size=data_cfg.grid_size, num_distractors=data_cfg.num_distractors,
@@ -61,4 +69,4 @@ def gym_levels(data_cfg, split: str) -> dict:
     return {"num_train_levels": data_cfg.num_train_levels, "stage_ids": stages}
 
 
-__all__ = ["SPLIT_SEED_OFFSETS", "split_seed", "CartPoleEnv", "GotoEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]
+__all__ = ["SPLIT_SEED_OFFSETS", "split_seed", "CartPoleEnv", "GotoEnv", "GotoSeqEnv", "GotoGymEnv", "GotoVectorEnv", "GymVectorEnv", "UnsupportedEnvError", "make_env"]

@@ -378,6 +378,17 @@ class GotoEnv:
         balls are colour initials in lowercase (``r g b p y e`` = red, green, blue, purple,
         yellow, grey), keys the same in uppercase, boxes the digits ``0``-``5`` by colour.
         """
+        cells, agent = self.parse_level(rows)
+        code = object_code(*target)
+        level = {
+            "cells": cells, "agent": agent, "target": torch.tensor([code], device=self.device),
+            "mission": self.mission_table[code - OBJECT_BASE][None], "level_id": torch.tensor([-1], device=self.device),
+            "image": self.render(cells, agent),
+        }
+        self.load_levels(torch.tensor([env], device=self.device), level)
+
+    def parse_level(self, rows: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cells (1, g, g), agent (1, 2)) of a hand-written map (the characters of `set_level`)."""
         g = self.grid_size
         if len(rows) != g or any(len(r) != g for r in rows):
             raise ValueError(f"level must be {g} rows of {g} characters")
@@ -400,14 +411,7 @@ class GotoEnv:
                     raise ValueError(f"unknown level character {ch!r}")
         if agent is None:
             raise ValueError("level has no agent 'A'")
-        code = object_code(*target)
-        cells, agent = cells[None].to(self.device), torch.tensor([agent], device=self.device)
-        level = {
-            "cells": cells, "agent": agent, "target": torch.tensor([code], device=self.device),
-            "mission": self.mission_table[code - OBJECT_BASE][None], "level_id": torch.tensor([-1], device=self.device),
-            "image": self.render(cells, agent),
-        }
-        self.load_levels(torch.tensor([env], device=self.device), level)
+        return cells[None].to(self.device), torch.tensor([agent], device=self.device)
 
     # ----------------------------------------------------------------------- gym-style API
     def reset(self, seed: int | None = None, level_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -78,6 +78,12 @@ def observation_spec_of(data_cfg, tokenizer=None) -> tuple[dict, ActionSpace]:
         side = data_cfg.grid_size * data_cfg.tile_size
         tokens = mission_length(tokenizer, data_cfg.wordings)
         spec = {"image": ((side, side, 3), torch.uint8), "mission": ((tokens,), torch.int64)}
+        if data_cfg.sequence_steps:  # the sequential task: the whole instruction, its clauses, the steps done
+            from .goto_seq import MAX_SEQUENCE_STEPS, sequence_mission_length
+
+            steps = MAX_SEQUENCE_STEPS  # shapes of the longest instruction, whatever sequence_steps is
+            spec.update(mission=((sequence_mission_length(tokenizer, data_cfg.wordings, steps),), torch.int64),
+                        subgoals=((steps, tokens), torch.int64), progress=((1,), torch.int64))
         return spec, ActionSpace.discrete(len(ACTION_NAMES))
     if data_cfg.type == "cartpole":
         return {"vector": ((4,), torch.float32)}, ActionSpace.discrete(2)

@@ -17,6 +17,7 @@ from ..distributions import ActionSpace
 from .mlp import MlpPolicy
 from .cnn import CnnPolicy
 from .vit_gpt2 import VitGpt2Policy
+from .hierarchical import HierarchicalPolicy
 
 MODELS = {"vit-gpt2": VitGpt2Policy, "cnn": CnnPolicy, "mlp": MlpPolicy}
 
@@ -30,3 +31,12 @@ def build_policy(model_cfg, observation_spec: dict, action_space: ActionSpace | 
     if model_cfg.type == "vit-gpt2":
         return VitGpt2Policy(model_cfg, observation_spec, action_space, patch_size)
     return MODELS[model_cfg.type](model_cfg, observation_spec, action_space)
+
+
+def build_agent(cfg, observation_spec: dict, action_space: ActionSpace | int, patch_size: int = 8) -> torch.nn.Module:
+    """The policy a run of train config `cfg` acts with: under ``algo=hierarchical`` the two levels of
+    `HierarchicalPolicy` (each a `build_policy` of ``cfg.model``), else `build_policy` of ``cfg.model``."""
+    if cfg.algo.type == "hierarchical":
+        return HierarchicalPolicy(cfg.model, observation_spec, action_space, patch_size, cfg.algo.option_steps,
+                                  build_policy)
+    return build_policy(cfg.model, observation_spec, action_space, patch_size)
