@@ -82,6 +82,17 @@ def transforms_of(cfg: TrainConfig) -> list[str]:
     return []
 
 
+def fresh_policy(cfg: TrainConfig, observation_spec: dict, action_space, patch: int) -> torch.nn.Module:
+    """A randomly initialised policy of a run: `cfg.model`'s, or for `algo=dreamer` the Dreamer agent
+    (world model, actor, critic) with `cfg.model`'s encoder reading the observations."""
+    policy = build_policy(cfg.model, observation_spec, action_space, patch)
+    if cfg.algo.type == "dreamer":
+        from .models.dreamer import DreamerAgent
+
+        return DreamerAgent(cfg.algo, policy, observation_spec, action_space)
+    return policy
+
+
 def build_policy_from(cfg: TrainConfig, env, device: torch.device, source: Path | None = None,
                       transforms: list[str] = (), towers_if_heads_differ: bool = False) -> tuple[torch.nn.Module, dict]:
     """The policy pipeline: a fresh policy for `cfg.model` and `env`'s spaces (pretrained towers
@@ -93,7 +104,7 @@ def build_policy_from(cfg: TrainConfig, env, device: torch.device, source: Path 
     from .checkpoint import CheckpointError, load_model
     from .compress.structure import adopt_saved_structure
 
-    policy = build_policy(cfg.model, env.observation_spec, env.action_spec, patch_size_for(env))
+    policy = fresh_policy(cfg, env.observation_spec, env.action_spec, patch_size_for(env))
     if source is not None:
         adopt_saved_structure(policy, source)
         try:
@@ -169,7 +180,7 @@ def policy_for_weights(cfg: TrainConfig, weights: Path, device: torch.device) ->
 
     env = make_env(cfg.data, 1, device, cfg.seed, "train", tokenizer_for(cfg.model))
     try:
-        policy = build_policy(cfg.model, env.observation_spec, env.action_spec, patch_size_for(env))
+        policy = fresh_policy(cfg, env.observation_spec, env.action_spec, patch_size_for(env))
     finally:
         if hasattr(env, "close"):
             env.close()

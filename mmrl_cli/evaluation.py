@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .distributions import act
+from .distributions import act, remember_action
 from .envs.spec import eval_envs
 from .builders import autocast_for, load_policy, pick_device
 from .checkpoint import write_text_atomic
@@ -85,9 +85,10 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
             else:
                 params, _ = policy(obs)
         dist = policy.distribution(params)
-        obs, _, terminated, truncated, info = env.step(dist.to_env(act(dist, deterministic, generator)))
+        actions = act(dist, deterministic, generator)
+        obs, _, terminated, truncated, info = env.step(dist.to_env(actions))
         if recurrent:
-            state, starts = state.float(), (terminated | truncated).float()
+            state, starts = remember_action(policy, state.float(), actions), (terminated | truncated).float()
         index = info["done_index"]
         if not len(index):
             continue

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .distributions import act
+from .distributions import act, remember_action
 from .checkpoint import publish, temp_path
 from .config import TrainConfig
 from .envs import make_env, split_seed
@@ -160,7 +160,10 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
                 else:
                     params, _ = policy(session.obs)
             dist = policy.distribution(params)
-            picture, reward, done, success = session.step(dist.to_env(act(dist, deterministic, generator)))
+            actions = act(dist, deterministic, generator)
+            if recurrent:
+                state = remember_action(policy, state.float(), actions)
+            picture, reward, done, success = session.step(dist.to_env(actions))
             frames.append(picture)
             rewards.append(reward)
         if not done:

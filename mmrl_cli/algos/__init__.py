@@ -13,11 +13,12 @@ from .a3c import A3C
 from .bc import BC
 from .base import Algorithm, AlgorithmFault, OnPolicy, Setup
 from .distill import Distill
+from .dreamer import Dreamer
 from .ppo import PPO
 
 # "distill" is chosen by compression=distill (it learns from a teacher, not from rewards) and
 # reads its settings from the compression section.
-ALGOS = {"ppo": PPO, "a2c": A2C, "a3c": A3C, "bc": BC, "distill": Distill}
+ALGOS = {"ppo": PPO, "a2c": A2C, "a3c": A3C, "bc": BC, "distill": Distill, "dreamer": Dreamer}
 
 
 def algorithm_name(cfg) -> str:
