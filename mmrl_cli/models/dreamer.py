@@ -180,8 +180,10 @@ class WorldModel(nn.Module):
         self.encoder = encoder
         with torch.no_grad():
             sample = zeros_like_spec(observation_spec)
-            embed = encoder.features(sample).shape[-1]
+            features = encoder.features(sample).shape[-1]
             target = observation_target(sample).shape[-1]
+        self.embed_net = mlp(features, settings.hidden_size, settings.hidden_size, layers=1)
+        embed = settings.hidden_size
         self.rssm = RSSM(embed, action_size, settings.deter_size, settings.stoch_size, settings.classes,
                          settings.hidden_size, settings.unimix)
         features = settings.deter_size + self.rssm.stoch_size
@@ -191,8 +193,11 @@ class WorldModel(nn.Module):
         self.feature_size = features
 
     def embed(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The encoder's features of a batch of observations."""
-        return self.encoder.features(obs)
+        """The embedding of a batch of observations: the encoder's features (of symlog vectors, as
+        DreamerV3 feeds them) through one more layer."""
+        if "vector" in obs:
+            obs = {**obs, "vector": symlog(obs["vector"].float())}
+        return self.embed_net(self.encoder.features(obs))
 
     def observe(self, embeds: torch.Tensor, prev_actions: torch.Tensor, is_first: torch.Tensor,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -235,7 +240,9 @@ class DreamerAgent(nn.Module):
         self.action_size = self.space.param_size
         if getattr(encoder, "memory", None) is not None:
             raise ValueError("model.memory: algo=dreamer's RSSM is the memory: use model.memory=none")
-        del encoder.heads  # only the encoder's features are used
+        for unused in ("heads", "layers"):  # only `features` is used: not the heads (nor the MLP policy's hidden layers)
+            if hasattr(encoder, unused):
+                delattr(encoder, unused)
         self.world_model = WorldModel(encoder, observation_spec, self.action_size, settings)
         features = self.world_model.feature_size
         self.actor = mlp(features, settings.hidden_size, self.action_size)
