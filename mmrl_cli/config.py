@@ -205,7 +205,7 @@ class DreamerConfig:
     unimix: float = 0.01              # uniform mix of the latent categoricals
 
     def check(self) -> None:
-        between("algo", self, "replay_size", 1, 2**40)
+        between("algo", self, "replay_size", 1, 2**31 - 1)
         non_negative("algo", self, "learning_starts")
         positive("algo", self, "train_ratio", "lr", "actor_lr", "critic_lr", "max_grad_norm")
         between("algo", self, "train_ratio", 0.0, 1000.0)  # updates per env step; more is a typo that would hang
