@@ -829,6 +829,7 @@ class GifConfig:
     episodes: int = 3
     fps: int = 6
     max_steps: int = 100
+    imagined: int = 0  # algo=dreamer: the decoder's view beside each frame, open loop after this many steps (0: off)
 
     MAX_EPISODES = 64  # a GIF is watched: more episodes than this make a file nobody plays through
     MAX_FPS = 100      # GIF frame delays are whole hundredths of a second: 10 ms is the shortest
@@ -837,6 +838,7 @@ class GifConfig:
         between("gif", self, "episodes", 0, self.MAX_EPISODES)
         between("gif", self, "fps", 1, self.MAX_FPS)
         positive("gif", self, "max_steps")  # the frames it keeps are checked against memory (preflight)
+        between("gif", self, "imagined", 0, 1_000_000)
 
 
 @dataclass

@@ -146,7 +146,8 @@ def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, t
     if eval_cfg.gif.episodes:
         try:
             episodes = record_episodes(policy, train_cfg, device, eval_cfg.split, eval_cfg.gif.episodes,
-                                       eval_cfg.deterministic, seed, eval_cfg.gif.max_steps, autocast)
+                                       eval_cfg.deterministic, seed, eval_cfg.gif.max_steps, autocast,
+                                       eval_cfg.gif.imagined)
             write_gif(episodes, out_dir / "episodes.gif", eval_cfg.gif.fps)
             results["gif"] = str(out_dir / "episodes.gif")
         except GifUnavailable as e:

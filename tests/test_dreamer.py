@@ -146,9 +146,13 @@ def test_a_cli_run_checkpoints_resumes_exactly_and_evaluates(tmp_path, monkeypat
     assert full_metrics == half_metrics
     assert any("loss_kl_dynamics" in row and "loss_policy" in row for row in full_metrics)
     # mmrl eval plays the agent, carrying its latent state through episodes
-    main(["eval", f"run={full}", "episodes=3", "gif.episodes=1", "gif.max_steps=5"])
+    main(["eval", f"run={full}", "episodes=3", "gif.episodes=1", "gif.max_steps=5", "gif.imagined=2"])
     results = json.loads((full / "eval" / "results.json").read_text())
     assert results["episodes"] == 3 and results["return_mean"] > 0 and (full / "eval" / "episodes.gif").exists()
+    from PIL import Image
+
+    with Image.open(full / "eval" / "episodes.gif") as gif:  # the decoder's view beside the real frame
+        assert gif.width > 2 * 240 and gif.n_frames >= 2
 
 
 def test_save_replay_false_refills_and_says_so(tmp_path, monkeypatch, capsys):

@@ -364,6 +364,8 @@ CASES = [
     ("eval", ["run=/nonexistent"], None, "run: /nonexistent does not exist"),
     ("eval", ["run=emptydir"], empty_dir, "is not an mmrl run directory"),
     ("eval", ["run=myrun", "checkpoint=nope"], None, "checkpoint: expected 'latest' or a checkpoint name"),
+    ("eval", ["run=myrun", "gif.imagined=3"], None, "gif.imagined: only a world-model run (algo=dreamer) imagines frames"),
+    ("eval", ["run=myrun", "gif.imagined=-1"], None, "gif.imagined: expected an integer in [0, "),
     ("eval", ["run=myrun", "checkpoint=../../etc"], None, "checkpoint: expected 'latest' or a checkpoint name"),
     ("eval", ["run=myrun", "checkpoint=00000099"], None, "no checkpoint '00000099'"),
     ("eval", ["run=myrun", "episodes=0"], None, "episodes: expected a finite value > 0"),

@@ -113,6 +113,26 @@ def observation_target(obs: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def split_target(target: torch.Tensor, observation_spec: dict) -> dict[str, torch.Tensor]:
+    """`observation_target`'s rows (B, D) back in observation terms, per key: ``vector`` (symexp'd),
+    ``image`` (B, h, w, 3) in [0, 1] at the pooled size, ``grid`` (B, H, W, C) ids as floats."""
+    out, start = {}, 0
+    if "vector" in observation_spec:
+        size = observation_spec["vector"][0][0]
+        out["vector"] = symexp(target[:, start : start + size])
+        start += size
+    if "image" in observation_spec:
+        height, width, channels = observation_spec["image"][0]
+        height, width = min(height, DECODED_SIDE), min(width, DECODED_SIDE)
+        size = height * width * channels
+        out["image"] = target[:, start : start + size].reshape(-1, channels, height, width).permute(0, 2, 3, 1).clamp(0, 1)
+        start += size
+    if "grid" in observation_spec:
+        shape = observation_spec["grid"][0]
+        out["grid"] = target[:, start:].reshape(-1, *shape) * GRID_SCALE
+    return out
+
+
 def zeros_like_spec(observation_spec: dict, batch: int = 1) -> dict[str, torch.Tensor]:
     """A batch of all-zero observations of an observation spec (for measuring widths)."""
     return {name: torch.zeros((batch, *shape), dtype=dtype) for name, (shape, dtype) in observation_spec.items()}
@@ -309,6 +329,19 @@ class DreamerAgent(nn.Module):
         starts = torch.ones(len(next(iter(obs.values()))), device=self.critic.bins.device)
         params, value, _ = self.step(obs, self.initial_state(len(starts), starts.device), starts)
         return params, value
+
+    def imagine_next(self, state: torch.Tensor) -> torch.Tensor:
+        """The state one imagined step later (no observation: the prior's mode), from a state with the
+        action taken written in (`remember_action`); the action part is kept."""
+        h, z, action = self.split_state(state)
+        h = self.world_model.rssm.deterministic(h, z, action)
+        z = self.world_model.rssm.mode(self.world_model.rssm.prior(h))
+        return torch.cat([h, z, action], dim=-1)
+
+    def decode_state(self, state: torch.Tensor) -> torch.Tensor:
+        """The decoder's view (`observation_target` rows) of acting states."""
+        h, z, _ = self.split_state(state)
+        return self.decode(torch.cat([h, z], dim=-1))
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """The decoder's reconstruction of `observation_target` from model states' features."""
