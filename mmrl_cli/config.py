@@ -778,8 +778,8 @@ class TrainConfig:
         if self.hardware.distributed:
             raise ConfigError("hardware.nproc: algo=dreamer trains on one rank; use hardware.nproc=1 hardware.nnodes=1")
         if self.compression.type != "none":
-            raise ConfigError(f"compression: algo=dreamer trains with compression=none only (distil a trained dreamer run "
-                              f"with mmrl compress: docs/dreamer.md), got compression={self.compression.type}")
+            raise ConfigError(f"compression: algo=dreamer trains with compression=none only (docs/dreamer.md), "
+                              f"got compression={self.compression.type}")
         if getattr(self.model, "memory", "none") != "none":
             raise ConfigError(f"model.memory: algo=dreamer's world model is the memory (its RSSM): use model.memory=none, "
                               f"got {self.model.memory}")

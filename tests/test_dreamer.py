@@ -131,7 +131,7 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("config.yaml") if (p.parent / "checkpoints").is_dir())
 
 
-def test_a_cli_run_checkpoints_resumes_exactly_and_evaluates(tmp_path, monkeypatch):
+def test_a_cli_run_checkpoints_resumes_exactly_and_evaluates(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["train", *TINY_RUN, "total_steps=160", "runs_root=full", "run_name=full"])
     main(["train", *TINY_RUN, "total_steps=96", "runs_root=half", "run_name=half"])
@@ -153,6 +153,10 @@ def test_a_cli_run_checkpoints_resumes_exactly_and_evaluates(tmp_path, monkeypat
 
     with Image.open(full / "eval" / "episodes.gif") as gif:  # the decoder's view beside the real frame
         assert gif.width > 2 * 240 and gif.n_frames >= 2
+    # a dreamer agent cannot teach yet (docs/dreamer.md): one line, exit 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "compression=distill", f"teacher={full}", "compression.batch_size=32"])
+    assert exit_info.value.code == 2 and "is a dreamer agent" in capsys.readouterr().err
 
 
 def test_save_replay_false_refills_and_says_so(tmp_path, monkeypatch, capsys):

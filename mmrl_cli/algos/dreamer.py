@@ -106,7 +106,9 @@ class Dreamer(Algorithm):
         self.actor_gradient = self.gradient_step(actor, settings.actor_lr, 1e-5)
         self.critic_gradient = self.gradient_step(critic, settings.critic_lr, 1e-5)
         spec = env.observation_spec
-        self.replay = SequenceReplay(settings.replay_size, env.num_envs, spec, agent.action_size, device, seed + 1)
+        # In host memory (what the pre-flight check measures), whatever the training device; batches move to it.
+        self.replay = SequenceReplay(settings.replay_size, env.num_envs, spec, agent.action_size, torch.device("cpu"),
+                                     seed + 1)
         self.generator = torch.Generator(device=device)  # world-model samples and imagined actions
         self.generator.manual_seed(seed + 2)
         self.action_rng = torch.Generator(device=device)  # the actions played in the env
@@ -181,7 +183,7 @@ class Dreamer(Algorithm):
         """One world-model update, one imagination, one actor and one critic update (module docstring)."""
         settings, agent = self.settings, self.policy
         agent.train()
-        batch = self.replay.sample(settings.batch_size, settings.seq_len)
+        batch = to_device(self.replay.sample(settings.batch_size, settings.seq_len), self.device)
         with self.autocast():
             world_terms, states = world_model_loss(agent, batch, settings, self.generator)
         world_ok = self.world_gradient.step(world_terms, None)
@@ -283,6 +285,11 @@ class Dreamer(Algorithm):
             self.state = self.policy.initial_state(self.env.num_envs, self.device)
             self.episode_starts = torch.ones(self.env.num_envs, device=self.device)
             self.replay.add_first(self.obs, self.policy.action_size)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A sampled batch (nested dicts of tensors) on `device`."""
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 class Parts(torch.nn.Module):

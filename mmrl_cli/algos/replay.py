@@ -65,18 +65,21 @@ class SequenceReplay:
         """Every env's first observation after a reset."""
         envs = torch.arange(self.num_envs, device=self.device)
         zeros = torch.zeros(self.num_envs, device=self.device)
-        self.write(envs, obs, torch.zeros(self.num_envs, action_size), zeros, zeros.bool() | True, zeros.bool())
+        self.write(envs, obs, torch.zeros(self.num_envs, action_size), zeros, torch.ones_like(zeros, dtype=torch.bool),
+                   torch.zeros_like(zeros, dtype=torch.bool))
 
     def add_step(self, actions: torch.Tensor, obs: dict[str, torch.Tensor], reward: torch.Tensor, terminated: torch.Tensor,
                  truncated: torch.Tensor, info: dict) -> None:
         """One env step of every env: `actions` (as the world model reads them, (N, A)) led to `obs`,
         `reward`; where an episode ended, its final observation first, then the reset one as a first row."""
         envs = torch.arange(self.num_envs, device=self.device)
-        done = (terminated | truncated).to(self.device)
+        actions, reward = actions.to(self.device, torch.float32), reward.to(self.device, torch.float32)
+        terminated, truncated = terminated.to(self.device), truncated.to(self.device)
+        done = terminated | truncated
         if "final_obs" in info and len(info["done_index"]):
             index = info["done_index"].to(self.device)
             self.write(index, info["final_obs"], actions[index], reward[index], torch.zeros_like(index, dtype=torch.bool),
-                       terminated.to(self.device)[index])
+                       terminated[index])
         keep = (~done).float().unsqueeze(-1)
         self.write(envs, obs, actions * keep, reward * (~done).float(), done, torch.zeros_like(done))
 
