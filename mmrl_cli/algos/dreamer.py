@@ -135,6 +135,7 @@ class Dreamer(Algorithm):
 
     @property
     def gradients(self) -> list:
+        """The world model's, the actor's and the critic's `GradientStep`s."""
         return [self.world_gradient, self.actor_gradient, self.critic_gradient]
 
     def seed(self, seed: int) -> None:
@@ -228,6 +229,7 @@ class Dreamer(Algorithm):
         return metrics
 
     def take_episodes(self) -> list:
+        """(returns, lengths, successes) of the training episodes finished since the last call."""
         episodes, self.episodes = self.episodes, []
         return episodes
 

@@ -106,6 +106,7 @@ class SequenceReplay:
         return out
 
     def __len__(self) -> int:
+        """Rows held, all envs together."""
         return int(self.filled.sum())
 
     def state_dict(self, with_rows: bool = True) -> dict:

@@ -64,6 +64,7 @@ class TwoHot(nn.Module):
         self.register_buffer("bins", torch.linspace(-BIN_RANGE, BIN_RANGE, BINS), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits over the bins (no softmax)."""
         return self.net(features)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
