@@ -29,6 +29,15 @@ TINY_RUN = ["algo=dreamer", "data=cartpole", "model=mlp", *SMALL, "rollout.n_env
             "checkpoint.every_updates=2"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one torch thread is fastest (and several are very slow on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_setup(*overrides, seed: int = 0):
     """A Dreamer algorithm on 2 CartPole envs (or what `overrides` say) with a tiny agent."""
     torch.manual_seed(seed)
@@ -56,7 +65,7 @@ def test_world_model_losses_decrease_on_a_fixed_dataset():
     agent = algo.policy
     generator = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(40):
+    for _ in range(30):
         terms, _ = world_model_loss(agent, batch, cfg.algo, generator)
         losses.append({k: float(v.detach()) for k, v in terms.items()})
         algo.world_gradient.step(terms, None)
