@@ -51,6 +51,10 @@ def check_compatible(cfg: TrainConfig, resuming: bool = False, evaluating: bool 
     if cfg.algo.type == "bc":  # before memory: a dataset that cannot fill one minibatch is the first problem
         check_demos_fit(cfg, spec, action_space)
     check_memory(cfg, spec, measure_model)
+    if cfg.algo.type == "dreamer":  # the replay buffer: allocated in full when the run starts
+        from .algos.dreamer import check_replay_fits
+
+        check_replay_fits(cfg, spec, action_space)
     check_finetune_names(cfg.finetune, lambda: build_agent(cfg, spec, action_space, patch))
     if inference_batches:
         check_inference_memory(cfg, spec, measure_model, inference_batches)

@@ -214,6 +214,62 @@ class HierarchicalConfig(PPOConfig):
         return PPOConfig(**settings)
 
 
+@dataclass
+class DreamerConfig:
+    """Model-based RL with a learned world model (DreamerV3-like); see algos/dreamer.py and docs/dreamer.md.
+
+    A train step plays ``rollout.n_envs x rollout.n_steps`` env steps; `train_ratio` gradient
+    updates per env step follow (each: the world model on `batch_size` sequences of `seq_len`
+    steps, then the actor and critic on `horizon`-step imagined rollouts). ``model`` is the
+    observation encoder (its features); the RSSM and heads are sized here.
+    """
+
+    type: str = "dreamer"
+    replay_size: int = 100_000        # rows the replay buffer holds (all envs together); checked against memory
+    save_replay: bool = True          # save the buffer with checkpoints (exact resume); false: refill on resume
+    learning_starts: int = 1_000      # env steps played before the first update
+    train_ratio: float = 0.25         # gradient updates per env step (fractions accumulate)
+    batch_size: int = 16              # replayed sequences per update
+    seq_len: int = 64                 # steps per replayed sequence
+    horizon: int = 15                 # imagination horizon (steps)
+    lr: float = 3e-4                  # world-model learning rate
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-4
+    max_grad_norm: float = 100.0      # gradient-norm clip of each of the three optimisers
+    gamma: float = 0.99
+    lam: float = 0.95                 # lambda of the imagined lambda-returns
+    ent_coef: float = 3e-4            # actor entropy bonus (on normalised returns)
+    return_decay: float = 0.99        # EMA decay of the return scale (95th - 5th percentile)
+    slow_critic_tau: float = 0.02     # slow critic's step towards the critic per update
+    free_bits: float = 1.0            # KL below this many nats is not penalised
+    dyn_scale: float = 0.5            # weight of KL(sg(post) || prior)
+    rep_scale: float = 0.1            # weight of KL(post || sg(prior))
+    deter_size: int = 256             # GRU state
+    stoch_size: int = 16              # categorical latent variables
+    classes: int = 16                 # classes per latent variable
+    hidden_size: int = 256            # width of every MLP of the world model, actor and critic
+    unimix: float = 0.01              # uniform mix of the latent categoricals
+
+    def check(self) -> None:
+        between("algo", self, "replay_size", 1, 2**31 - 1)
+        non_negative("algo", self, "learning_starts")
+        positive("algo", self, "train_ratio", "lr", "actor_lr", "critic_lr", "max_grad_norm")
+        between("algo", self, "train_ratio", 0.0, 1000.0)  # updates per env step; more is a typo that would hang
+        between("algo", self, "batch_size", 1, 2**16)
+        between("algo", self, "seq_len", 2, 10_000)
+        between("algo", self, "horizon", 1, 1_000)
+        between("algo", self, "gamma", 0.0, 1.0)
+        between("algo", self, "lam", 0.0, 1.0)
+        non_negative("algo", self, "ent_coef", "free_bits", "dyn_scale", "rep_scale")
+        between("algo", self, "return_decay", 0.0, 1.0)
+        between("algo", self, "slow_critic_tau", 0.0, 1.0)
+        between("algo", self, "deter_size", 1, 65_536)
+        between("algo", self, "stoch_size", 1, 4_096)
+        between("algo", self, "classes", 2, 4_096)
+        between("algo", self, "hidden_size", 1, 65_536)
+        between("algo", self, "unimix", 0.0, 0.5)
+
+
 # -------------------------------------------------------------------------------- model
 # Every model takes `memory` (none | lstm | gru: a recurrent core between its features and its
 # actor-critic heads, see docs/memory.md) and `memory_size` (that core's hidden size).
@@ -745,7 +801,7 @@ class TrainConfig:
         # this size and the gradients are averaged (CleanRL's multi-GPU PPO does the same).
         for section in ("algo", "compression"):  # PPO's minibatch; distillation's (BC's comes from a dataset)
             batch_size = getattr(getattr(self, section), "batch_size", None)
-            if getattr(self, section).type == "bc":
+            if getattr(self, section).type in ("bc", "dreamer"):  # BC: a dataset's; Dreamer: replayed sequences
                 continue
             if batch_size is not None and batch_size > self.steps_per_update:
                 raise ConfigError(f"{section}.batch_size: expected at most rollout.n_envs * rollout.n_steps = "
@@ -755,6 +811,7 @@ class TrainConfig:
         self.check_level_sampling()
         self.check_a3c()
         self.check_hierarchical()
+        self.check_dreamer()
 
     def check_hierarchical(self) -> None:
         """The hierarchical agent plays the sequential task with two memoryless policies of one model, on
@@ -781,12 +838,12 @@ class TrainConfig:
                               "algo.low_train=freeze)")
 
     def check_level_sampling(self) -> None:
-        """PLR scores levels from the GAE advantages of an RL update: behaviour cloning plays no levels
-        and distillation computes no advantages."""
+        """PLR scores levels from the GAE advantages of an RL update: behaviour cloning plays no levels,
+        distillation computes no advantages, and Dreamer's are of imagined trajectories, not of levels."""
         if getattr(self.data, "level_sampler", "uniform") != "plr":
             return
-        if self.algo.type == "bc" or self.compression.type == "distill":
-            what = "algo=bc" if self.algo.type == "bc" else "compression=distill"
+        if self.algo.type in ("bc", "dreamer") or self.compression.type == "distill":
+            what = f"algo={self.algo.type}" if self.algo.type in ("bc", "dreamer") else "compression=distill"
             raise ConfigError(f"data.level_sampler: plr scores levels by the advantages of an RL update, which {what} "
                               f"does not compute; use data.level_sampler=uniform")
 
@@ -809,6 +866,28 @@ class TrainConfig:
         if getattr(self.data, "level_sampler", "uniform") != "uniform" or getattr(self.data, "curriculum", "none") != "none":
             raise ConfigError("data.level_sampler: algo=a3c workers play their own envs, which the trainer's level "
                               "sampler and curriculum do not reach; use data.level_sampler=uniform data.curriculum=none")
+
+    def check_dreamer(self) -> None:
+        """Dreamer's agent is its own recurrent model (the RSSM): one rank, no training-time compression
+        method, a memoryless encoder, no fine-tuning transforms, and a replay ring per env that holds
+        at least one sequence."""
+        if self.algo.type != "dreamer":
+            return
+        if self.hardware.distributed:
+            raise ConfigError("hardware.nproc: algo=dreamer trains on one rank; use hardware.nproc=1 hardware.nnodes=1")
+        if self.compression.type != "none":
+            raise ConfigError(f"compression: algo=dreamer trains with compression=none only (docs/dreamer.md), "
+                              f"got compression={self.compression.type}")
+        if getattr(self.model, "memory", "none") != "none":
+            raise ConfigError(f"model.memory: algo=dreamer's world model is the memory (its RSSM): use model.memory=none, "
+                              f"got {self.model.memory}")
+        if self.finetune != FinetuneConfig():
+            raise ConfigError("finetune: algo=dreamer trains every part of its agent from scratch; leave the finetune "
+                              "section at its defaults")
+        rows = self.algo.replay_size // self.rollout.n_envs
+        if rows < self.algo.seq_len + 1:
+            raise ConfigError(f"algo.replay_size: each of the rollout.n_envs={self.rollout.n_envs} envs gets "
+                              f"{rows} rows, fewer than algo.seq_len + 1 = {self.algo.seq_len + 1}")
 
     def check_memory_fits(self) -> None:
         """A recurrent policy (`model.memory`) learns from whole env sequences: PPO's minibatches are
@@ -848,6 +927,7 @@ class GifConfig:
     episodes: int = 3
     fps: int = 6
     max_steps: int = 100
+    imagined: int = 0  # algo=dreamer: the decoder's view beside each frame, open loop after this many steps (0: off)
 
     MAX_EPISODES = 64  # a GIF is watched: more episodes than this make a file nobody plays through
     MAX_FPS = 100      # GIF frame delays are whole hundredths of a second: 10 ms is the shortest
@@ -856,6 +936,7 @@ class GifConfig:
         between("gif", self, "episodes", 0, self.MAX_EPISODES)
         between("gif", self, "fps", 1, self.MAX_FPS)
         positive("gif", self, "max_steps")  # the frames it keeps are checked against memory (preflight)
+        between("gif", self, "imagined", 0, 1_000_000)
 
 
 @dataclass
@@ -882,7 +963,8 @@ class EvalCommandConfig:
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "algo": {"ppo": PPOConfig, "a2c": A2CConfig, "a3c": A3CConfig, "bc": BCConfig, "hierarchical": HierarchicalConfig},
+    "algo": {"ppo": PPOConfig, "a2c": A2CConfig, "a3c": A3CConfig, "bc": BCConfig, "dreamer": DreamerConfig,
+             "hierarchical": HierarchicalConfig},
     "model": {"vit-gpt2": VitGpt2Config, "cnn": CnnConfig, "mlp": MlpConfig},
     "data": {"goto": GotoDataConfig, "cartpole": CartPoleDataConfig, "gym": GymDataConfig},
     "compression": {"none": NoCompression, "kickstart": KickstartCompression, "distill": DistillCompression,

@@ -161,3 +161,11 @@ def sample_actions(dist, deterministic: bool = False,
     log-probabilities: what a rollout stores."""
     actions = act(dist, deterministic, generator)
     return actions, dist.log_prob(actions)
+
+
+def remember_action(policy, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """A recurrent policy's state after acting: unchanged, or with the action just taken written in for a
+    policy whose state holds it (``policy.remember_action``: a world model's latent state needs the
+    previous action at its next step, `algo=dreamer`)."""
+    hook = getattr(policy, "remember_action", None)
+    return state if hook is None else hook(state, actions)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .distributions import act
+from .distributions import act, remember_action
 from .envs.spec import eval_envs
 from .builders import autocast_for, load_policy, pick_device
 from .checkpoint import write_text_atomic
@@ -85,9 +85,10 @@ def evaluate(policy, cfg: TrainConfig, device: torch.device, split: str, episode
             else:
                 params, _ = policy(obs)
         dist = policy.distribution(params)
-        obs, _, terminated, truncated, info = env.step(dist.to_env(act(dist, deterministic, generator)))
+        actions = act(dist, deterministic, generator)
+        obs, _, terminated, truncated, info = env.step(dist.to_env(actions))
         if recurrent:
-            state, starts = state.float(), (terminated | truncated).float()
+            state, starts = remember_action(policy, state.float(), actions), (terminated | truncated).float()
         index = info["done_index"]
         if not len(index):
             continue
@@ -145,7 +146,8 @@ def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, t
     if eval_cfg.gif.episodes:
         try:
             episodes = record_episodes(policy, train_cfg, device, eval_cfg.split, eval_cfg.gif.episodes,
-                                       eval_cfg.deterministic, seed, eval_cfg.gif.max_steps, autocast)
+                                       eval_cfg.deterministic, seed, eval_cfg.gif.max_steps, autocast,
+                                       eval_cfg.gif.imagined)
             write_gif(episodes, out_dir / "episodes.gif", eval_cfg.gif.fps)
             results["gif"] = str(out_dir / "episodes.gif")
         except GifUnavailable as e:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .distributions import act
+from .distributions import act, remember_action
 from .checkpoint import publish, temp_path
 from .config import TrainConfig
 from .envs import make_env, split_seed
@@ -139,8 +139,14 @@ def draw_cartpole(state: list[float]) -> np.ndarray:
 
 @torch.inference_mode()
 def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, episodes: int, deterministic: bool,
-                    seed: int, max_steps: int, autocast=contextlib.nullcontext) -> list[dict]:
-    """Play `episodes` episodes (at most `max_steps` steps recorded each); keep their frames."""
+                    seed: int, max_steps: int, autocast=contextlib.nullcontext, imagined: int = 0) -> list[dict]:
+    """Play `episodes` episodes (at most `max_steps` steps recorded each); keep their frames.
+
+    `imagined` > 0 (a world-model policy: ``imagine_next`` and ``decode_state``, `algo=dreamer`): each
+    frame shows the decoder's view beside the real one: for the first `imagined` steps a one-step
+    prediction from the state that has seen the real observations, then open loop (the prior alone,
+    fed the actions actually taken), so the picture shows what the model imagines the episode becomes.
+    """
     session = GymEpisodes(cfg, device, split, seed) if cfg.data.type == "gym" else BuiltinEpisodes(cfg, device, split, seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
@@ -154,6 +160,7 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
         done, success = False, False
         if recurrent:  # a recurrent policy starts each episode from the zero state
             state, starts = policy.initial_state(1, device), torch.ones(1, device=device)
+        dream = None  # the world model's imagined state (`imagined`)
         while not done and len(rewards) < max_steps:
             with autocast():
                 if recurrent:
@@ -163,8 +170,17 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
                     params, _ = policy(session.obs)
             if describe is not None:
                 notes.append(describe(session.obs, state, tokenizer))  # the sub-goal this step works towards
+            if imagined and len(rewards) == 0:  # the first frame: the decoder's view of the first observation
+                frames[0] = beside(frames[0], decoded_picture(policy, state, session, frames[0]))
             dist = policy.distribution(params)
-            picture, reward, done, success = session.step(dist.to_env(act(dist, deterministic, generator)))
+            actions = act(dist, deterministic, generator)
+            if recurrent:
+                state = remember_action(policy, state.float(), actions)
+            picture, reward, done, success = session.step(dist.to_env(actions))
+            if imagined:
+                source = state if len(rewards) < imagined else remember_action(policy, dream, actions)
+                dream = policy.imagine_next(source)
+                picture = beside(picture, decoded_picture(policy, dream, session, picture))
             frames.append(picture)
             rewards.append(reward)
         if not done:
@@ -173,9 +189,39 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
             outcome = f"return {sum(rewards):.2f} in {len(rewards)} steps"
         else:
             outcome = "success" if success else "failed"
+        if imagined:
+            caption = f"{caption}  |  real : imagined (open loop after {imagined} steps)"
         recorded.append({"caption": caption, "frames": frames, "rewards": rewards, "outcome": outcome,
                          "notes": notes if describe is not None else None})
     return recorded
+
+
+def decoded_picture(policy, state: torch.Tensor, session, like: np.ndarray) -> np.ndarray:
+    """What a world-model policy's decoder makes of `state`, drawn as a picture of `like`'s height:
+    CartPole's sketch of the decoded state; a decoded (pooled) RGB image upscaled; a decoded symbolic
+    grid's ids as grey levels (the agent's view, not the renderer's picture)."""
+    from .models.dreamer import split_target
+
+    spec = {name: (tuple(value.shape[1:]), value.dtype) for name, value in session.obs.items()}
+    decoded = split_target(policy.decode_state(state.float()).float(), spec)
+    if "image" in decoded:
+        picture = (decoded["image"][0].cpu().numpy() * 255).round().astype(np.uint8)
+    elif "grid" in decoded:
+        ids = decoded["grid"][0].cpu().numpy()
+        picture = np.clip(ids / 10.0 * 255, 0, 255).round().astype(np.uint8)[..., :3]
+        picture = np.pad(picture, ((0, 0), (0, 0), (0, 3 - picture.shape[2])))
+    else:
+        picture = draw_cartpole(decoded["vector"][0].tolist())
+    height = like.shape[0]
+    scale = height / picture.shape[0]
+    image = Image.fromarray(picture).resize((max(1, round(picture.shape[1] * scale)), height), Image.NEAREST)
+    return np.asarray(image)
+
+
+def beside(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Two pictures of the same height side by side, a white 2-pixel line between them."""
+    line = np.full((left.shape[0], 2, 3), 255, dtype=np.uint8)
+    return np.concatenate([left[..., :3], line, right[..., :3]], axis=1)
 
 
 def steps_recorded(data_cfg, max_steps: int) -> int:

@@ -13,12 +13,14 @@ from .a3c import A3C
 from .bc import BC
 from .base import Algorithm, AlgorithmFault, OnPolicy, Setup
 from .distill import Distill
+from .dreamer import Dreamer
 from .hierarchical import Hierarchical
 from .ppo import PPO
 
 # "distill" is chosen by compression=distill (it learns from a teacher, not from rewards) and
 # reads its settings from the compression section.
-ALGOS = {"ppo": PPO, "a2c": A2C, "a3c": A3C, "bc": BC, "distill": Distill, "hierarchical": Hierarchical}
+ALGOS = {"ppo": PPO, "a2c": A2C, "a3c": A3C, "bc": BC, "distill": Distill, "dreamer": Dreamer,
+         "hierarchical": Hierarchical}
 
 
 def algorithm_name(cfg) -> str:

@@ -41,6 +41,9 @@ def evaluated_run(typed):
         raise ConfigError("split: new-wordings needs a run on the built-in task with data.wordings=paraphrase "
                           f"(this run: data={run.typed.data.type}"
                           f"{', wordings=' + run.typed.data.wordings if run.typed.data.type == 'goto' else ''})")
+    if typed.gif.imagined and run.typed.algo.type != "dreamer":
+        raise ConfigError(f"gif.imagined: only a world-model run (algo=dreamer) imagines frames; {run.run_dir} is "
+                          f"algo={run.typed.algo.type}")
     check_compatible(run.typed, evaluating=True, inference_batches={"episodes": eval_envs(run.typed.data, typed.episodes)})
     if typed.gif.episodes:
         check_gif_memory(run.typed, typed.gif, observation_spec_of(run.typed.data, tokenizer_for(run.typed.model))[0])

@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..compose import compose_train_config
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..signals import SIGNAL_NAMES
 from .report import finished, method_label, write_report
 from .settings import CompressCommandConfig
@@ -54,6 +54,9 @@ def output_dir(cfg: CompressCommandConfig, teacher_dir: Path) -> Path:
 
 def student_config(cfg: CompressCommandConfig, teacher: TrainConfig, teacher_dir: Path) -> TrainConfig:
     """The student run's config: the teacher's, with the method, the student model and the sources."""
+    if teacher.algo.type == "dreamer":  # the same refusal as `teacher=` in a train config (compress/teacher.py)
+        raise ConfigError(f"teacher: {teacher_dir} is a dreamer agent (a recurrent latent state); a teacher must be "
+                          f"memoryless (docs/dreamer.md: distilling a dreamer run)")
     method = cfg.compression
     model = cfg.model
     if model is None:

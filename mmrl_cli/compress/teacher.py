@@ -48,6 +48,9 @@ def source_run(cfg: TrainConfig, key: str):
         what = "was trained on another env" if key == "teacher" else "has another model"
         raise ConfigError(f"{key}: {run.run_dir} {what} ({different} is {_value(run.typed, different)!r} there, "
                           f"{_value(cfg, different)!r} here)")
+    if key == "teacher" and run.typed.algo.type == "dreamer":  # its labels would need its latent state replayed
+        raise ConfigError(f"teacher: {run.run_dir} is a dreamer agent (a recurrent latent state); a teacher must be "
+                          f"memoryless (docs/dreamer.md: distilling a dreamer run)")
     if key == "init_from" and cfg.compression.type == "lowrank":
         check_factorisable(run, cfg.compression)
     return run

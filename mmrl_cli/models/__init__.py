@@ -17,6 +17,7 @@ from ..distributions import ActionSpace
 from .mlp import MlpPolicy
 from .cnn import CnnPolicy
 from .vit_gpt2 import VitGpt2Policy
+from .dreamer import DreamerAgent
 from .hierarchical import HierarchicalPolicy
 
 MODELS = {"vit-gpt2": VitGpt2Policy, "cnn": CnnPolicy, "mlp": MlpPolicy}
@@ -35,7 +36,12 @@ def build_policy(model_cfg, observation_spec: dict, action_space: ActionSpace | 
 
 def build_agent(cfg, observation_spec: dict, action_space: ActionSpace | int, patch_size: int = 8) -> torch.nn.Module:
     """The policy a run of train config `cfg` acts with: under ``algo=hierarchical`` the two levels of
-    `HierarchicalPolicy` (each a `build_policy` of ``cfg.model``), else `build_policy` of ``cfg.model``."""
+    `HierarchicalPolicy` (each a `build_policy` of ``cfg.model``); under ``algo=dreamer`` the Dreamer
+    agent (world model, actor, critic) reading observations with ``cfg.model``'s encoder; else
+    `build_policy` of ``cfg.model``."""
+    if cfg.algo.type == "dreamer":
+        encoder = build_policy(cfg.model, observation_spec, action_space, patch_size)
+        return DreamerAgent(cfg.algo, encoder, observation_spec, action_space)
     if cfg.algo.type == "hierarchical":
         return HierarchicalPolicy(cfg.model, observation_spec, action_space, patch_size, cfg.algo.option_steps,
                                   build_policy)
