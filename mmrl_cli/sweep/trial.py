@@ -90,16 +90,16 @@ def trial_config(config: SweepConfig, params: list[Param], values: dict, seed: i
 
 
 def parameter_count(cfg: TrainConfig) -> int:
-    """Parameters of the policy `cfg` builds (on the meta device: nothing allocated)."""
+    """Parameters of the agent `cfg` builds (on the meta device: nothing allocated)."""
     import torch
 
     from ..envs.spec import observation_spec_of, patch_size_of
-    from ..models import build_policy
+    from ..models import build_agent
 
     spec, actions = observation_spec_of(cfg.data, tokenizer_for(cfg.model))
     patch = patch_size_of(cfg.data, spec) if cfg.model.type == "vit-gpt2" else 1
     with torch.device("meta"):
-        policy = build_policy(cfg.model, spec, actions, patch)
+        policy = build_agent(cfg, spec, actions, patch)
     return sum(p.numel() for p in policy.parameters())
 
 
