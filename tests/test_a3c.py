@@ -208,6 +208,7 @@ def test_ctrl_c_stops_every_worker_leaves_a_checkpoint_then_resume_continues(tmp
     assert [r["update"] for r in rows[-2:]] == [stopped_at + 1, stopped_at + 2]
 
 
+@pytest.mark.slow  # a second process or a kill/restart cycle: run with -m slow
 def test_a_worker_killed_with_sigkill_is_restarted_then_sigterm_stops_the_run(tmp_path):
     process = start(tmp_path, *LONG)
     wait_for(tmp_path, process, lambda rows: len(rows) >= 2)

@@ -86,6 +86,7 @@ def test_multirun_makes_one_run_per_seed(run_mmrl):
     assert seeds == [1, 2]
 
 
+@pytest.mark.slow  # a second process or a kill/restart cycle: run with -m slow
 def test_shell_completion(run_mmrl):
     out = run_mmrl("-sc", "install=bash")
     assert out.returncode == 0 and "complete" in out.stdout

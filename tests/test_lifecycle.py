@@ -506,6 +506,7 @@ def test_a_failed_checkpoint_write_is_one_line_exit_1_and_resume_is_bit_identica
     assert same_numbers(metrics(run_dir), metrics(cli_reference))
 
 
+@pytest.mark.slow  # a second process or a kill/restart cycle: run with -m slow
 def test_a_second_process_cannot_train_in_a_run_that_is_in_use(tmp_path):
     """While one process trains in a run, resuming it elsewhere is refused with one line naming the
     holder (exit 2); the run's files are untouched by the refused process; once the first process

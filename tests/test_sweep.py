@@ -430,6 +430,7 @@ def test_kill_9_mid_trial_then_rerun_keeps_finished_trials_and_retries_the_kille
     assert (sweep / "trials" / "0000" / "summary.json").stat().st_mtime == finished  # not re-run
 
 
+@pytest.mark.slow  # a second process or a kill/restart cycle: run with -m slow
 def test_two_workers_share_one_journal_study_without_running_a_trial_twice(run_mmrl):
     result = run_mmrl("sweep", *TINY_SWEEP, "hpo.budget.trials=4", "hpo.n_workers=2", "hpo.storage=journal",
                       "hpo.retrain.top_k=0", timeout=300)
