@@ -51,3 +51,40 @@ def mmrl_train(overrides: list[str], runs_root: Path) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
     (run_dir,) = set(runs_root.glob("*/*")) - before
     return json.loads((run_dir / "summary.json").read_text())
+
+
+class FirstSuccess:
+    """A trainer callback: every validation evaluation lands in `curve` as [env steps, wall seconds,
+    success]; the first success >= `target` sets `reached` to (env steps, wall seconds) and, when
+    `stop`, ends the run there."""
+
+    def __init__(self, target: float, stop: bool = True):
+        self.target, self.stop, self.start, self.reached, self.curve = target, stop, time.perf_counter(), None, []
+
+    @property
+    def reached_steps(self) -> int | None:
+        """Env steps of the first evaluation at or above the target (None: not reached)."""
+        return self.reached[0] if self.reached else None
+
+    def on_evaluation(self, progress, results):
+        from mmrl_cli.trainer import StopTraining
+
+        rate = results["validation"]["success_rate"]
+        self.curve.append([progress.steps, time.perf_counter() - self.start, rate])
+        if rate >= self.target and self.reached is None:
+            self.reached = (progress.steps, time.perf_counter() - self.start)
+            if self.stop:
+                raise StopTraining(f"validation success {rate:.3f} >= {self.target}")
+
+
+def heldout_success(run_dir: Path, overrides: list[str], episodes: int = 500, split: str = "heldout") -> float:
+    """Success (argmax actions) of a run's final weights on `episodes` levels of `split` of the task
+    `overrides` describe."""
+    from mmrl_cli.builders import load_policy, pick_device
+    from mmrl_cli.compose import compose_train_config
+    from mmrl_cli.evaluation import evaluate
+
+    cfg = compose_train_config(overrides)
+    device = pick_device(cfg.hardware)
+    policy = load_policy(cfg, run_dir / "model.safetensors", device)
+    return evaluate(policy, cfg, device, split, episodes, True)["success_rate"]

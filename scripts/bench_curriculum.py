@@ -29,12 +29,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_table, write_json  # noqa: E402
+from _common import ROOT, FirstSuccess, heldout_success, print_table, write_json  # noqa: E402
 
-from mmrl_cli.builders import load_policy, pick_device  # noqa: E402
 from mmrl_cli.compose import compose_train_config  # noqa: E402
-from mmrl_cli.evaluation import evaluate  # noqa: E402
-from mmrl_cli.trainer import StopTraining, train  # noqa: E402
+from mmrl_cli.trainer import train  # noqa: E402
 
 TARGET = 0.9
 COMMON = ["monitor.progress=false", "monitor.tensorboard=false", "checkpoint.every_updates=100000"]
@@ -49,38 +47,16 @@ PARTS = {
 STOPS_AT_TARGET = {"curriculum", "babyai"}  # these compare steps to 0.9; plr compares success at equal steps
 
 
-class Curve:
-    """Records validation success at every evaluation; with `stop_at_target`, stops the run at the first
-    validation success >= TARGET."""
-
-    def __init__(self, stop_at_target: bool):
-        self.stop_at_target, self.points, self.reached_at = stop_at_target, [], None
-
-    def on_evaluation(self, progress, results):
-        rate = results["validation"]["success_rate"]
-        self.points.append([progress.steps, rate])
-        if self.stop_at_target and rate >= TARGET and self.reached_at is None:
-            self.reached_at = progress.steps
-            raise StopTraining(f"validation success {rate:.3f} >= {TARGET}")
-
-
-def heldout(run_dir: Path, overrides: list[str], episodes: int) -> float:
-    """Held-out success (argmax actions) of the weights a run ended with."""
-    cfg = compose_train_config(overrides)
-    device = pick_device(cfg.hardware)
-    policy = load_policy(cfg, run_dir / "model.safetensors", device)
-    return evaluate(policy, cfg, device, "heldout", episodes, True)["success_rate"]
-
-
 def run_arm(part: str, arm: str, overrides: list[str], seed: int, root: Path, quick: bool) -> dict:
     """One training run of one arm; its curve, steps to target (or None) and held-out success."""
     full = [*overrides, f"seed={seed}", *COMMON, *(QUICK if quick else [])]
-    curve = Curve(part in STOPS_AT_TARGET)
+    curve = FirstSuccess(TARGET, stop=part in STOPS_AT_TARGET)
     run_dir = root / f"{part}-{arm.replace(' ', '_')}-{seed}"
     summary = train(compose_train_config(full), run_dir, callbacks=[curve])
     return {"part": part, "arm": arm, "seed": seed, "overrides": full, "steps": summary["steps"],
-            "steps_to_target": curve.reached_at, "curve": curve.points,
-            "heldout": heldout(run_dir, full, 20 if quick else 500), "steps_per_second": summary["steps_per_second"]}
+            "steps_to_target": curve.reached_steps if curve.stop else None,
+            "curve": [[steps, rate] for steps, _, rate in curve.curve],
+            "heldout": heldout_success(run_dir, full, 20 if quick else 500), "steps_per_second": summary["steps_per_second"]}
 
 
 def probability_of_improvement(better: list[float], worse: list[float]) -> float:

@@ -29,18 +29,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_table, write_json  # noqa: E402
+from _common import ROOT, FirstSuccess, heldout_success, print_table, write_json  # noqa: E402
 
-from mmrl_cli.builders import load_policy, pick_device  # noqa: E402
 from mmrl_cli.compose import compose_train_config  # noqa: E402
-from mmrl_cli.evaluation import evaluate  # noqa: E402
-from mmrl_cli.trainer import StopTraining, train  # noqa: E402
+from mmrl_cli.trainer import train  # noqa: E402
 
 TARGET, PRETRAIN_TARGET = 0.8, 0.9
 COMMON = ["monitor.progress=false", "monitor.tensorboard=false", "checkpoint.every_updates=100000"]
@@ -58,29 +55,6 @@ FULL = {"pretrain_steps": 400_000, "arm_steps": 1_000_000, "every": 20_000, "epi
 QUICK = {"pretrain_steps": 4096, "arm_steps": 4096, "every": 2048, "episodes": 20, "final": 20, "generalise_steps": 4096}
 
 
-class FirstSuccess:
-    """Records every validation evaluation; stops the run at the first success >= `target` (if `stop`)."""
-
-    def __init__(self, target: float, stop: bool = True):
-        self.target, self.stop, self.start, self.reached, self.curve = target, stop, time.perf_counter(), None, []
-
-    def on_evaluation(self, progress, results):
-        rate = results["validation"]["success_rate"]
-        self.curve.append([progress.steps, time.perf_counter() - self.start, rate])
-        if rate >= self.target and self.reached is None:
-            self.reached = progress.steps
-            if self.stop:
-                raise StopTraining(f"validation success {rate:.3f} >= {self.target}")
-
-
-def score(run_dir: Path, overrides: list[str], episodes: int) -> float:
-    """Held-out success of a run's final weights on the task `overrides` describe (argmax actions)."""
-    cfg = compose_train_config(overrides)
-    device = pick_device(cfg.hardware)
-    policy = load_policy(cfg, run_dir / "model.safetensors", device)
-    return evaluate(policy, cfg, device, "heldout", episodes, True)["success_rate"]
-
-
 def run(overrides: list[str], run_dir: Path, budget: dict, steps: int, target: float, stop: bool = True) -> tuple[dict, FirstSuccess]:
     """Train one arm with validation every `budget['every']` steps; returns its summary and curve."""
     watch = FirstSuccess(target, stop)
@@ -95,17 +69,17 @@ def steps_part(seeds: list[int], budget: dict, root: Path, record) -> None:
         pretrained = root / f"pretrain-{seed}"
         summary, watch = run([*PRETRAIN, f"seed={seed}"], pretrained, budget, budget["pretrain_steps"], PRETRAIN_TARGET)
         record({"part": "steps", "arm": "goto pretraining (low level)", "seed": seed, "steps": summary["steps"],
-                "steps_to_target": watch.reached, "curve": watch.curve, "parameters_total": summary["parameters_total"],
+                "steps_to_target": watch.reached_steps, "curve": watch.curve, "parameters_total": summary["parameters_total"],
                 "validation": summary["validation_success_rate"]})
         for arm, extra in ARMS.items():
             overrides = [*TASK, *(o.format(pretrained=pretrained) for o in extra), f"seed={seed}"]
             run_dir = root / f"{slug(arm)}-{seed}"
             summary, watch = run(overrides, run_dir, budget, budget["arm_steps"], TARGET)
             pretrain_steps = summary_steps(record.rows, seed) if "pretrained" in arm else 0
-            record({"part": "steps", "arm": arm, "seed": seed, "steps_to_target": watch.reached,
-                    "steps_to_target_with_pretraining": (watch.reached + pretrain_steps) if watch.reached else None,
+            record({"part": "steps", "arm": arm, "seed": seed, "steps_to_target": watch.reached_steps,
+                    "steps_to_target_with_pretraining": (watch.reached_steps + pretrain_steps) if watch.reached_steps else None,
                     "pretraining_steps": pretrain_steps, "steps": summary["steps"], "curve": watch.curve,
-                    "heldout": score(run_dir, overrides, budget["final"]), "overrides": overrides,
+                    "heldout": heldout_success(run_dir, overrides, budget["final"]), "overrides": overrides,
                     "parameters_total": summary["parameters_total"], "wall_seconds": summary["wall_seconds"]})
 
 
@@ -130,7 +104,7 @@ def generalise_part(seeds: list[int], budget: dict, root: Path, record) -> None:
             run_dir = root / f"generalise-{slug(arm)}-{seed}"
             summary, watch = run([*base, "data.sequence_steps=[2,3]"], run_dir, budget, budget["generalise_steps"],
                                  TARGET, stop=False)
-            scores = {f"heldout_{k}_steps": score(run_dir, [*base, f"data.sequence_steps=[{k}]"], budget["final"])
+            scores = {f"heldout_{k}_steps": heldout_success(run_dir, [*base, f"data.sequence_steps=[{k}]"], budget["final"])
                       for k in (2, 3, 4)}
             record({"part": "generalise", "arm": arm, "seed": seed, "steps": summary["steps"], "curve": watch.curve,
                     "parameters_total": summary["parameters_total"], **scores})

@@ -41,12 +41,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_table, write_json  # noqa: E402
+from _common import ROOT, FirstSuccess, heldout_success, print_table, write_json  # noqa: E402
 
 from mmrl_cli.builders import load_policy, pick_device  # noqa: E402
 from mmrl_cli.compose import compose_train_config  # noqa: E402
-from mmrl_cli.evaluation import evaluate  # noqa: E402
-from mmrl_cli.trainer import StopTraining, train  # noqa: E402
+from mmrl_cli.trainer import train  # noqa: E402
 
 TARGET = 0.9
 COMMON = ["monitor.progress=false", "monitor.tensorboard=false", "checkpoint.every_updates=100000"]
@@ -64,29 +63,6 @@ FINETUNE_ARMS = {
     "a2c scratch": ["exp=goto-a2c"],
     "a2c from source": ["exp=goto-a2c", "init_from={source}"],
 }
-
-
-class FirstSuccess:
-    """Records every validation evaluation; stops the run at the first success >= TARGET."""
-
-    def __init__(self, start: float, stop: bool = True):
-        self.start, self.stop, self.reached, self.curve = start, stop, None, []
-
-    def on_evaluation(self, progress, results):
-        rate = results["validation"]["success_rate"]
-        self.curve.append([progress.steps, time.perf_counter() - self.start, rate])
-        if rate >= TARGET and self.reached is None:
-            self.reached = (progress.steps, time.perf_counter() - self.start)
-            if self.stop:
-                raise StopTraining(f"validation success {rate:.3f} >= {TARGET}")
-
-
-def score(run_dir: Path, overrides: list[str], split: str) -> float:
-    """Success of a run's final weights on 500 levels of `split` (argmax actions)."""
-    cfg = compose_train_config(overrides)
-    device = pick_device(cfg.hardware)
-    policy = load_policy(cfg, run_dir / "model.safetensors", device)
-    return evaluate(policy, cfg, device, split, 500, True)["success_rate"]
 
 
 def wording_breakdown(run_dir: Path, overrides: list[str], episodes: int = 500) -> dict:
@@ -132,14 +108,14 @@ def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out
             overrides = [*WORDINGS_ARMS[arm], *COMMON, f"seed={seed}", f"total_steps={steps}", f"eval.every_steps={steps // 4}",
                          "eval.episodes=200"]
             run_dir = root / f"{arm}-{seed}"
-            curve = FirstSuccess(time.perf_counter(), stop=False)
+            curve = FirstSuccess(TARGET, stop=False)
             summary = train(compose_train_config(overrides), run_dir, callbacks=[curve])
             rows.append({"arm": arm, "seed": seed, "steps": summary["steps"], "overrides": overrides,
                          "steps_per_second": summary["steps_per_second"], "wall_seconds": summary["wall_seconds"],
                          "parameters_trainable": summary["parameters_trainable"],
                          "parameters_total": summary["parameters_total"], "curve": curve.curve,
-                         "new_wordings": score(run_dir, overrides, "new-wordings"),
-                         "heldout": score(run_dir, overrides, "heldout"),
+                         "new_wordings": heldout_success(run_dir, overrides, split="new-wordings"),
+                         "heldout": heldout_success(run_dir, overrides),
                          "new_wordings_by_words": wording_breakdown(run_dir, overrides)})
             print(arm, seed, rows[-1]["new_wordings"], rows[-1]["heldout"], rows[-1]["new_wordings_by_words"], flush=True)
             save_partial(out, rows)
@@ -200,14 +176,14 @@ def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path) -> l
         for arm in arms:
             overrides = [o.format(source=source) for o in FINETUNE_ARMS[arm]] + [*STOPPING, *COMMON, f"seed={seed}"]
             run_dir = root / f"{arm.replace(' ', '-')}-{seed}"
-            stop = FirstSuccess(time.perf_counter())
+            stop = FirstSuccess(TARGET)
             summary = train(compose_train_config(overrides), run_dir, callbacks=[stop])
             steps, wall = stop.reached if stop.reached else (None, None)
             rows.append({"arm": arm, "seed": seed, "steps_to_target": steps, "wall_to_target": wall,
                          "curve": stop.curve, "overrides": overrides,
                          "parameters_trainable": summary["parameters_trainable"],
                          "parameters_total": summary["parameters_total"],
-                         "heldout": score(run_dir, overrides, "heldout")})
+                         "heldout": heldout_success(run_dir, overrides)})
             print(arm, seed, steps, wall, rows[-1]["heldout"], flush=True)
             save_partial(out, rows)
     return rows

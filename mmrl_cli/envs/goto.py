@@ -449,7 +449,14 @@ class GotoEnv:
         truncated = (self.steps >= self.max_steps) & ~terminated
         reward = success.float() * (1.0 - 0.9 * self.steps.float() / self.max_steps)
         self.episode_return += reward
-        # Redraw only the two cells that can change: the one left and the one entered.
+        return self.finish_step(old, reward, terminated, truncated, success)
+
+    def finish_step(self, old: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
+                    success: torch.Tensor, fields: tuple[str, ...] = ()):
+        """The end of a step (this task's and the sequential one's): redraw the two cells that can
+        change (the one the agent left, `old`, and the one it is on), report the episodes that
+        ended (`info`, with the per-env attributes named in `fields` beside ``level_id``), keep
+        their last observations and start their next levels."""
         self.draw_tiles(old, self.empty_words)
         self.draw_tiles(self.agent, self.agent_words)
         done_index = torch.nonzero(terminated | truncated).squeeze(1)
@@ -458,8 +465,8 @@ class GotoEnv:
             "episode_return": self.episode_return.index_select(0, done_index),
             "episode_length": self.steps.index_select(0, done_index),
             "success": success.index_select(0, done_index),
-            "level_id": self.level_id.index_select(0, done_index),
         }
+        info.update({name: getattr(self, name).index_select(0, done_index) for name in ("level_id", *fields)})
         if len(done_index):
             info["final_obs"] = {
                 k: as_words(v).index_select(0, done_index).view(torch.uint8).view(v.dtype).view(-1, *v.shape[1:])

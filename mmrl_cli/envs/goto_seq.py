@@ -213,22 +213,7 @@ class GotoSeqEnv(GotoEnv):
         reward = reached.float() * (1.0 - 0.9 * self.steps.float() / self.max_steps) / self.num_targets.float()
         self.episode_return += reward
         self.target.copy_(self.targets.gather(1, self.progress.clamp(max=self.max_targets - 1)[:, None]).squeeze(1))
-        self.draw_tiles(old, self.empty_words)
-        self.draw_tiles(self.agent, self.agent_words)
-        done_index = torch.nonzero(terminated | truncated).squeeze(1)
-        info = {
-            "done_index": done_index,
-            "episode_return": self.episode_return.index_select(0, done_index),
-            "episode_length": self.steps.index_select(0, done_index),
-            "success": success.index_select(0, done_index),
-            "level_id": self.level_id.index_select(0, done_index),
-            "progress": self.progress.index_select(0, done_index),
-            "num_targets": self.num_targets.index_select(0, done_index),
-        }
-        if len(done_index):
-            info["final_obs"] = {k: v.index_select(0, done_index) for k, v in self.observation().items()}
-            self.reset_from_pool(done_index)
-        return self.observation(), reward, terminated, truncated, info
+        return self.finish_step(old, reward, terminated, truncated, success, fields=("progress", "num_targets"))
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, torch.Tensor]:
