@@ -153,7 +153,7 @@ def record_episodes(policy, cfg: TrainConfig, device: torch.device, split: str, 
     recorded = []
     recurrent = bool(getattr(policy, "recurrent", False))
     describe = getattr(policy, "describe", None)  # a hierarchical agent names its current sub-goal
-    tokenizer = tokenizer_for(cfg.model)
+    tokenizer = tokenizer_for(cfg.model) if describe is not None else None
     for _ in range(episodes):
         session.new_episode()
         caption, frames, rewards, notes = session.caption(), [session.picture()], [], [""]
@@ -231,16 +231,19 @@ def steps_recorded(data_cfg, max_steps: int) -> int:
     return min(max_steps, limit) if limit else max_steps
 
 
-def frame_bytes(data_cfg, observation_spec: dict) -> int:
+def frame_bytes(data_cfg, observation_spec: dict, imagined: bool = False) -> int:
     """Bytes one recorded frame holds until the GIF is written: the picture as seen (RGB) and as
     drawn by `annotate` (upscaled, two text bands; PIL keeps an RGB pixel in 4 bytes). A gymnasium
-    renderer's size is known only once it draws: its image observation's size, else MIN_SIDE."""
+    renderer's size is known only once it draws: its image observation's size, else MIN_SIDE.
+    `imagined`: the decoder's view stands beside each picture (`beside`), twice as wide."""
     if data_cfg.type == "cartpole":
         height, width = CARTPOLE_SIZE
     elif "image" in observation_spec:
         height, width = observation_spec["image"][0][:2]
     else:
         height = width = MIN_SIDE
+    if imagined:
+        width = 2 * width + 2
     scale = max(1, math.ceil(MIN_SIDE / max(height, width)))
     return 3 * height * width + 4 * (width * scale) * (height * scale + 3 * BAND)  # up to two lines above
 

@@ -258,7 +258,7 @@ def check_gif_memory(cfg: TrainConfig, gif, observation_spec: dict) -> None:
         return
     available = available_memory()
     steps = steps_recorded(cfg.data, gif.max_steps)
-    needed = gif.episodes * (steps + 1) * frame_bytes(cfg.data, observation_spec)
+    needed = gif.episodes * (steps + 1) * frame_bytes(cfg.data, observation_spec, bool(getattr(gif, "imagined", 0)))
     if needed > available:
         default = GifConfig()
         key = "gif.episodes" if gif.episodes / default.episodes > steps / default.max_steps else "gif.max_steps"
