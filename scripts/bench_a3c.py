@@ -15,6 +15,7 @@ Writes docs/bench/a3c.json (after every run: nothing lost) and a PNG of the goto
 (validation success against env steps and wall time, A3C beside A2C).
 
     python scripts/bench_a3c.py [--seeds 1 2 3] [--workers 1 2] [--quick] [--parts scaling success]
+        [--presets cartpole-a3c goto-a3c goto-a2c] [--runs-root DIR]
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def success_runs(args, runs_root: Path, results: dict) -> None:
     arms = [("cartpole-a3c", "a3c", "return"), ("goto-a3c", "a3c", "success"), ("goto-a2c", "a2c", "success")]
     runs, rows = [], []
     for preset, algo, kind in arms:
+        if preset not in args.presets:
+            continue
         for seed in args.seeds:
             overrides = [f"exp={preset}", f"seed={seed}", f"eval.every_steps={args.eval_every}"]
             if args.quick:
@@ -132,6 +135,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of the scaling curve")
     parser.add_argument("--parts", nargs="+", default=["scaling", "success"], choices=["scaling", "success"])
+    parser.add_argument("--presets", nargs="+", default=["cartpole-a3c", "goto-a3c", "goto-a2c"],
+                        choices=["cartpole-a3c", "goto-a3c", "goto-a2c"], help="which presets the success part runs")
+    parser.add_argument("--runs-root", type=Path, default=None,
+                        help="keep the run directories here (default: a temporary directory), e.g. for `mmrl compare`")
     parser.add_argument("--quick", action="store_true", help="short runs: checks the script, not the floors")
     parser.add_argument("--eval-every", type=int, default=50_000, help="validation evaluations every this many steps")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/bench/a3c.json")
@@ -139,7 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.eval_every = min(args.eval_every, 10_000)
-    runs_root = Path(tempfile.mkdtemp(prefix="mmrl-bench-a3c-"))
+    runs_root = args.runs_root or Path(tempfile.mkdtemp(prefix="mmrl-bench-a3c-"))
     results: dict = {"quick": args.quick, "seeds": args.seeds}
     if "scaling" in args.parts:
         scaling(args, runs_root, results)
