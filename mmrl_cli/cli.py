@@ -17,6 +17,7 @@ from pathlib import Path
 import hydra
 
 from .commands.compress import check_compress, compress_task
+from .compare.command import check_compare, compare_task
 from .commands.eval import check_eval, eval_task
 from .commands.sweep import check_sweep, sweep_task
 from .commands.train import check_train, train_task
@@ -42,6 +43,7 @@ COMMANDS = {
     "sweep": Command(sweep_task, check_sweep, "Optuna hyperparameter search over train runs (hpo=<preset>); re-run to resume"),
     "compress": Command(compress_task, check_compress, "distill, prune or factorise a trained run (teacher=<run>); trade-off report"),
     "demos": Command(demos_task, check_demos, "record expert demonstrations (goto planner, BabyAI bot) as a resumable dataset"),
+    "compare": Command(compare_task, check_compare, "compare runs: curves with bootstrap bands, IQM and other rliable statistics, time to a target"),
 }
 
 
@@ -62,6 +64,7 @@ def print_help() -> None:
         "  mmrl train --cfg job                         # print the composed config",
         "  mmrl train resume=runs/2026-11-24/10-00-00   # continue a stopped run (resume=latest: the newest)",
         "  mmrl eval run=runs/2026-11-24/10-00-00       # success rate with 95% CIs + a GIF of episodes",
+        "  mmrl compare runs='runs/2026-11-24/*'        # curves, IQM and intervals (rliable), time to 0.9, per algo.type",
         "  mmrl sweep hpo=cartpole-ppo hpo.n_workers=2  # TPE + median pruning, 2 workers; re-run to resume",
         "  mmrl train exp=cartpole-ppo-best             # the best config that sweep found (runs/sweeps/*/exp/)",
         "  mmrl compress teacher=runs/2026-11-24/10-00-00 compression=distill   # 13x smaller student + report",

@@ -21,6 +21,7 @@ COMMAND_GROUPS = {
     "sweep": ("hpo",),
     "compress": ("compression", "model", "hardware"),
     "demos": ("data",),
+    "compare": (),
 }
 ALL_GROUPS = tuple(dict.fromkeys(g for groups in COMMAND_GROUPS.values() for g in groups))
 

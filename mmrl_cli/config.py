@@ -946,7 +946,7 @@ class EvalCommandConfig:
     checkpoint: str = "latest"
     episodes: int = 500
     split: str = "heldout"
-    deterministic: bool = True
+    deterministic: Optional[bool] = None  # None: both argmax and sampled actions
     seed: Optional[int] = None
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     gif: GifConfig = field(default_factory=GifConfig)

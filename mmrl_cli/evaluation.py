@@ -125,7 +125,10 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, train_cfg: TrainConfig) -> dict:
-    """`mmrl eval`: evaluate a checkpoint, write eval/results.json and eval/episodes.gif."""
+    """`mmrl eval`: evaluate a checkpoint, write eval/results.json and eval/episodes.gif.
+
+    By default (deterministic=null) with argmax and with sampled actions, on the same levels: the
+    top-level figures are argmax's, `results["sampled"]` sampling's; the GIF shows argmax actions."""
     from .gif import GifUnavailable, record_episodes, write_gif
 
     train_cfg.hardware = eval_cfg.hardware
@@ -136,17 +139,25 @@ def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, t
     seed = train_cfg.seed + 10_000 if eval_cfg.seed is None else eval_cfg.seed
     policy = load_policy(train_cfg, checkpoint_dir / "model.safetensors", device)
     policy.eval()
-    results = evaluate(policy, train_cfg, device, eval_cfg.split, eval_cfg.episodes, eval_cfg.deterministic, autocast, seed)
+    # deterministic=null: argmax and sampled actions on the same levels (argmax policies can loop on
+    # MiniGrid levels that the same policy solves when sampling: one figure alone misleads).
+    modes = [True, False] if eval_cfg.deterministic is None else [eval_cfg.deterministic]
+    figures = [evaluate(policy, train_cfg, device, eval_cfg.split, eval_cfg.episodes, mode, autocast, seed)
+               for mode in modes]
+    results = figures[0]
+    if len(modes) == 2:
+        results["sampled"] = figures[1]
     out_dir = run_dir / "eval"
     out_dir.mkdir(exist_ok=True)
     results.update(
         run=str(run_dir), checkpoint=checkpoint_dir.name, split=eval_cfg.split,
         deterministic=eval_cfg.deterministic, seed=seed, device=str(device),
+        actions=" and ".join("argmax" if mode else "sampled" for mode in modes),
     )
     if eval_cfg.gif.episodes:
         try:
             episodes = record_episodes(policy, train_cfg, device, eval_cfg.split, eval_cfg.gif.episodes,
-                                       eval_cfg.deterministic, seed, eval_cfg.gif.max_steps, autocast,
+                                       modes[0], seed, eval_cfg.gif.max_steps, autocast,
                                        eval_cfg.gif.imagined)
             write_gif(episodes, out_dir / "episodes.gif", eval_cfg.gif.fps)
             results["gif"] = str(out_dir / "episodes.gif")

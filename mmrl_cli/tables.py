@@ -96,13 +96,17 @@ def print_eval(results: dict) -> None:
     table = Table(title=f"mmrl eval: {results['split']} levels, checkpoint {results['checkpoint']}", show_header=False)
     table.add_column()
     table.add_column(overflow="fold")
-    table.add_row("success rate", rate_with_interval(results["success_rate"], results["success_ci95"]))
-    table.add_row("return", rate_with_interval(results["return_mean"], results["return_ci95"]))
-    table.add_row("episodes", f"{results['episodes']} ({'argmax' if results['deterministic'] else 'sampled'} actions)")
-    table.add_row("mean episode length", f"{results['length_mean']:.1f}")
+    first = "argmax" if results["deterministic"] in (None, True) else "sampled"
+    for label, figures in ((first, results), ("sampled", results.get("sampled"))):
+        if figures is None:
+            continue
+        table.add_row(f"success rate ({label} actions)", rate_with_interval(figures["success_rate"], figures["success_ci95"]))
+        table.add_row(f"return ({label} actions)", rate_with_interval(figures["return_mean"], figures["return_ci95"]))
+        table.add_row(f"mean episode length ({label} actions)", f"{figures['length_mean']:.1f}")
+    table.add_row("episodes", f"{results['episodes']} per kind of action, the same levels")
     table.add_row("results", str(Path(results["run"]) / "eval" / "results.json"))
     if "gif" in results:
-        table.add_row("episodes GIF", results["gif"])
+        table.add_row("episodes GIF", f"{results['gif']} ({first} actions)")
     if "gif_unavailable" in results:
         table.add_row("episodes GIF", f"none: {results['gif_unavailable']}")
     Console().print(table)

@@ -220,7 +220,7 @@ def test_a_worker_killed_with_sigkill_is_restarted_then_sigterm_stops_the_run(tm
     process.send_signal(signal.SIGTERM)  # SIGTERM to the coordinator alone
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
-    assert f"A3C worker" in stderr and f"(pid {victim.pid}) was killed by SIGKILL; restarting it" in stderr
+    assert "A3C worker" in stderr and f"(pid {victim.pid}) was killed by SIGKILL; restarting it" in stderr
     assert gone([w.pid for w in workers])
 
 
@@ -232,5 +232,5 @@ def test_without_restarts_a_killed_worker_stops_the_run_with_one_line(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr
     (line,) = [line for line in stderr.splitlines() if "error" in line]
-    assert f"A3C worker" in line and f"(pid {workers[0].pid}) was killed by SIGKILL; algo.max_restarts=0" in line
+    assert "A3C worker" in line and f"(pid {workers[0].pid}) was killed by SIGKILL; algo.max_restarts=0" in line
     assert gone([w.pid for w in workers])

@@ -13,7 +13,7 @@ TINY = ["total_steps=1024", "rollout.n_envs=8", "rollout.n_steps=16", "algo.batc
 def test_help_lists_commands_and_every_group_option(run_mmrl):
     out = run_mmrl("--help")
     assert out.returncode == 0
-    for word in ("train", "algo", "ppo", "a2c", "model", "vit-gpt2", "cnn", "mlp", "data", "goto", "cartpole", "gym",
+    for word in ("train", "eval", "sweep", "compress", "compare", "algo", "ppo", "a2c", "model", "vit-gpt2", "cnn", "mlp", "data", "goto", "cartpole", "gym",
                  "hardware", "auto", "cpu", "gpu", "compression", "none", "exp", "cartpole-ppo", "cartpole-a2c"):
         assert word in out.stdout
 

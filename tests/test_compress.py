@@ -349,7 +349,6 @@ def signal_at_update(monkeypatch, signum, update: int, run_suffix: str = ""):
     """Make the trainer send `signum` to this process after `update` updates of a run whose
     directory ends with `run_suffix`, as a terminal's Ctrl-C or a scheduler's SIGTERM would."""
     import os
-    import signal as signals
 
     from mmrl_cli import trainer
 

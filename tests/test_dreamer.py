@@ -12,12 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from mmrl_cli.algos.dreamer import Dreamer, imagine, lambda_returns, world_model_loss
-from mmrl_cli.algos.gradient import total_loss
 from mmrl_cli.algos.replay import SequenceReplay
 from mmrl_cli.builders import build_env_and_policy
 from mmrl_cli.cli import main
 from mmrl_cli.compose import compose_train_config
-from mmrl_cli.config import DreamerConfig
 from mmrl_cli.distributions import ActionSpace
 from mmrl_cli.models.dreamer import DreamerAgent, TwoHot, symexp, symlog
 

@@ -62,6 +62,11 @@ def test_eval_of_a_goto_run_through_the_cli(tmp_path_factory, run_mmrl):
     assert "success rate" in result.stdout and "95% CI" in result.stdout
     results = check_results(run_dir, 40)
     assert results["split"] == "heldout" and results["checkpoint"] == "00000002"
+    # By default argmax and sampled actions, side by side on the same levels.
+    assert results["deterministic"] is None and results["actions"] == "argmax and sampled"
+    sampled = results["sampled"]
+    assert sampled["episodes"] == 40 and 0.0 <= sampled["success_ci95"][0] <= sampled["success_rate"] <= 1.0
+    assert "success rate (argmax actions)" in result.stdout and "success rate (sampled actions)" in result.stdout
     check_gif(run_dir / "eval" / "episodes.gif", 2)
     assert sorted(p.name for p in (run_dir / "eval").iterdir()) == ["episodes.gif", "results.json"]
 
@@ -76,6 +81,7 @@ def test_eval_sampled_actions_on_training_levels_is_reproducible(tmp_path_factor
     main(args)
     second = check_results(run_dir, 6)
     assert first == second and first["deterministic"] is False and first["split"] == "train"
+    assert "sampled" not in first and first["actions"] == "sampled"
     check_gif(run_dir / "eval" / "episodes.gif", 1)
 
 

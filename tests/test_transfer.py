@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl_cli.builders import build_policy_from, load_towers, tower_tensors_fit
+from mmrl_cli.builders import build_policy_from
 from mmrl_cli.config import (ConfigError, FinetuneConfig, GotoDataConfig, PPOConfig, TrainConfig, VitGpt2Config)
 from mmrl_cli.envs import make_env
 from mmrl_cli.envs import wordings
