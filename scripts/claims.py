@@ -1,0 +1,260 @@
+"""The seed-claims study: each efficiency claim of the seed, measured on the built-in task from run
+directories, with rliable statistics, written to docs/claims.md (and docs/bench/claims.json).
+
+Every claim that can be measured here is a pair of arms (a baseline and a technique: `mmrl train`
+overrides) run over the same seeds. Runs are reused from cache directories when a run there has the
+same config (everything but where it writes, how it is monitored and evaluated, and the hardware
+keys): a benchmark's runs count for the study and the other way round. Missing runs are trained into
+`--cache` unless `--reuse-only`; a claim with missing runs is reported as "not measured" with the
+command that measures it. Claims that cannot be measured on this machine say why.
+
+Each measured claim gets an `mmrl compare` report (curves, IQM, intervals) in <cache>/compare/<claim>
+and its curve PNG in docs/img/claims/; the verdict follows from the 95% intervals:
+- a claim about time (env steps or wall seconds to 0.9 validation success): holds when the
+  technique's median interval lies wholly below the baseline's, does not hold when wholly above,
+  otherwise inconclusive at this many seeds;
+- a claim about the final held-out success: holds when the interval of P(technique > baseline)
+  lies above 0.5, does not hold when below, otherwise inconclusive.
+
+Usage:
+    python scripts/claims.py --reuse-only --reuse /work/runs_cache/a3c15   # the report from cached runs only
+    python scripts/claims.py --only actor-critic --seeds 1 2 3 4 5         # train what is missing, then report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from _common import ROOT, machine, mmrl_train, print_table
+from omegaconf import OmegaConf
+
+from mmrl_cli.compare.records import find_runs, read_run, task_of
+from mmrl_cli.compare.report import compare, interval, write_report
+from mmrl_cli.compare.settings import validate_compare
+from mmrl_cli.compose import compose_train_config
+
+# Keys that do not change what a run learns: where it writes, how it is watched and evaluated, the hardware.
+IGNORED_KEYS = ("runs_root", "run_name", "resume", "monitor", "checkpoint", "eval", "hardware")
+TARGET = 0.9
+
+
+@dataclass
+class Claim:
+    """One claim of the seed and how the study measures it."""
+
+    key: str  # short name (--only, file names)
+    seed_text: str  # the claim as the seed makes it (section)
+    measure: str  # steps | wall_seconds | heldout | none
+    base: list[str] = field(default_factory=list)  # `mmrl train` overrides of the baseline arm
+    tech: list[str] = field(default_factory=list)  # ... of the technique arm
+    names: tuple[str, str] = ("baseline", "technique")
+    not_here: str = ""  # why it cannot be measured on this machine (measure == none)
+    see: str = ""  # where else the project measures it (docs/benchmarks.md section)
+
+
+CLAIMS = [
+    Claim("ppo", "4.6.1 PPO: clipped updates are stable and cheap (here: env steps to 0.9 beside A2C)", "steps",
+          base=["exp=goto-a2c"], tech=[], names=("a2c", "ppo"), see="The built-in goto task"),
+    Claim("actor-critic", "4.6.1 A3C: asynchronous workers use every core (here: wall time to 0.9 beside A2C)",
+          "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"], names=("a2c", "a3c"), see="A3C"),
+    Claim("model-based", "4.6.1 model-based RL with a learned world model is sample-efficient (env steps to 0.9 "
+          "beside PPO)", "steps", base=[], tech=["exp=goto-dreamer"], names=("ppo", "dreamer"),
+          see="Model-based RL: Dreamer vs PPO"),
+    Claim("curriculum", "4.6.1 a curriculum from easy to hard tasks speeds learning of the hard task (env steps "
+          "to 0.9)", "steps", base=["exp=goto-curriculum", "data.curriculum=none"], tech=["exp=goto-curriculum"],
+          names=("hard task only", "curriculum"), see="Curriculum learning and prioritised level replay"),
+    Claim("hierarchy", "4.6.1 hierarchical RL solves multi-step instructions sooner (held-out success at equal "
+          "steps)", "heldout", base=["data=goto-seq", "total_steps=1000000"], tech=["exp=goto-seq-hierarchical"],
+          names=("flat ppo", "hierarchical"), see="Hierarchical RL on the sequential task"),
+    Claim("plr", "4.6.4 prioritised level sampling over a level subset generalises better (held-out success at "
+          "equal steps)", "heldout", base=["exp=goto-plr", "data.level_sampler=uniform"], tech=["exp=goto-plr"],
+          names=("uniform", "plr"), see="Curriculum learning and prioritised level replay"),
+    Claim("transfer", "4.6.4 a pretrained instruction encoder helps on new wordings (held-out success)", "heldout",
+          base=["exp=goto-minilm", "model.tower_weights=random", "finetune.freeze=[]"], tech=["exp=goto-minilm"],
+          names=("random text encoder", "pretrained MiniLM"), see="Transfer learning"),
+    Claim("distillation", "4.6.2 policy distillation keeps success at a fraction of the size", "none",
+          not_here="a teacher-student pair, not two training arms: `mmrl compress` measures it per teacher",
+          see="Compression"),
+    Claim("pruning", "4.6.2 pruning keeps success with fewer weights", "none",
+          not_here="measured per teacher by `mmrl compress compression=prune`", see="Compression"),
+    Claim("low-rank", "4.6.2 low-rank factorisation keeps success with fewer weights", "none",
+          not_here="measured per teacher by `mmrl compress compression=lowrank`", see="Compression"),
+    Claim("gpu", "4.6.3 a GPU and bf16 speed training up", "none",
+          not_here="this machine has no GPU, and none was lent to this study", see="GPU"),
+    Claim("distributed", "4.6.3 many GPUs and machines scale training", "none",
+          not_here="2 CPU cores: several ranks here measure core sharing, not scaling", see="Several ranks"),
+    Claim("synthetic", "4.6.4 synthetic data (generated demonstrations) cuts RL steps", "none",
+          not_here="an arm starts from a behaviour-cloning run: a three-stage pipeline, not a pair of train configs",
+          see="Synthetic data: demos + BC + RL vs RL from scratch"),
+    Claim("hpo", "4.6.5 Bayesian HPO finds better settings than random search", "none",
+          not_here="a sweep, not a train config: `scripts/bench_sweep.py` compares samplers", see="mmrl sweep"),
+    Claim("monitoring", "4.6.5 monitoring surfaces problems early", "none",
+          not_here="a property of the tools (TensorBoard, the live view), not an effect with a number",
+          see="Faults"),
+]
+
+
+def canonical(config: dict) -> dict:
+    """A run's config without the keys that do not change what it learns."""
+    return {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+
+
+def wanted_config(overrides: list[str], seed: int) -> dict:
+    """The canonical config `mmrl train <overrides> seed=<seed>` composes to."""
+    typed = compose_train_config([*overrides, f"seed={seed}"])
+    return canonical(OmegaConf.to_container(OmegaConf.structured(typed), resolve=True))
+
+
+def cached_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
+    """(run directory, canonical config) of every finished run below `roots`."""
+    found = []
+    for root in roots:
+        if not any(root.rglob("summary.json")):
+            continue
+        for path in find_runs([str(root)]):
+            if (path / "summary.json").is_file():
+                found.append((path, canonical(yaml.safe_load((path / "config.yaml").read_text()))))
+    return found
+
+
+def arm_runs(claim: Claim, arm: str, overrides: list[str], seeds: list[int], cache: Path, roots: list[Path],
+             train: bool) -> tuple[list[Path], list[int]]:
+    """The run directories of one arm (reused or trained) and the seeds still missing."""
+    runs, missing = [], []
+    for seed in seeds:
+        want = wanted_config(overrides, seed)
+        match = next((p for p, c in cached_runs(roots) if c == want), None)
+        if match is None and train:
+            print(f"[{claim.key}] training {arm} seed {seed}: mmrl train {' '.join(overrides)} seed={seed}", flush=True)
+            mmrl_train([*overrides, f"seed={seed}"], cache / claim.key / arm.replace(" ", "-"))
+            match = next((p for p, c in cached_runs(roots) if c == want), None)
+        (runs.append(match) if match else missing.append(seed))
+    return runs, missing
+
+
+def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]:
+    """(effect, verdict) from the comparison of the two arms."""
+    groups = result["groups"]
+    if claim.measure == "heldout":
+        if f"{tech} > {base}" in result["improvement"]:
+            pair = result["improvement"][f"{tech} > {base}"]
+        else:  # P(tech > base) = 1 - P(base > tech) (ties count half on both sides)
+            point, low, high = result["improvement"].get(f"{base} > {tech}", [math.nan] * 3)
+            pair = [1 - point, 1 - high, 1 - low]
+        effect = f"P({tech} > {base}) = {interval(pair)}"
+        if math.isnan(pair[1]):
+            return effect, "inconclusive (fewer than 2 scored runs an arm)"
+        return effect, "holds" if pair[1] > 0.5 else "does not hold" if pair[2] < 0.5 else "inconclusive at these seeds"
+    key = "steps_median" if claim.measure == "steps" else "wall_seconds_median"
+    b, t = groups[base]["to_target"][key], groups[tech]["to_target"][key]
+    ratio = t[0] / b[0] if math.isfinite(t[0]) and math.isfinite(b[0]) and b[0] > 0 else math.nan
+    unit = "env steps" if claim.measure == "steps" else "wall s"
+    effect = f"median {unit} to {TARGET}: {tech} {interval(t, 0)} vs {base} {interval(b, 0)} ({ratio:.2f}x)"
+    if t[2] < b[1]:
+        return effect, "holds"
+    if t[1] > b[2]:
+        return effect, "does not hold"
+    return effect, "inconclusive at these seeds"
+
+
+def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], train: bool) -> dict:
+    """Run (or reuse) both arms of a claim and compare them."""
+    base, tech = claim.names
+    arms = {base: claim.base, tech: claim.tech}
+    entry = {"claim": claim.key, "seed_text": claim.seed_text, "measure": claim.measure, "see": claim.see,
+             "arms": {name: {"overrides": overrides} for name, overrides in arms.items()}}
+    records = []
+    for name, overrides in arms.items():
+        runs, missing = arm_runs(claim, name, overrides, seeds, cache, roots, train)
+        entry["arms"][name].update(runs=[str(p) for p in runs], missing_seeds=missing)
+        for path in runs:
+            record = read_run(path)
+            record.group, record.task = name, task_of(record)
+            records.append(record)
+    counts = [len(entry["arms"][n]["runs"]) for n in arms]
+    if min(counts) < 2:
+        missing = sum(len(a["missing_seeds"]) for a in entry["arms"].values())
+        entry.update(effect="-", verdict=f"not measured: {missing} runs missing "
+                                         f"(`python scripts/claims.py --only {claim.key}` trains them)")
+        return entry
+    out = cache / "compare" / claim.key
+    typed = validate_compare({"runs": [str(cache)], "runs_root": str(cache), "out": str(out), "target": TARGET})
+    result = compare(typed, records)
+    write_report(result, out)
+    figure = ROOT / "docs/img/claims" / f"{claim.key}.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / ("curves_wall.png" if claim.measure == "wall_seconds" else "curves_steps.png"), figure)
+    effect, word = verdict(claim, result, base, tech)
+    note = f" ({min(counts)} of {len(seeds)} seeds)" if min(counts) < len(seeds) else ""
+    entry.update(effect=effect, verdict=word + note, figure=str(figure.relative_to(ROOT)), report=str(out),
+                 aggregates={g: result["groups"][g]["aggregates"] for g in arms},
+                 to_target={g: result["groups"][g].get("to_target") for g in arms})
+    return entry
+
+
+def markdown(entries: list[dict], seeds: list[int]) -> str:
+    """docs/claims.md."""
+    lines = ["# The seed's efficiency claims, measured", "",
+             "Generated by `python scripts/claims.py` (do not edit by hand): every measured figure comes from the",
+             "run directories listed under each claim, through `mmrl compare`'s statistics (IQM, 95% stratified",
+             "bootstrap intervals, median time to 0.9 validation success with runs that never get there counted as",
+             "infinite). Verdicts follow from the intervals: see the script's docstring.", "",
+             f"Seeds asked: {', '.join(map(str, seeds))}. Machine: 2 CPU cores, no GPU.", "",
+             "| claim | seed says | measured effect | verdict | also in docs/benchmarks.md |", "|---|---|---|---|---|"]
+    for e in entries:
+        lines.append(f"| {e['claim']} | {e['seed_text']} | {e.get('effect', '-')} | {e['verdict']} | {e['see']} |")
+    for e in entries:
+        if "arms" not in e or not any(a.get("runs") for a in e["arms"].values()):
+            continue
+        lines += ["", f"## {e['claim']}", ""]
+        for name, arm in e["arms"].items():
+            agg = e.get("aggregates", {}).get(name)
+            iqm = f"; final held-out IQM {interval(agg['IQM'])}" if agg else ""
+            lines.append(f"- **{name}** (`mmrl train {' '.join(arm['overrides']) or '(defaults)'}`): "
+                         f"{len(arm['runs'])} runs{iqm}; missing seeds: {arm['missing_seeds'] or 'none'}")
+            lines += [f"  - `{p}`" for p in arm["runs"]]
+        if e.get("figure"):
+            lines += ["", f"![{e['claim']}]({Path(e['figure']).relative_to('docs')})"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--only", nargs="+", default=None, help="claims to measure (default: all)")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs/claims", help="where missing runs are trained")
+    parser.add_argument("--reuse", type=Path, nargs="*", default=[], help="more directories of runs to reuse")
+    parser.add_argument("--reuse-only", action="store_true", help="train nothing: report from cached runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/claims.md")
+    parser.add_argument("--json", type=Path, default=ROOT / "docs/bench/claims.json")
+    args = parser.parse_args()
+    unknown = set(args.only or []) - {c.key for c in CLAIMS}
+    if unknown:
+        sys.exit(f"claims.py: --only: unknown claim(s) {sorted(unknown)}; expected some of {[c.key for c in CLAIMS]}")
+    roots = [args.cache, *args.reuse]
+    entries = []
+    for claim in CLAIMS:
+        if claim.measure == "none":
+            entries.append({"claim": claim.key, "seed_text": claim.seed_text, "see": claim.see,
+                            "verdict": f"not measurable here: {claim.not_here}"})
+        elif args.only is None or claim.key in args.only:
+            entries.append(measure(claim, args.seeds, args.cache, roots, train=not args.reuse_only))
+        else:
+            entries.append(measure(claim, args.seeds, args.cache, roots, train=False))
+    print_table("The seed's claims", ["claim", "effect", "verdict"],
+                [[e["claim"], e.get("effect", "-"), e["verdict"]] for e in entries])
+    args.out.write_text(markdown(entries, args.seeds))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine(), "seeds": args.seeds, "claims": entries}, indent=2))
+    print(f"wrote {args.out} and {args.json}")
+
+
+if __name__ == "__main__":
+    main()

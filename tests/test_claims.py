@@ -1,0 +1,56 @@
+"""`scripts/claims.py`: runs are reused by config (evaluation and output keys aside), a claim is
+compared and judged from run directories alone, and a claim without runs is reported as not measured."""
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mmrl_cli.compose import compose_train_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import claims  # noqa: E402
+
+
+def saved_run(root: Path, name: str, overrides: list[str], success: list[float], heldout: float) -> Path:
+    """A finished run directory as `mmrl train <overrides>` leaves it (config.yaml, summary.json)."""
+    run = root / name
+    run.mkdir(parents=True)
+    typed = compose_train_config(overrides)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(typed)))
+    evaluations = [{"step": 100 * (i + 1), "wall_seconds": 10.0 * (i + 1), "validation": {"success_rate": s}}
+                   for i, s in enumerate(success)]
+    (run / "summary.json").write_text(json.dumps({"heldout_success_rate": heldout, "evaluations": evaluations}))
+    return run
+
+
+def test_runs_are_reused_by_config_and_a_claim_is_judged(tmp_path, monkeypatch):
+    monkeypatch.setattr(claims, "ROOT", tmp_path)  # figures go to tmp_path/docs/img/claims
+    cache = tmp_path / "cache"
+    fast, slow = [], []
+    for seed in (1, 2, 3):
+        # Evaluation and output keys do not change what a run learns: these runs count for their arm.
+        fast.append(saved_run(cache, f"a3c-{seed}", ["exp=goto-a3c", f"seed={seed}", "eval.every_steps=100000",
+                                                     "run_name=x"], [0.5, 0.95, 0.97], 0.96))
+        slow.append(saved_run(cache, f"a2c-{seed}", ["exp=goto-a2c", f"seed={seed}"], [0.2, 0.5, 0.92], 0.95))
+    saved_run(cache, "other-lr", ["exp=goto-a2c", "seed=4", "algo.lr=0.5"], [0.1], 0.1)  # a different config
+    claim = claims.Claim("actor-critic", "A3C", "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"],
+                         names=("a2c", "a3c"))
+    entry = claims.measure(claim, [1, 2, 3, 4], cache, [cache], train=False)
+    assert [Path(p).name for p in entry["arms"]["a3c"]["runs"]] == ["a3c-1", "a3c-2", "a3c-3"]
+    assert entry["arms"]["a2c"]["missing_seeds"] == [4]  # seed 4 ran with another lr: not this arm's run
+    # a3c reaches 0.9 at 20 s on every seed, a2c at 30 s: the intervals do not overlap.
+    assert entry["verdict"] == "holds (3 of 4 seeds)" and "a3c 20 [20, 20] vs a2c 30 [30, 30]" in entry["effect"]
+    assert (tmp_path / "docs/img/claims/actor-critic.png").is_file()
+    held = claims.Claim("final", "A3C", "heldout", base=["exp=goto-a2c"], tech=["exp=goto-a3c"], names=("a2c", "a3c"))
+    entry = claims.measure(held, [1, 2, 3], cache, [cache], train=False)
+    assert entry["effect"].startswith("P(a3c > a2c) = 1.000") and entry["verdict"] == "holds"
+
+
+def test_a_claim_without_runs_is_not_measured(tmp_path):
+    claim = claims.Claim("ppo", "PPO", "steps", base=["exp=goto-a2c"], tech=[], names=("a2c", "ppo"))
+    entry = claims.measure(claim, [1, 2], tmp_path / "cache", [tmp_path / "cache"], train=False)
+    assert entry["verdict"].startswith("not measured: 4 runs missing") and "--only ppo" in entry["verdict"]
+    text = claims.markdown([entry], [1, 2])
+    assert "| ppo | PPO | - | not measured" in text
