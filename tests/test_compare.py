@@ -3,6 +3,7 @@ curves on different step grids aligned; bad input as one line and exit code 2.""
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from mmrl_cli import trainer
 from mmrl_cli.cli import main
+from mmrl_cli.compare.command import run_compare
 from mmrl_cli.compare.records import load_records
 from mmrl_cli.compare.report import compare
 from mmrl_cli.compare.settings import validate_compare
@@ -41,7 +43,7 @@ def settings(runs_root: Path, **overrides) -> object:
     return validate_compare({"runs": [str(runs_root)], "runs_root": str(runs_root), **overrides})
 
 
-def test_compare_of_real_runs_through_the_cli(tmp_path, run_mmrl, monkeypatch, capsys):
+def test_compare_of_real_runs_through_the_cli(tmp_path, run_mmrl):
     for algo in ("ppo", "a2c"):
         for seed in (1, 2):
             overrides = TINY + [f"algo={algo}", f"seed={seed}"] + (["algo.batch_size=32"] if algo == "ppo" else [])
@@ -65,38 +67,50 @@ def test_compare_of_real_runs_through_the_cli(tmp_path, run_mmrl, monkeypatch, c
         assert low <= point <= high
     assert list(report["improvement"]) == ["a2c > ppo"]
     # The report directory holds no run: comparing the same root again finds the same 4 runs.
-    monkeypatch.setattr(sys, "argv", ["mmrl"])
-    main(["compare", f"runs={tmp_path / 'runs'}", f"runs_root={tmp_path / 'runs'}", "metric=return", "reps=500",
-          "out=" + str(tmp_path / "runs" / "report2")])
-    assert "4 runs" in capsys.readouterr().out
+    again = run_compare(settings(tmp_path / "runs", metric="return", reps=500, out=str(tmp_path / "runs" / "report2")))
+    assert len(again["runs"]) == 4 and again["seconds"] > 0
+
+
+RLIABLE_DIRECTLY = """
+import json, sys
+import numpy as np
+from rliable import library, metrics
+
+scores = {k: np.array(v) for k, v in json.loads(sys.stdin.read()).items()}
+def theirs(x):
+    return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_optimality_gap(x, 1.0)])
+np.random.seed(3)
+points, intervals = library.get_interval_estimates(scores, theirs, reps=5000)
+np.random.seed(3)
+p_points, p_intervals = library.get_interval_estimates({"ab": [scores["a"], scores["b"]]},
+                                                       metrics.probability_of_improvement, reps=5000)
+print(json.dumps({"points": {k: v.tolist() for k, v in points.items()},
+                  "intervals": {k: v.tolist() for k, v in intervals.items()},
+                  "improvement": [float(p_points["ab"]), *np.ravel(p_intervals["ab"]).tolist()]}))
+"""
 
 
 def test_aggregates_and_intervals_match_rliable_called_directly():
-    library = pytest.importorskip("rliable.library")
-    from rliable import metrics
-
+    """rliable's `get_interval_estimates` runs in a process of its own: its bootstrap library
+    (arch, absl) changes process-wide state that breaks pytest's output capture for later tests."""
     rng = np.random.default_rng(0)
     scores = {"a": rng.uniform(0.3, 0.9, size=(10, 1)), "b": rng.uniform(0.5, 1.0, size=(7, 1))}
+    done = subprocess.run([sys.executable, "-c", RLIABLE_DIRECTLY], input=json.dumps({k: v.tolist() for k, v in
+                                                                                       scores.items()}),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
     ours = aggregate_intervals(scores, 1.0, reps=5_000, seed=3)
-
-    def theirs_function(x):
-        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_optimality_gap(x, 1.0)])
-
-    np.random.seed(3)
-    points, intervals = library.get_interval_estimates(scores, theirs_function, reps=5_000)
     for group in scores:
         for i, name in enumerate(("IQM", "mean", "optimality gap")):
             point, low, high = ours[group][name]
-            assert point == pytest.approx(points[group][i], abs=1e-12)
-            assert low == pytest.approx(intervals[group][0, i], abs=0.03)
-            assert high == pytest.approx(intervals[group][1, i], abs=0.03)
+            assert point == pytest.approx(theirs["points"][group][i], abs=1e-12)
+            assert low == pytest.approx(theirs["intervals"][group][0][i], abs=0.03)
+            assert high == pytest.approx(theirs["intervals"][group][1][i], abs=0.03)
     # Probability of improvement, resampling both groups independently.
     improvement = improvement_intervals(scores, reps=5_000, seed=3)["a > b"]
-    np.random.seed(3)
-    p_points, p_intervals = library.get_interval_estimates({"ab": [scores["a"], scores["b"]]},
-                                                           metrics.probability_of_improvement, reps=5_000)
-    assert improvement[0] == pytest.approx(float(p_points["ab"]), abs=1e-12)
-    assert improvement[1:] == pytest.approx(np.ravel(p_intervals["ab"]).tolist(), abs=0.03)
+    assert improvement[0] == pytest.approx(theirs["improvement"][0], abs=1e-12)
+    assert improvement[1:] == pytest.approx(theirs["improvement"][1:], abs=0.03)
     # Performance profiles: the fraction of runs above tau, as rliable's score distribution.
     taus = np.linspace(0, 1, 11)
     profile = profiles(scores, taus, reps=2000, seed=0)["a"][0]

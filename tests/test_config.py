@@ -143,7 +143,11 @@ def test_out_of_range_values_name_the_key(override, key):
         validate(composed(override))
 
 
-@pytest.mark.parametrize("preset", group_options("exp"))
+SLOW_PRESETS = {"goto-curriculum"}  # a 10x10 grid, 64-step episodes: ~20 s on 2 cores (run with -m slow)
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PRESETS else p
+                                    for p in group_options("exp")])
 def test_every_exp_preset_runs_a_few_updates(preset, tmp_path):
     from mmrl_cli.compose import compose_train_config
     from mmrl_cli.trainer import train

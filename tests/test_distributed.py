@@ -222,6 +222,7 @@ def test_a_hydra_launcher_job_starts_its_own_ranks(run_mmrl):
         assert summary["steps"] == 4096 and summary["updates"] == 8  # 2 ranks per job
 
 
+@pytest.mark.slow  # ~15 s of torchrun restarts; the two-rank CLI test stays in the default suite
 def test_a_rank_killed_by_sigkill_restarts_from_the_checkpoint_then_runs_out_of_restarts(run_mmrl):
     args = [*DDP_CARTPOLE, "total_steps=60000", "hardware.max_restarts=1"]
     process = subprocess.Popen([sys.executable, "-m", "mmrl_cli.cli", "train", *args], cwd=run_mmrl.cwd,

@@ -360,6 +360,7 @@ def study_of(sweep_dir: Path, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
 
 
+@pytest.mark.slow  # ~40 s of subprocess trials; the in-process sweep tests cover trials, pruning, retries and resume
 def test_a_tiny_sweep_end_to_end_resumes_and_exports_a_preset_train_runs(run_mmrl, capsys):
     result = run_mmrl("sweep", *TINY_SWEEP, "hpo.budget.trials=3", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

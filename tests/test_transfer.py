@@ -333,6 +333,7 @@ def test_a_lora_run_checkpoints_resumes_and_evaluates(run_mmrl):
     assert evaluated.returncode == 0, evaluated.stderr
 
 
+@pytest.mark.slow  # ~22 s; the new-wordings split itself is checked in process above
 def test_eval_on_new_wordings_runs_and_refuses_a_fixed_wording_run(run_mmrl):
     result = run_mmrl("train", *TINY_RUN, "data.wordings=paraphrase", "run_name=para")
     assert result.returncode == 0, result.stderr
