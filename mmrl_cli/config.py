@@ -78,6 +78,7 @@ class A2CConfig:
     type: str = "a2c"
     lr: float = 7e-4
     lr_schedule: str = "constant"
+    lr_warmup: float = 0.0
     gamma: float = 0.99
     gae_lambda: float = 1.0
     ent_coef: float = 0.0
@@ -93,6 +94,7 @@ class A2CConfig:
         between("algo", self, "gamma", 0.0, 1.0)
         between("algo", self, "gae_lambda", 0.0, 1.0)
         between("algo", self, "rmsprop_alpha", 0.0, 1.0)
+        between("algo", self, "lr_warmup", 0.0, 0.5)
         non_negative("algo", self, "ent_coef", "vf_coef")
         one_of("algo", self, "lr_schedule", SCHEDULES)
         one_of("algo", self, "optimizer", ("rmsprop", "adam"))

@@ -233,6 +233,21 @@ def test_ppo_anneals_lr_and_clip_range_linearly():
     assert seen == [pytest.approx((1e-3 * f, 0.2 * f)) for f in (1.0, 0.75, 0.5, 0.25)]
 
 
+def test_a2c_warms_its_learning_rate_up_from_0_then_anneals_it():
+    policy = build_policy(MlpConfig(), SPEC, 2)
+    cfg = A2CConfig(lr=1e-3, lr_schedule="linear", lr_warmup=0.25)  # 8 updates: 2 of warm-up
+    a2c = A2C(cfg, policy, 8, contextlib.nullcontext)
+    start = [p.detach().clone() for p in policy.parameters()]
+    first = a2c.update(random_rollout(actions=2, seed=0))["learning_rate"]
+    # the first update (lr 0) moves no weight; it only fills RMSprop's squared-gradient averages
+    assert first == 0.0 and all(torch.equal(p, w) for p, w in zip(policy.parameters(), start))
+    assert all(state["square_avg"].abs().sum() > 0 for state in a2c.gradient.optimizer.state.values())
+    seen = [a2c.update(random_rollout(actions=2, seed=i))["learning_rate"] for i in range(1, 8)]
+    # progress 1/8, 2/8, ...: the warm-up factor min(1, progress / 0.25) times the linear decay 1 - progress
+    assert seen == pytest.approx([1e-3 * 0.5 * 7 / 8] + [1e-3 * (8 - i) / 8 for i in range(2, 8)])
+    assert not all(torch.equal(p, w) for p, w in zip(policy.parameters(), start))
+
+
 def test_a_resumed_run_given_another_length_continues_its_schedules_smoothly():
     clock = TrainingClock(100)
     for _ in range(40):

@@ -303,6 +303,8 @@ CASES = [
     ("train", ["model.pos_init_std=inf"], None, "model.pos_init_std"),
     ("train", ["monitor.grad_explode_above=nan"], None, "monitor.grad_explode_above"),
     ("train", ["algo=a2c", "algo.rmsprop_alpha=nan"], None, "algo.rmsprop_alpha"),
+    ("train", ["algo=a2c", "algo.lr_warmup=0.9"], None, "algo.lr_warmup: expected a value in [0.0, 0.5], got 0.9"),
+    ("train", ["algo=a3c", "algo.lr_warmup=nan"], None, "algo.lr_warmup: expected a value in [0.0, 0.5]"),
     ("train", ["algo=a3c", "algo.workers=0"], None, "algo.workers: expected an integer in [1, "),
     ("train", ["algo=a3c", "algo.workers=-3"], None, "algo.workers: expected an integer in [1, "),
     ("train", ["algo=a3c", "algo.workers=100000"], None, "algo.workers: expected an integer in [1, "),

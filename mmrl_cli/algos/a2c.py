@@ -86,7 +86,7 @@ class A2C(OnPolicy):
         cfg = self.cfg
         self.policy.train()
         rollout.compute_advantages(cfg.gamma, cfg.gae_lambda)
-        lr = scheduled(cfg.lr, cfg.lr_schedule, self.clock.remaining())
+        lr = scheduled(cfg.lr, cfg.lr_schedule, self.clock.remaining(), cfg.lr_warmup)
         self.gradient.set_lr(lr)
         batch = rollout.sequence_batch() if rollout.recurrent else rollout.flat()
         normalize = cfg.normalize_advantages

@@ -37,9 +37,18 @@ from torch import nn
 from .optim import adam_step, scale_gradients
 
 
-def scheduled(value: float, schedule: str, progress_remaining: float) -> float:
-    """`value` now: constant, or annealed linearly from `value` to 0 (`progress_remaining` 1 -> 0)."""
-    return value * progress_remaining if schedule == "linear" else value
+def scheduled(value: float, schedule: str, progress_remaining: float, warmup: float = 0.0) -> float:
+    """`value` now: constant, or annealed linearly from `value` to 0 (`progress_remaining` 1 -> 0);
+    with `warmup` > 0, first raised linearly from 0 over that fraction of training.
+
+    A warm-up keeps the first updates of RMSprop/Adam small while their squared-gradient averages
+    are still near their zero start (torch's RMSprop, which has no bias correction, otherwise
+    moves every weight by ~10x the learning rate on its first step).
+    """
+    value = value * progress_remaining if schedule == "linear" else value
+    if warmup > 0.0:
+        value *= min(1.0, (1.0 - progress_remaining) / warmup)
+    return value
 
 
 class TrainingClock:
