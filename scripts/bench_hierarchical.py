@@ -2,6 +2,7 @@
 
     python scripts/bench_hierarchical.py [--seeds 1 2 3] [--part steps|generalise|all] [--threads 2]
     python scripts/bench_hierarchical.py --quick        # a smoke run: tiny budgets, one seed, output in /tmp
+    python scripts/bench_hierarchical.py --merge s1.json s2.json s3.json   # one seed per process, then one report
 
 ``steps`` (the issue's first number): on the 3-step task (``data=goto-seq data.sequence_steps=[3]``),
 env steps until 200 validation levels reach 0.8 success (evaluated every 20k steps), then 500
@@ -22,11 +23,14 @@ same weights play them), beside their held-out success on 2- and 3-step levels.
 
 Results go to docs/bench/hierarchical.json after every run (so a long benchmark can be watched and
 an interrupted one keeps what it measured) and validation curves to docs/bench/hierarchical.png.
+Seeds are independent: run one per process (``--seeds 2 --out s2.json --threads 1``, one per core),
+then ``--merge`` their JSON files into that report (rows by part and seed, the summary recomputed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -145,7 +149,8 @@ def mean(values: list) -> float:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean steps to 0.8 per arm (with and without the pretraining), runs that missed it, generalisation."""
+    """Steps to 0.8 per arm and seed, their means over the runs that reached it (with and without the
+    pretraining), the runs that missed it, and generalisation."""
     arms = dict.fromkeys(r["arm"] for r in rows if r["part"] == "steps")
     steps = {a: mean([r["steps_to_target"] for r in rows if r["arm"] == a and r["part"] == "steps"]) for a in arms}
     with_pretraining = {a: mean([r.get("steps_to_target_with_pretraining") for r in rows
@@ -153,7 +158,9 @@ def summarise(rows: list[dict]) -> dict:
     generalise = {a: {k: mean([r[k] for r in rows if r["arm"] == a and r["part"] == "generalise"])
                       for k in ("heldout_2_steps", "heldout_3_steps", "heldout_4_steps")}
                   for a in dict.fromkeys(r["arm"] for r in rows if r["part"] == "generalise")}
-    return {"steps_to_target_mean": steps, "steps_to_target_with_pretraining_mean": with_pretraining,
+    by_seed = {a: [r["steps_to_target"] for r in rows if r["arm"] == a and r["part"] == "steps"] for a in arms}
+    return {"steps_to_target_by_seed": by_seed,  # None: the target was not reached within the budget
+            "steps_to_target_mean": steps, "steps_to_target_with_pretraining_mean": with_pretraining,
             "missed_target": [[r["arm"], r["seed"]] for r in rows if r["part"] == "steps" and r["steps_to_target"] is None],
             "generalisation_mean": generalise}
 
@@ -172,6 +179,17 @@ class Recorder:
         plot(self.rows, self.out.with_suffix(".png"))
 
 
+def merge(paths: list[Path], out: Path) -> None:
+    """One report from the result files of runs of single seeds: rows by part then seed, summary recomputed."""
+    loaded = [json.loads(p.read_text()) for p in paths]
+    rows = sorted((r for data in loaded for r in data["runs"]), key=lambda r: (r["part"] != "steps", r["seed"]))
+    commands = "; ".join(data["command"] for data in loaded)
+    write_json(out, {"command": commands, "merged_from": [str(p) for p in paths], "target": TARGET,
+                     "budget": loaded[0]["budget"], "summary": summarise(rows), "runs": rows})
+    plot(rows, out.with_suffix(".png"))
+    print(summarise(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["steps", "generalise", "all"], default="all")
@@ -179,7 +197,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets, one seed, output in a temp dir")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="merge these result files (one per seed) into --out (default docs/bench/hierarchical.json)")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out or ROOT / "docs" / "bench" / "hierarchical.json")
+        return
     torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else FULL
     seeds = args.seeds[:1] if args.quick else args.seeds
