@@ -44,6 +44,7 @@ from mmrl_cli.compose import compose_train_config  # noqa: E402
 from mmrl_cli.trainer import train  # noqa: E402
 
 TARGET, PRETRAIN_TARGET = 0.8, 0.9
+DEFAULT_OUT = ROOT / "docs" / "bench" / "hierarchical.json"
 COMMON = ["monitor.progress=false", "monitor.tensorboard=false", "checkpoint.every_updates=100000"]
 TASK = ["data=goto-seq", "data.sequence_steps=[3]"]
 PRETRAIN = ["data=goto", "data.num_distractors=3"]  # the low level's goto: as many objects as a 3-step level
@@ -184,10 +185,11 @@ def merge(paths: list[Path], out: Path) -> None:
     loaded = [json.loads(p.read_text()) for p in paths]
     rows = sorted((r for data in loaded for r in data["runs"]), key=lambda r: (r["part"] != "steps", r["seed"]))
     commands = "; ".join(data["command"] for data in loaded)
+    summary = summarise(rows)
     write_json(out, {"command": commands, "merged_from": [str(p) for p in paths], "target": TARGET,
-                     "budget": loaded[0]["budget"], "summary": summarise(rows), "runs": rows})
+                     "budget": loaded[0]["budget"], "summary": summary, "runs": rows})
     plot(rows, out.with_suffix(".png"))
-    print(summarise(rows))
+    print(summary)
 
 
 def main() -> None:
@@ -201,13 +203,13 @@ def main() -> None:
                         help="merge these result files (one per seed) into --out (default docs/bench/hierarchical.json)")
     args = parser.parse_args()
     if args.merge:
-        merge(args.merge, args.out or ROOT / "docs" / "bench" / "hierarchical.json")
+        merge(args.merge, args.out or DEFAULT_OUT)
         return
     torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else FULL
     seeds = args.seeds[:1] if args.quick else args.seeds
     with tempfile.TemporaryDirectory(prefix="mmrl-hierarchical-") as tmp:
-        out = args.out or (Path(tmp) / "hierarchical.json" if args.quick else ROOT / "docs" / "bench" / "hierarchical.json")
+        out = args.out or (Path(tmp) / "hierarchical.json" if args.quick else DEFAULT_OUT)
         record = Recorder(out, " ".join(sys.argv), budget)
         if args.part in ("steps", "all"):
             steps_part(seeds, budget, Path(tmp), record)
