@@ -171,6 +171,7 @@ class BCConfig:
 
 
 LOW_TRAINING = ("finetune", "freeze")
+HIGH_HEADS = ("pointer", "index")  # algo.high_head (models/hierarchical.py)
 
 
 @dataclass
@@ -185,6 +186,7 @@ class HierarchicalConfig(PPOConfig):
 
     type: str = "hierarchical"
     option_steps: int = 16          # the low level's step budget per sub-goal; then the high level chooses again
+    high_head: str = "pointer"      # pointer (one shared score per clause: any instruction length) | index (a logit per position)
     high_lr: float = 1e-3
     high_gamma: float = 0.99        # per env step: an option of t steps discounts what follows by high_gamma ** t
     high_gae_lambda: float = 0.95   # over consecutive options of an env
@@ -203,6 +205,7 @@ class HierarchicalConfig(PPOConfig):
         between("algo", self, "high_gae_lambda", 0.0, 1.0)
         non_negative("algo", self, "high_ent_coef")
         one_of("algo", self, "low_train", LOW_TRAINING)
+        one_of("algo", self, "high_head", HIGH_HEADS)
         if self.low_train == "freeze" and self.low_init_from is None:
             raise ConfigError("algo.low_train: freeze keeps the low level as loaded: give algo.low_init_from=<goto run dir>")
 

@@ -48,7 +48,7 @@ DEFAULT_OUT = ROOT / "docs" / "bench" / "hierarchical.json"
 COMMON = ["monitor.progress=false", "monitor.tensorboard=false", "checkpoint.every_updates=100000"]
 TASK = ["data=goto-seq", "data.sequence_steps=[3]"]
 PRETRAIN = ["data=goto", "data.num_distractors=3"]  # the low level's goto: as many objects as a 3-step level
-FLAT_WIDTH = ["model.head_hidden=490"]  # flat PPO widened to the two levels' ~752k parameters
+FLAT_WIDTH = ["model.head_hidden=508"]  # flat PPO widened to the two levels' ~784k parameters
 ARMS = {
     "hierarchical (pretrained low)": ["algo=hierarchical", "algo.option_steps=8", "algo.low_init_from={pretrained}"],
     "hierarchical (scratch)": ["algo=hierarchical", "algo.option_steps=8"],

@@ -13,7 +13,7 @@ from mmrl_cli.compose import compose_train_config
 from mmrl_cli.config import ConfigError
 from mmrl_cli.envs.goto import SPLIT_ID_BASE
 from mmrl_cli.envs.goto_seq import GotoSeqEnv, HELDOUT_JOINERS, TRAIN_JOINERS
-from mmrl_cli.models.hierarchical import CLAUSE, OPTION_STEPS
+from mmrl_cli.models.hierarchical import CLAUSE, MASKED_LOGIT, OPTION_STEPS, ClauseKeys, open_clauses
 
 UP, DOWN, LEFT, RIGHT = range(4)
 MAP = [
@@ -200,8 +200,35 @@ def test_acting_outside_training_keeps_the_chosen_clause_until_a_boundary():
             _, _, state = policy.step(env.observation(), state, starts)
             starts = torch.zeros(1)
     assert len(calls) == 2  # at the start, then when the 2-step budget was spent
-    assert bool(policy.clause_mask(obs)[0, int(state[0, CLAUSE])])
+    assert bool(open_clauses(obs["subgoals"], obs["progress"], policy.pad_id)[0, int(state[0, CLAUSE])])
     assert "sub-goal" in policy.describe(obs, state, env.tokenizer)
+
+
+def test_pointer_keys_depend_on_a_clauses_words_and_place_not_its_position():
+    """The same open clauses in the same order get the same keys wherever they sit: the 4th position of a
+    4-step instruction is scored by the function the 2- and 3-step ones trained."""
+    torch.manual_seed(0)
+    keys = ClauseKeys(vocab_size=20, pad_id=0, width=8)
+    a, b, c, d = [[5, 6, 7], [5, 8, 9], [5, 10, 0], [5, 11, 12]]  # clauses of token ids (0: padding)
+    four = torch.tensor([[a, b, c, d]])
+    three = torch.tensor([[b, c, d, [0, 0, 0]]])
+    after_one = keys(four, open_clauses(four, torch.tensor([[1]]), 0))
+    fresh = keys(three, open_clauses(three, torch.tensor([[0]]), 0))
+    torch.testing.assert_close(after_one[0, 1:], fresh[0, :3])
+    assert not torch.allclose(after_one[0, 1], after_one[0, 2])  # another place, another key
+
+
+@pytest.mark.parametrize("head", ["pointer", "index"])
+def test_both_high_heads_mask_closed_clauses_and_play_four_step_levels(head):
+    _, env, policy = agent(n_envs=4, overrides=[f"algo.high_head={head}", "data.sequence_steps=[4]"])
+    obs = env.observation()
+    obs["progress"] = torch.tensor([[0], [1], [2], [3]])
+    with torch.inference_mode():
+        logits, value = policy.high_outputs(obs)
+    assert logits.shape == (4, 4) and value.shape == (4,)
+    open_ = open_clauses(obs["subgoals"], obs["progress"], policy.pad_id)
+    assert bool((logits[~open_] == MASKED_LOGIT).all()) and bool((logits[open_] > MASKED_LOGIT).all())
+    assert open_.sum(1).tolist() == [4, 3, 2, 1]
 
 
 def test_a_cli_run_checkpoints_both_levels_resumes_exactly_and_evaluates(run_mmrl, tmp_path, monkeypatch):

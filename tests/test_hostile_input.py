@@ -209,6 +209,7 @@ CASES = [
     ("train", ["algo=hierarchical"], None, "algo: algo=hierarchical picks sub-goals of a sequential instruction"),
     ("train", ["algo=hierarchical", "data=goto-seq", "algo.option_steps=0"], None, "algo.option_steps: expected an integer in"),
     ("train", ["algo=hierarchical", "data=goto-seq", "algo.low_train=thaw"], None, "algo.low_train: expected one of finetune, freeze"),
+    ("train", ["algo=hierarchical", "data=goto-seq", "algo.high_head=attention"], None, "algo.high_head: expected one of pointer, index"),
     ("train", ["algo=hierarchical", "data=goto-seq", "algo.low_train=freeze"], None, "algo.low_train: freeze keeps the low level"),
     ("train", ["algo=hierarchical", "data=goto-seq", "algo.low_init_from=/nonexistent/run"], None, "algo.low_init_from"),
     ("train", ["algo=hierarchical", "data=goto-seq", "model.memory=lstm"], None, "model.memory: algo=hierarchical"),

@@ -35,7 +35,7 @@ import torch
 from ..checkpoint import load_model
 from ..distributions import sample_actions
 from ..envs.goto import OBJECT_BASE
-from ..models.hierarchical import CLAUSE, MASKED_LOGIT, OPTION_STEPS
+from ..models.hierarchical import CLAUSE, HIGH_INPUTS, OPTION_STEPS
 from ..rng import load_generator_state
 from ..rollout import RolloutBuffer
 from .base import Algorithm, Setup
@@ -44,7 +44,7 @@ from .ppo import PPO, ppo_loss
 
 # What an open option remembers until it ends: its start observation, choice and value, and the reward
 # it has collected so far with the discount of its next step.
-PENDING = ("image", "mission", "mask", "clause", "logprob", "value", "reward", "discount", "active")
+PENDING = (*HIGH_INPUTS, "clause", "logprob", "value", "reward", "discount", "active")
 
 
 class OptionCollector:
@@ -73,7 +73,8 @@ class OptionCollector:
         self.pending = {
             "image": torch.zeros((n, *spec["image"][0]), dtype=torch.uint8, device=device),
             "mission": torch.zeros((n, *spec["mission"][0]), dtype=torch.int64, device=device),
-            "mask": torch.zeros((n, spec["subgoals"][0][0]), dtype=torch.bool, device=device),
+            "subgoals": torch.zeros((n, *spec["subgoals"][0]), dtype=torch.int64, device=device),
+            "progress": torch.zeros((n, *spec["progress"][0]), dtype=spec["progress"][1], device=device),
             "clause": torch.zeros(n, dtype=torch.int64, device=device),
             **{name: torch.zeros(n, device=device) for name in ("logprob", "value", "reward", "discount")},
             "active": torch.zeros(n, dtype=torch.bool, device=device),
@@ -102,7 +103,7 @@ class OptionCollector:
                 group = self.close_options(index, value.float())
                 if group is not None:
                     closed.append(group)
-                self.open_options(index, chosen, clause, logprob, value.float(), policy.clause_mask(chosen))
+                self.open_options(index, chosen, clause, logprob, value.float())
                 self.state = policy.started(obs, self.state, index, clause)
                 queries += len(index)
                 in_order += (clause == chosen["progress"][:, 0]).sum()
@@ -149,17 +150,16 @@ class OptionCollector:
             return None
         envs, next_value = index[active], next_value[active]
         discount = pending["discount"][envs] * (1.0 - self.starts[envs])
-        group = {name: pending[name][envs] for name in ("image", "mission", "mask", "clause", "logprob", "value")}
+        group = {name: pending[name][envs] for name in (*HIGH_INPUTS, "clause", "logprob", "value")}
         group.update(envs=envs, discount=discount, length=self.state[envs, OPTION_STEPS],
                      delta=pending["reward"][envs] + discount * next_value - pending["value"][envs])
         return group
 
-    def open_options(self, index, obs: dict, clause, logprob, value, mask) -> None:
-        """Start options in envs `index`: remember where and what was chosen."""
+    def open_options(self, index, obs: dict, clause, logprob, value) -> None:
+        """Start options in envs `index`: remember where (the high level's inputs) and what was chosen."""
         pending = self.pending
-        pending["image"][index] = obs["image"]
-        pending["mission"][index] = obs["mission"]
-        pending["mask"][index] = mask
+        for name in HIGH_INPUTS:
+            pending[name][index] = obs[name]
         pending["clause"][index] = clause
         pending["logprob"][index] = logprob
         pending["value"][index] = value
@@ -180,12 +180,10 @@ class OptionCollector:
             advantage = group["delta"] + lam * group["discount"] * running[group["envs"]]
             running[group["envs"]] = advantage
             advantages[i] = advantage
-        cat = {name: torch.cat([g[name] for g in closed]) for name in ("image", "mission", "mask", "clause", "logprob",
-                                                                         "value", "length")}
+        cat = {name: torch.cat([g[name] for g in closed]) for name in (*HIGH_INPUTS, "clause", "logprob", "value", "length")}
         advantages = torch.cat(advantages)
         stats.update(option_length=float(cat["length"].mean()))
-        return {"obs": {"image": cat["image"], "mission": cat["mission"]}, "mask": cat["mask"],
-                "actions": cat["clause"], "logprobs": cat["logprob"], "values": cat["value"],
+        return {"obs": {name: cat[name] for name in HIGH_INPUTS}, "actions": cat["clause"], "logprobs": cat["logprob"], "values": cat["value"],
                 "advantages": advantages, "returns": advantages + cat["value"]}
 
     def take_episodes(self) -> list:
@@ -268,7 +266,7 @@ class Hierarchical(Algorithm):
 
     def update_high(self, batch: dict) -> dict[str, float]:
         """PPO epochs over the options that ended, in minibatches of ``algo.high_batch_size`` (all of
-        them when fewer), the clause mask applied to the logits."""
+        them when fewer); the high level masks the closed clauses itself."""
         cfg, high = self.high_cfg, self.policy.high
         high.train()
         lr = scheduled(cfg.lr, cfg.lr_schedule, self.clock.remaining())
@@ -285,7 +283,6 @@ class Hierarchical(Algorithm):
                 minibatch = {k: v.index_select(0, rows) for k, v in batch.items() if k != "obs"}
                 minibatch["obs"] = {k: v.index_select(0, rows) for k, v in batch["obs"].items()}
                 logits, values = self.high_gradient.forward(minibatch["obs"])
-                logits = logits.float().masked_fill(~minibatch["mask"], MASKED_LOGIT)
                 terms = ppo_loss(high.distribution(logits), values, minibatch, clip_range, cfg.clip_value,
                                  cfg.normalize_advantages, cfg.vf_coef, cfg.ent_coef)
                 if self.high_gradient.step(terms, (logits, values)):

@@ -44,5 +44,5 @@ def build_agent(cfg, observation_spec: dict, action_space: ActionSpace | int, pa
         return DreamerAgent(cfg.algo, encoder, observation_spec, action_space)
     if cfg.algo.type == "hierarchical":
         return HierarchicalPolicy(cfg.model, observation_spec, action_space, patch_size, cfg.algo.option_steps,
-                                  build_policy)
+                                  build_policy, cfg.algo.high_head)
     return build_policy(cfg.model, observation_spec, action_space, patch_size)

@@ -1,12 +1,17 @@
 """The hierarchical agent's two policies as one module: a high level that picks the next sub-goal,
 a goal-conditioned low level that acts until it is reached (docs/hierarchical.md).
 
-- ``high``: the configured model (vit-gpt2 by default) over the image and the *whole* instruction;
-  its actions are the instruction's clauses (``K`` = the most steps an instruction has), masked
-  to the clauses this instruction has whose step is not done yet (the options' initiation sets:
-  "go to X" is available while X is on the grid). It is asked only at a sub-goal boundary: an episode's
-  start, the sub-goal reached (the env's ``progress`` observation moved on), or the low level's
-  step budget (``option_steps``) spent.
+- ``high`` (`HighLevel`): the configured model (vit-gpt2 by default) over the image and the *whole*
+  instruction; its actions are the instruction's clauses (``K`` = the most steps an instruction
+  has), masked to the clauses this instruction has whose step is not done yet (the options'
+  initiation sets: "go to X" is available while X is on the grid). Its head (``algo.high_head``)
+  is a *pointer* by default: the model's output is a query, each clause gets a key from one shared
+  function of its words and its place among the open clauses, and a clause's logit is their dot
+  product, so the same weights score the clauses of an instruction of any length; the ``index``
+  head has one logit per clause position instead, and a position never trained (the 4th, after
+  training on 2 and 3 steps) keeps a random logit. It is asked only at a sub-goal boundary: an
+  episode's start, the sub-goal reached (the env's ``progress`` observation moved on), or the low
+  level's step budget (``option_steps``) spent.
 - ``low``: the same model over the image and the chosen clause worded as a goto instruction
   (the env's ``subgoals`` observation), with the env's actions: a goto policy, so a trained
   ``data=goto`` run's weights fit it (``algo.low_init_from``).
@@ -28,6 +33,62 @@ from ..text import tokenizer_for
 
 CLAUSE, OPTION_STEPS, PROGRESS_AT_START = 0, 1, 2  # columns of the acting state
 MASKED_LOGIT = -1e9  # logit of a clause the instruction does not have (probability exactly 0)
+POINTER_WIDTH = 64  # width of the pointer head's query and keys
+HIGH_INPUTS = ("image", "mission", "subgoals", "progress")  # what the high level reads (a stored option keeps these)
+
+
+def open_clauses(subgoals: torch.Tensor, progress: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B, K) True for the clauses the high level may pick: the instruction has them and their step is
+    not done yet (an option's initiation set: "go to X" exists while X is on the grid, and a done
+    step's object has been removed)."""
+    clause = torch.arange(subgoals.shape[1], device=subgoals.device)
+    return (subgoals[:, :, 0] != pad_id) & (clause[None, :] >= progress)
+
+
+class ClauseKeys(nn.Module):
+    """One key per clause from one shared function: the mean embedding of the clause's words and the
+    clause's place among the open clauses (``rank / open``: 0 for the first open clause, below 1 for
+    any other, whatever the instruction's length), through a small tanh MLP."""
+
+    def __init__(self, vocab_size: int, pad_id: int, width: int):
+        super().__init__()
+        self.pad_id = pad_id
+        self.words = nn.Embedding(vocab_size, width)
+        self.mlp = nn.Sequential(nn.Linear(width + 1, width), nn.Tanh(), nn.Linear(width, width))
+
+    def forward(self, subgoals: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
+        """Keys (B, K, width) of clauses `subgoals` (B, K, L) given which are open (B, K)."""
+        present = (subgoals != self.pad_id).unsqueeze(-1).float()
+        words = (self.words(subgoals) * present).sum(2) / present.sum(2).clamp(min=1.0)
+        opened = open_.float()
+        rank = opened.cumsum(1) - opened  # open clauses before this one
+        place = rank / opened.sum(1, keepdim=True).clamp(min=1.0)
+        return self.mlp(torch.cat([words, place.unsqueeze(-1)], dim=-1))
+
+
+class HighLevel(nn.Module):
+    """The high level: a policy of the configured model over the image and the whole instruction, and
+    its head over the instruction's clauses (``pointer`` or ``index``, see the module docstring).
+    ``forward(obs)`` takes `HIGH_INPUTS` and returns (clause logits with the closed clauses masked out, value)."""
+
+    def __init__(self, model: nn.Module, head: str, clauses: int, tokenizer):
+        super().__init__()
+        self.model, self.pad_id = model, tokenizer.pad_id
+        self.keys = ClauseKeys(tokenizer.vocab_size, tokenizer.pad_id, POINTER_WIDTH) if head == "pointer" else None
+        self.choices = ActionSpace.discrete(clauses)
+
+    def forward(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        output, value = self.model({"image": obs["image"], "mission": obs["mission"]})
+        open_ = open_clauses(obs["subgoals"], obs["progress"], self.pad_id)
+        if self.keys is None:
+            logits = output.float()
+        else:  # the model's output is the query
+            logits = torch.einsum("bd,bkd->bk", output.float(), self.keys(obs["subgoals"], open_).float())
+        return logits.masked_fill(~open_, MASKED_LOGIT), value
+
+    def distribution(self, logits: torch.Tensor):
+        """The categorical distribution over the clauses."""
+        return self.choices.distribution(logits)
 
 
 class HierarchicalPolicy(nn.Module):
@@ -36,7 +97,7 @@ class HierarchicalPolicy(nn.Module):
     recurrent = True  # evaluation and GIFs carry the option state between steps
 
     def __init__(self, model_cfg, observation_spec: dict, action_space: ActionSpace | int, patch_size: int,
-                 option_steps: int, build):
+                 option_steps: int, build, high_head: str = "pointer"):
         super().__init__()
         if "subgoals" not in observation_spec or "progress" not in observation_spec:
             raise ValueError("the hierarchical agent needs a sequential task (data=goto-seq: 'subgoals' and "
@@ -44,24 +105,19 @@ class HierarchicalPolicy(nn.Module):
         clauses, tokens = observation_spec["subgoals"][0]
         image = observation_spec["image"]
         self.option_steps = option_steps
-        self.pad_id = tokenizer_for(model_cfg).pad_id
-        self.high = build(model_cfg, {"image": image, "mission": observation_spec["mission"]},
-                          ActionSpace.discrete(clauses), patch_size)
+        tokenizer = tokenizer_for(model_cfg)
+        self.pad_id = tokenizer.pad_id
+        outputs = POINTER_WIDTH if high_head == "pointer" else clauses  # a query, or a logit per clause position
+        model = build(model_cfg, {"image": image, "mission": observation_spec["mission"]}, ActionSpace.discrete(outputs),
+                      patch_size)
+        self.high = HighLevel(model, high_head, clauses, tokenizer)
         self.low = build(model_cfg, {"image": image, "mission": ((tokens,), torch.int64)}, action_space, patch_size)
         self.action_space = self.low.action_space
 
     # ------------------------------------------------------------------------ the pieces
-    def clause_mask(self, obs: dict) -> torch.Tensor:
-        """(B, K) True for the clauses the high level may pick: the instruction has them and their step is
-        not done yet (an option's initiation set: "go to X" exists while X is on the grid, and a done
-        step's object has been removed)."""
-        clause = torch.arange(obs["subgoals"].shape[1], device=obs["subgoals"].device)
-        return (obs["subgoals"][:, :, 0] != self.pad_id) & (clause[None, :] >= obs["progress"])
-
     def high_outputs(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The high level's clause logits (absent clauses masked out) and value on `obs`."""
-        logits, value = self.high({"image": obs["image"], "mission": obs["mission"]})
-        return logits.float().masked_fill(~self.clause_mask(obs), MASKED_LOGIT), value
+        """The high level's clause logits (closed clauses masked out) and value on `obs`."""
+        return self.high({name: obs[name] for name in HIGH_INPUTS})
 
     def low_inputs(self, obs: dict, clause: torch.Tensor) -> dict:
         """What the low level sees: the image and the chosen clause as a goto instruction."""
