@@ -3,6 +3,7 @@
     python scripts/bench_hierarchical.py [--seeds 1 2 3] [--part steps|generalise|all] [--threads 2]
     python scripts/bench_hierarchical.py --quick        # a smoke run: tiny budgets, one seed, output in /tmp
     python scripts/bench_hierarchical.py --merge s1.json s2.json s3.json   # one seed per process, then one report
+    python scripts/bench_hierarchical.py --part generalise --arms "hierarchical (pretrained low)" --root runs/hier
 
 ``steps`` (the issue's first number): on the 3-step task (``data=goto-seq data.sequence_steps=[3]``),
 env steps until 200 validation levels reach 0.8 success (evaluated every 20k steps), then 500
@@ -68,15 +69,15 @@ def run(overrides: list[str], run_dir: Path, budget: dict, steps: int, target: f
     return train(cfg, run_dir, callbacks=[watch]), watch
 
 
-def steps_part(seeds: list[int], budget: dict, root: Path, record) -> None:
-    """Per seed: the goto pretraining of the low level, then every arm of ARMS to 0.8 validation success."""
+def steps_part(seeds: list[int], budget: dict, root: Path, record, arms: list[str]) -> None:
+    """Per seed: the goto pretraining of the low level, then every arm of ARMS (of `arms`) to 0.8 validation success."""
     for seed in seeds:
         pretrained = root / f"pretrain-{seed}"
         summary, watch = run([*PRETRAIN, f"seed={seed}"], pretrained, budget, budget["pretrain_steps"], PRETRAIN_TARGET)
         record({"part": "steps", "arm": "goto pretraining (low level)", "seed": seed, "steps": summary["steps"],
                 "steps_to_target": watch.reached_steps, "curve": watch.curve, "parameters_total": summary["parameters_total"],
                 "validation": summary["validation_success_rate"]})
-        for arm, extra in ARMS.items():
+        for arm, extra in ((a, e) for a, e in ARMS.items() if a in arms):
             overrides = [*TASK, *(o.format(pretrained=pretrained) for o in extra), f"seed={seed}"]
             run_dir = root / f"{slug(arm)}-{seed}"
             summary, watch = run(overrides, run_dir, budget, budget["arm_steps"], TARGET)
@@ -98,13 +99,13 @@ def summary_steps(rows: list[dict], seed: int) -> int:
     return next(r["steps"] for r in rows if r["arm"] == "goto pretraining (low level)" and r["seed"] == seed)
 
 
-def generalise_part(seeds: list[int], budget: dict, root: Path, record) -> None:
+def generalise_part(seeds: list[int], budget: dict, root: Path, record, arms: list[str]) -> None:
     """Per seed: each arm trained on 2- and 3-step instructions, then played on held-out 2, 3 and 4-step levels."""
     for seed in seeds:
         pretrained = root / f"pretrain-{seed}"
         if not (pretrained / "model.safetensors").is_file():
             run([*PRETRAIN, f"seed={seed}"], pretrained, budget, budget["pretrain_steps"], PRETRAIN_TARGET)
-        for arm, extra in GENERALISE_ARMS.items():
+        for arm, extra in ((a, e) for a, e in GENERALISE_ARMS.items() if a in arms):
             base = ["data=goto-seq", *(o.format(pretrained=pretrained) for o in extra), f"seed={seed}"]
             run_dir = root / f"generalise-{slug(arm)}-{seed}"
             summary, watch = run([*base, "data.sequence_steps=[2,3]"], run_dir, budget, budget["generalise_steps"],
@@ -181,9 +182,11 @@ class Recorder:
 
 
 def merge(paths: list[Path], out: Path) -> None:
-    """One report from the result files of runs of single seeds: rows by part then seed, summary recomputed."""
+    """One report from the result files of runs of single seeds (or of some arms): rows by part then seed,
+    the summary recomputed; where two files have a row of the same part, arm and seed, the later file's wins."""
     loaded = [json.loads(p.read_text()) for p in paths]
-    rows = sorted((r for data in loaded for r in data["runs"]), key=lambda r: (r["part"] != "steps", r["seed"]))
+    latest = {(r["part"], r["arm"], r["seed"]): r for data in loaded for r in data["runs"]}
+    rows = sorted(latest.values(), key=lambda r: (r["part"] != "steps", r["seed"]))
     commands = "; ".join(data["command"] for data in loaded)
     summary = summarise(rows)
     write_json(out, {"command": commands, "merged_from": [str(p) for p in paths], "target": TARGET,
@@ -199,6 +202,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets, one seed, output in a temp dir")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="which arms to run")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="keep the runs here (default: a temporary directory); a goto pretraining run found "
+                             "here (pretrain-<seed>) is reused by the generalise part")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="merge these result files (one per seed) into --out (default docs/bench/hierarchical.json)")
     args = parser.parse_args()
@@ -209,12 +216,13 @@ def main() -> None:
     budget = QUICK if args.quick else FULL
     seeds = args.seeds[:1] if args.quick else args.seeds
     with tempfile.TemporaryDirectory(prefix="mmrl-hierarchical-") as tmp:
+        root = args.root or Path(tmp)
         out = args.out or (Path(tmp) / "hierarchical.json" if args.quick else DEFAULT_OUT)
         record = Recorder(out, " ".join(sys.argv), budget)
         if args.part in ("steps", "all"):
-            steps_part(seeds, budget, Path(tmp), record)
+            steps_part(seeds, budget, root, record, args.arms)
         if args.part in ("generalise", "all"):
-            generalise_part(seeds, budget, Path(tmp), record)
+            generalise_part(seeds, budget, root, record, args.arms)
         rows = record.rows
         table = [[r["part"], r["arm"], r["seed"], r.get("steps_to_target"), r.get("steps_to_target_with_pretraining"),
                   r.get("heldout"), r.get("heldout_4_steps"), f"{r['parameters_total']:,}"] for r in rows]
