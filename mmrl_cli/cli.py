@@ -18,7 +18,7 @@ import hydra
 
 from .commands.compress import check_compress, compress_task
 from .compare.command import check_compare, compare_task
-from .commands.eval import check_eval, eval_task
+from .commands.eval import check_eval, data_change_args, eval_task
 from .commands.sweep import check_sweep, sweep_task
 from .commands.train import check_train, train_task
 from .compose import ALL_GROUPS, COMMAND_GROUPS, CONF_DIR, check_hydra_flags, check_overrides, group_options
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(command, f"unknown command (expected one of: {', '.join(COMMANDS)}); see `mmrl --help`")
     if command == "train":
         args += sweep_preset_searchpath(args)
+    if command == "eval":
+        args = data_change_args(args)
     try:
         check_hydra_flags(command, args)
     except ConfigError as e:

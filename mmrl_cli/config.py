@@ -8,6 +8,7 @@ read plain Python values, never the DictConfig. Each group option picks its sche
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -953,6 +954,7 @@ class EvalCommandConfig:
     split: str = "heldout"
     deterministic: Optional[bool] = None  # None: both argmax and sampled actions
     seed: Optional[int] = None
+    data: dict[str, Any] = field(default_factory=dict)  # keys of the run's data section to change for this evaluation
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     gif: GifConfig = field(default_factory=GifConfig)
 
@@ -1060,6 +1062,19 @@ def merge_group(group: str, section: Any) -> Any:
     if kind not in options:
         raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
     return _merge(options[kind], section, f"{group}.")
+
+
+def with_data_changes(train: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """A run's config with keys of its data section changed (`mmrl eval data.<key>=...`: the same env
+    with other settings, e.g. longer instructions), checked as a training config is. The env type
+    stays the run's."""
+    if "type" in changes:
+        raise ConfigError(f"data.type: an evaluation plays the run's own env ({train.data.type}); change its settings only")
+    section = {**{f.name: getattr(train.data, f.name) for f in fields(train.data)}, **changes}
+    changed = copy.copy(train)
+    changed.data = merge_group("data", section)
+    changed.check()
+    return changed
 
 
 def validate_eval(cfg: DictConfig | dict) -> EvalCommandConfig:

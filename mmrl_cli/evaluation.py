@@ -152,7 +152,7 @@ def run_eval(eval_cfg: EvalCommandConfig, run_dir: Path, checkpoint_dir: Path, t
     results.update(
         run=str(run_dir), checkpoint=checkpoint_dir.name, split=eval_cfg.split,
         deterministic=eval_cfg.deterministic, seed=seed, device=str(device),
-        actions=" and ".join("argmax" if mode else "sampled" for mode in modes),
+        actions=" and ".join("argmax" if mode else "sampled" for mode in modes), data_changes=dict(eval_cfg.data),
     )
     if eval_cfg.gif.episodes:
         try:

@@ -255,6 +255,14 @@ def test_a_cli_run_checkpoints_both_levels_resumes_exactly_and_evaluates(run_mmr
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert results["episodes"] == 6 and (run_dir / "eval" / "episodes.gif").is_file()
 
+    # trained on 2- and 3-step instructions, played on 4-step ones: the same env with another setting
+    main(["eval", f"run={run_dir}", "episodes=4", "gif.episodes=0", "data.sequence_steps=[4]"])
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["data_changes"] == {"sequence_steps": [4]} and results["episodes"] == 4
+    with pytest.raises(SystemExit) as stopped:  # a setting that changes what the policy reads: one line, exit 2
+        main(["eval", f"run={run_dir}", "data.grid_size=7"])
+    assert stopped.value.code == 2
+
 
 def test_the_gif_names_the_chosen_sub_goal():
     from mmrl_cli.gif import record_episodes

@@ -7,11 +7,17 @@ import sys
 from omegaconf import DictConfig
 
 from ..compat import check_compatible
-from ..config import ConfigError, validate_eval
+from ..config import ConfigError, validate_eval, with_data_changes
 from ..envs.spec import observation_spec_of
 from ..exits import fail
 from ..tables import print_eval
 from ..text import tokenizer_for
+
+
+def data_change_args(args: list[str]) -> list[str]:
+    """`mmrl eval`'s command line with ``data.<key>=...`` written ``+data.<key>=...``: the eval config's
+    ``data`` section starts empty, and Hydra adds a key there only with ``+``."""
+    return [f"+{a}" if a.startswith("data.") else a for a in args]
 
 
 def check_eval(cfg: DictConfig, overrides: list[str]) -> None:
@@ -37,6 +43,15 @@ def evaluated_run(typed):
     check_episode_results("episodes", typed.episodes)
     run = load_run_checkpoint(typed.run, typed.runs_root, typed.checkpoint, "run")
     run.typed.hardware = typed.hardware  # evaluated on this command's hardware, not the training run's
+    if typed.data:  # the run's env with other settings: its observations must keep the layout the policy reads
+        trained = observation_spec_of(run.typed.data, tokenizer_for(run.typed.model))[0]
+        run.typed = with_data_changes(run.typed, typed.data)
+        changed = observation_spec_of(run.typed.data, tokenizer_for(run.typed.model))[0]
+        if changed != trained:
+            differs = next(k for k in trained if changed.get(k) != trained[k])
+            shape = lambda spec: "x".join(map(str, spec[0])) if spec else "none"  # noqa: E731
+            raise ConfigError(f"data: changing {', '.join(f'data.{k}' for k in typed.data)} changes the observation "
+                              f"{differs!r} the policy reads ({shape(trained[differs])} -> {shape(changed.get(differs))})")
     if typed.split == "new-wordings" and (run.typed.data.type != "goto" or run.typed.data.wordings != "paraphrase"):
         raise ConfigError("split: new-wordings needs a run on the built-in task with data.wordings=paraphrase "
                           f"(this run: data={run.typed.data.type}"
