@@ -71,10 +71,7 @@ class OptionCollector:
         self.state = policy.initial_state(n, device)
         self.starts = torch.ones(n, device=device)  # 1 where the current observation starts an episode
         self.pending = {
-            "image": torch.zeros((n, *spec["image"][0]), dtype=torch.uint8, device=device),
-            "mission": torch.zeros((n, *spec["mission"][0]), dtype=torch.int64, device=device),
-            "subgoals": torch.zeros((n, *spec["subgoals"][0]), dtype=torch.int64, device=device),
-            "progress": torch.zeros((n, *spec["progress"][0]), dtype=spec["progress"][1], device=device),
+            **{name: torch.zeros((n, *spec[name][0]), dtype=spec[name][1], device=device) for name in HIGH_INPUTS},
             "clause": torch.zeros(n, dtype=torch.int64, device=device),
             **{name: torch.zeros(n, device=device) for name in ("logprob", "value", "reward", "discount")},
             "active": torch.zeros(n, dtype=torch.bool, device=device),

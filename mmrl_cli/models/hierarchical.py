@@ -52,14 +52,12 @@ class ClauseKeys(nn.Module):
 
     def __init__(self, vocab_size: int, pad_id: int, width: int):
         super().__init__()
-        self.pad_id = pad_id
-        self.words = nn.Embedding(vocab_size, width)
+        self.words = nn.EmbeddingBag(vocab_size, width, mode="mean", padding_idx=pad_id)  # padding left out of the mean
         self.mlp = nn.Sequential(nn.Linear(width + 1, width), nn.Tanh(), nn.Linear(width, width))
 
     def forward(self, subgoals: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
         """Keys (B, K, width) of clauses `subgoals` (B, K, L) given which are open (B, K)."""
-        present = (subgoals != self.pad_id).unsqueeze(-1).float()
-        words = (self.words(subgoals) * present).sum(2) / present.sum(2).clamp(min=1.0)
+        words = self.words(subgoals.flatten(0, 1)).view(*subgoals.shape[:2], -1)
         opened = open_.float()
         rank = opened.cumsum(1) - opened  # open clauses before this one
         place = rank / opened.sum(1, keepdim=True).clamp(min=1.0)
