@@ -456,7 +456,7 @@ class GotoDataConfig(LevelSettings):
         for index, stage in enumerate(self.curriculum_stages):
             self.check_stage(index, stage)
         self.check_sequence()
-        one_of("data", self, "wordings", ("fixed", "paraphrase"))
+        one_of("data", self, "wordings", ("fixed", "paraphrase", "synonyms"))
         positive("data", self, "grid_size", "max_steps", "tile_size")
         non_negative("data", self, "num_distractors", "num_walls", "num_train_levels")
         if self.grid_size**2 > 2:  # on a grid with room to spare, a count that alone overflows it is that key's fault

@@ -3,6 +3,7 @@ wordings, LoRA and full fine-tuning from another setting, and RL started from an
 policy against RL from scratch.
 
     python scripts/bench_transfer.py --part wordings [--seeds 1 2 3] [--steps 200000]
+        [--wordings synonyms] [--distractors 2]
     python scripts/bench_transfer.py --part finetune [--seeds 1 2 3]
     python scripts/bench_transfer.py --part probe [--seeds 1 2 3]
 
@@ -12,6 +13,9 @@ fresh weights, frozen the same way: only the initialisation differs) and against
 policy (GPT-2 over the built-in word tokenizer, trained from scratch), all at equal env steps;
 then each run's final weights play 500 held-out levels in held-out wordings (`split=new-wordings`)
 and 500 in training wordings (`heldout`). Steps/s of each arm are the cost of each text tower.
+``--wordings synonyms`` words every held-out instruction with held-out words only (no canonical
+colour or object word gives the target away) and ``--distractors N`` sets the objects besides the
+target (chance success ~ 1 / (N + 1) for a policy that cannot read the instruction).
 
 ``finetune``: a source policy trained with PPO on another setting (``data.num_distractors=0``: any
 object is the goal, so it never needs to read the instruction), then on the default task (one
@@ -24,7 +28,7 @@ Every arm evaluates 200 validation levels every 25k env steps and stops at the f
 
 ``probe``: what the text tower alone knows, without RL: a small classifier (384 -> 96 -> 18) trained
 on the frozen sentence vectors of every training wording to name the target (colour x object),
-then scored on every held-out wording; pretrained MiniLM against the same architecture with
+then scored on every held-out wording (of ``--wordings``); pretrained MiniLM against the same architecture with
 random weights. It bounds what the RL arms of ``wordings`` can transfer.
 
 Writes docs/bench/transfer_<part>.json (after every run) and, for the RL parts, a PNG beside it.
@@ -71,11 +75,11 @@ def wording_breakdown(run_dir: Path, overrides: list[str], episodes: int = 500) 
     or only canonical words (a held-out template around "blue key"). Argmax actions."""
     from mmrl_cli.distributions import act
     from mmrl_cli.envs import make_env, split_seed
-    from mmrl_cli.envs.wordings import HELDOUT_SYNONYMS
+    from mmrl_cli.envs.wordings import held_out_synonyms
     from mmrl_cli.text import tokenizer_for
 
-    held_out_words = {w for words in HELDOUT_SYNONYMS.values() for w in words}
     cfg = compose_train_config(overrides)
+    held_out_words = {w for words in held_out_synonyms(cfg.data.wordings).values() for w in words}
     device = pick_device(cfg.hardware)
     policy = load_policy(cfg, run_dir / "model.safetensors", device).eval()
     tokenizer, num_envs = tokenizer_for(cfg.model), 50
@@ -100,12 +104,16 @@ def save_partial(out: Path, rows: list[dict]) -> None:
     write_json(out, {"command": " ".join(sys.argv), "partial": True, "runs": rows})
 
 
-def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out: Path) -> list[dict]:
-    """Each arm of WORDINGS_ARMS per seed: held-out-wording success at equal steps."""
+def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out: Path,
+                  data: list[str]) -> list[dict]:
+    """Each arm of WORDINGS_ARMS per seed: held-out-wording success at equal steps (`data`: the
+    task's settings, ``data.<key>=<value>`` overrides that replace an arm's own)."""
     rows = []
+    keys = {d.split("=", 1)[0] for d in data}
     for seed in seeds:
         for arm in arms:
-            overrides = [*WORDINGS_ARMS[arm], *COMMON, f"seed={seed}", f"total_steps={steps}", f"eval.every_steps={steps // 4}",
+            own = [o for o in WORDINGS_ARMS[arm] if o.split("=", 1)[0] not in keys]
+            overrides = [*own, *data, *COMMON, f"seed={seed}", f"total_steps={steps}", f"eval.every_steps={steps // 4}",
                          "eval.episodes=200"]
             run_dir = root / f"{arm}-{seed}"
             curve = FirstSuccess(TARGET, stop=False)
@@ -122,7 +130,7 @@ def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out
     return rows
 
 
-def probe_part(seeds: list[int]) -> list[dict]:
+def probe_part(seeds: list[int], wordings: str) -> list[dict]:
     """Held-out-wording accuracy of a classifier on frozen sentence vectors (see the docstring)."""
     from mmrl_cli.envs.wordings import COLORS, OBJECT_TYPES, instructions
     from mmrl_cli.models.towers import load_text_tower
@@ -134,7 +142,7 @@ def probe_part(seeds: list[int]) -> list[dict]:
         texts, labels = [], []
         for c, color in enumerate(COLORS):
             for o, object_type in enumerate(OBJECT_TYPES):
-                for text in instructions("paraphrase", held_out, color, object_type):
+                for text in instructions(wordings, held_out, color, object_type):
                     texts.append(text)
                     labels.append(c * len(OBJECT_TYPES) + o)
         return torch.tensor([tokenizer.encode(t, 24) for t in texts]), torch.tensor(labels)
@@ -225,6 +233,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000, help="wordings: env steps of every arm")
     parser.add_argument("--arms", nargs="+", default=None,
                         help=f"which arms to run (wordings: {list(WORDINGS_ARMS)}; finetune: {list(FINETUNE_ARMS)})")
+    parser.add_argument("--wordings", choices=["paraphrase", "synonyms"], default="paraphrase",
+                        help="wordings, probe: data.wordings (synonyms: held-out instructions use held-out words only)")
+    parser.add_argument("--distractors", type=int, default=None, help="wordings: data.num_distractors (default: the task's 1)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
@@ -232,7 +243,7 @@ def main() -> None:
     out = args.out or ROOT / "docs" / "bench" / f"transfer_{args.part}.json"
     with tempfile.TemporaryDirectory(prefix="mmrl-transfer-") as tmp:
         if args.part == "probe":
-            rows = probe_part(args.seeds)
+            rows = probe_part(args.seeds, args.wordings)
             print_table("frozen sentence vectors -> target (18 classes), trained on training wordings",
                         ["text tower", "seed", "training wordings", "new wordings"],
                         [[r["arm"], r["seed"], r["train_accuracy"], r["new_wordings_accuracy"]] for r in rows])
@@ -240,10 +251,13 @@ def main() -> None:
                        for arm in ("minilm", "random-minilm")}
         elif args.part == "wordings":
             arms = args.arms or list(WORDINGS_ARMS)
-            rows = wordings_part(args.seeds, args.steps, Path(tmp), arms, out)
+            data = [f"data.wordings={args.wordings}"]
+            if args.distractors is not None:
+                data.append(f"data.num_distractors={args.distractors}")
+            rows = wordings_part(args.seeds, args.steps, Path(tmp), arms, out, data)
             table = [[r["arm"], r["seed"], r["new_wordings"], r["heldout"], r["steps_per_second"],
                       f"{r['parameters_trainable']:,} / {r['parameters_total']:,}"] for r in rows]
-            print_table(f"goto, paraphrased instructions, {args.steps:,} PPO steps", ["arm", "seed", "new wordings",
+            print_table(f"goto, {' '.join(data)}, {args.steps:,} PPO steps", ["arm", "seed", "new wordings",
                         "training wordings (held-out levels)", "steps/s", "trainable / total"], table)
             means = {arm: mean([r["new_wordings"] for r in rows if r["arm"] == arm]) for arm in arms}
             speed = {arm: mean([r["steps_per_second"] for r in rows if r["arm"] == arm]) for arm in arms}

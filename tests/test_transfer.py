@@ -121,6 +121,35 @@ def test_paraphrase_splits_never_share_a_template_or_synonym_with_training():
     assert not shapes & {t.replace("{color}", "").replace("{object}", "") for t in wordings.HELDOUT_TEMPLATES}
 
 
+def test_synonym_wordings_name_every_target_with_held_out_words_only():
+    training = {text for row in wordings.table("synonyms", False) for text in row}
+    held_out = {text for row in wordings.table("synonyms", True) for text in row}
+    assert training == {text for row in wordings.table("paraphrase", False) for text in row}  # same training set
+    train_words = {w for text in training for w in text.split()}
+    canonical = set(wordings.COLORS) | set(wordings.OBJECT_TYPES)
+    for text in held_out:
+        words = set(text.split())
+        assert not words & canonical, text  # no canonical colour or object word gives the target away
+        assert not words & {w for ws in wordings.TRAIN_SYNONYMS.values() for w in ws}, text
+    assert set(wordings.NEW_WORD_SYNONYMS) == canonical  # every colour and object has held-out words
+    for word, synonyms in wordings.NEW_WORD_SYNONYMS.items():
+        assert not set(synonyms) & train_words
+        for synonym in synonyms:
+            assert any(synonym in text.split() for text in held_out), synonym
+
+
+def test_synonym_wordings_play_through_the_env_and_config():
+    cfg = GotoDataConfig(wordings="synonyms", num_distractors=2)
+    tokenizer = WordTokenizer()
+    new = make_env(cfg, 64, torch.device("cpu"), 0, "new-wordings").reset(seed=0)
+    length = new["mission"].shape[1]
+    allowed = {tuple(tokenizer.encode(text, length)) for row in wordings.table("synonyms", True) for text in row}
+    played = {tuple(ids.tolist()) for ids in new["mission"]}  # (held-out words hash: compare token ids)
+    assert played <= allowed and len(played) > 10
+    with pytest.raises(ConfigError, match="data.wordings"):
+        GotoDataConfig(wordings="synonym").check()
+
+
 def test_new_wordings_plays_held_out_levels_in_held_out_wordings():
     tokenizer = WordTokenizer()
     cfg = GotoDataConfig(wordings="paraphrase")

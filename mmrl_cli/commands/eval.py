@@ -52,8 +52,8 @@ def evaluated_run(typed):
             shape = lambda spec: "x".join(map(str, spec[0])) if spec else "none"  # noqa: E731
             raise ConfigError(f"data: changing {', '.join(f'data.{k}' for k in typed.data)} changes the observation "
                               f"{differs!r} the policy reads ({shape(trained[differs])} -> {shape(changed.get(differs))})")
-    if typed.split == "new-wordings" and (run.typed.data.type != "goto" or run.typed.data.wordings != "paraphrase"):
-        raise ConfigError("split: new-wordings needs a run on the built-in task with data.wordings=paraphrase "
+    if typed.split == "new-wordings" and (run.typed.data.type != "goto" or run.typed.data.wordings == "fixed"):
+        raise ConfigError("split: new-wordings needs a run on the built-in task with data.wordings=paraphrase or synonyms "
                           f"(this run: data={run.typed.data.type}"
                           f"{', wordings=' + run.typed.data.wordings if run.typed.data.type == 'goto' else ''})")
     if typed.gif.imagined and run.typed.algo.type != "dreamer":

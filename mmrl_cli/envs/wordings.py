@@ -8,6 +8,11 @@ training instruction ever contains; so ``mmrl eval split=new-wordings`` measures
 policy understands instructions phrased in ways it was never trained on. The canonical colour
 and object words (red, ball, ...) appear in both: they are the task.
 
+``data.wordings=synonyms``: the same training wordings; in ``new-wordings`` *every* colour and
+object is named by a word no training instruction contains (`NEW_WORD_SYNONYMS`: "the scarlet
+globe", "the azure latchkey"), so no canonical word gives the target away: only a text encoder
+that already knows these words (a pretrained one) can tell the target from the distractors.
+
 A level's wording is a stateless function of its level id (`wording_index`), like its layout.
 """
 
@@ -17,7 +22,7 @@ import itertools
 
 COLORS = ("red", "green", "blue", "purple", "yellow", "grey")
 OBJECT_TYPES = ("ball", "key", "box")
-WORDINGS = ("fixed", "paraphrase")
+WORDINGS = ("fixed", "paraphrase", "synonyms")
 
 FIXED_TEMPLATE = "go to the {color} {object}"
 TRAIN_TEMPLATES = (
@@ -39,19 +44,37 @@ HELDOUT_TEMPLATES = (
 # Other words for an object or colour: those in training instructions, and those held out.
 TRAIN_SYNONYMS = {"ball": ("sphere",), "box": ("crate",)}
 HELDOUT_SYNONYMS = {"ball": ("orb",), "box": ("chest",), "red": ("crimson",), "purple": ("violet",), "grey": ("gray",)}
+# ``wordings=synonyms``: held-out words for every colour and object (the only words of new-wordings).
+# Picked from dictionary synonyms as the two (per word) that the pretrained MiniLM relates best to
+# the canonical word (`scripts/bench_transfer.py --part probe`); yellow has none it relates well.
+NEW_WORD_SYNONYMS = {
+    "red": ("crimson", "cherry"), "green": ("olive", "lime"), "blue": ("navy", "cerulean"),
+    "purple": ("violet", "lavender"), "yellow": ("canary", "golden"), "grey": ("gray", "silver"),
+    "ball": ("orb", "globe"), "key": ("latchkey", "passkey"), "box": ("chest", "container"),
+}
 
 
-def object_words(word: str, held_out: bool) -> tuple[str, ...]:
+def held_out_synonyms(wordings: str) -> dict[str, tuple[str, ...]]:
+    """The held-out words of a wordings mode, by the colour or object they stand for."""
+    return NEW_WORD_SYNONYMS if wordings == "synonyms" else HELDOUT_SYNONYMS
+
+
+def object_words(word: str, held_out: bool, wordings: str = "paraphrase") -> tuple[str, ...]:
     """The words an instruction may use for an object type: training (the word and its training
     synonyms) or held out (its held-out synonyms, or the word itself when it has none)."""
     if held_out:
-        return HELDOUT_SYNONYMS.get(word, (word,))
+        return held_out_synonyms(wordings).get(word, (word,))
     return (word, *TRAIN_SYNONYMS.get(word, ()))
 
 
-def color_words(color: str, held_out: bool) -> tuple[str, ...]:
-    """The words an instruction may use for a colour: the colour (plus its held-out synonyms when `held_out`)."""
-    return (color, *HELDOUT_SYNONYMS.get(color, ())) if held_out else (color,)
+def color_words(color: str, held_out: bool, wordings: str = "paraphrase") -> tuple[str, ...]:
+    """The words an instruction may use for a colour: training (the colour), held out under
+    ``paraphrase`` (the colour and its held-out synonyms) or under ``synonyms`` (the synonyms only)."""
+    if not held_out:
+        return (color,)
+    if wordings == "synonyms":
+        return NEW_WORD_SYNONYMS[color]
+    return (color, *HELDOUT_SYNONYMS.get(color, ()))
 
 
 def instructions(wordings: str, held_out: bool, color: str, object_type: str) -> list[str]:
@@ -61,8 +84,8 @@ def instructions(wordings: str, held_out: bool, color: str, object_type: str) ->
         return [FIXED_TEMPLATE.format(color=color, object=object_type)]
     templates = HELDOUT_TEMPLATES if held_out else TRAIN_TEMPLATES
     return [template.format(color=c, object=o)
-            for template, o, c in itertools.product(templates, object_words(object_type, held_out),
-                                                      color_words(color, held_out))]
+            for template, o, c in itertools.product(templates, object_words(object_type, held_out, wordings),
+                                                      color_words(color, held_out, wordings))]
 
 
 def variant_count(wordings: str, held_out: bool) -> int:
