@@ -71,8 +71,9 @@ FINETUNE_ARMS = {
 
 def wording_breakdown(run_dir: Path, overrides: list[str], episodes: int = 500) -> dict:
     """Success on `new-wordings` levels split by what the instruction names the target with: a
-    held-out synonym (orb, chest, crimson, violet, gray: words no training instruction contains)
-    or only canonical words (a held-out template around "blue key"). Argmax actions."""
+    held-out synonym (`wordings.held_out_synonyms` of the run's wordings, e.g. orb, crimson: words no
+    training instruction contains) or only canonical words (a held-out template around "blue key";
+    none under ``wordings=synonyms``). Argmax actions."""
     from mmrl_cli.distributions import act
     from mmrl_cli.envs import make_env, split_seed
     from mmrl_cli.envs.wordings import held_out_synonyms

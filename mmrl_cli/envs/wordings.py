@@ -9,8 +9,8 @@ policy understands instructions phrased in ways it was never trained on. The can
 and object words (red, ball, ...) appear in both: they are the task.
 
 ``data.wordings=synonyms``: the same training wordings; in ``new-wordings`` *every* colour and
-object is named by a word no training instruction contains (`NEW_WORD_SYNONYMS`: "the scarlet
-globe", "the azure latchkey"), so no canonical word gives the target away: only a text encoder
+object is named by a word no training instruction contains (`NEW_WORD_SYNONYMS`: "the cherry
+globe", "the navy latchkey"), so no canonical word gives the target away: only a text encoder
 that already knows these words (a pretrained one) can tell the target from the distractors.
 
 A level's wording is a stateless function of its level id (`wording_index`), like its layout.
@@ -59,7 +59,7 @@ def held_out_synonyms(wordings: str) -> dict[str, tuple[str, ...]]:
     return NEW_WORD_SYNONYMS if wordings == "synonyms" else HELDOUT_SYNONYMS
 
 
-def object_words(word: str, held_out: bool, wordings: str = "paraphrase") -> tuple[str, ...]:
+def object_words(word: str, held_out: bool, wordings: str) -> tuple[str, ...]:
     """The words an instruction may use for an object type: training (the word and its training
     synonyms) or held out (its held-out synonyms, or the word itself when it has none)."""
     if held_out:
@@ -67,14 +67,13 @@ def object_words(word: str, held_out: bool, wordings: str = "paraphrase") -> tup
     return (word, *TRAIN_SYNONYMS.get(word, ()))
 
 
-def color_words(color: str, held_out: bool, wordings: str = "paraphrase") -> tuple[str, ...]:
+def color_words(color: str, held_out: bool, wordings: str) -> tuple[str, ...]:
     """The words an instruction may use for a colour: training (the colour), held out under
     ``paraphrase`` (the colour and its held-out synonyms) or under ``synonyms`` (the synonyms only)."""
     if not held_out:
         return (color,)
-    if wordings == "synonyms":
-        return NEW_WORD_SYNONYMS[color]
-    return (color, *HELDOUT_SYNONYMS.get(color, ()))
+    synonyms = held_out_synonyms(wordings).get(color, ())
+    return synonyms if wordings == "synonyms" else (color, *synonyms)
 
 
 def instructions(wordings: str, held_out: bool, color: str, object_type: str) -> list[str]:
