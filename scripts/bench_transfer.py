@@ -6,6 +6,7 @@ policy against RL from scratch.
         [--wordings synonyms] [--distractors 2]
     python scripts/bench_transfer.py --part finetune [--seeds 1 2 3]
     python scripts/bench_transfer.py --part probe [--seeds 1 2 3]
+    python scripts/bench_transfer.py --merge a.json b.json [--out ...]   # one report from parallel processes
 
 ``wordings``: `mmrl train exp=goto-minilm` (paraphrased instructions, the pretrained MiniLM text
 encoder, frozen) against the same run with ``model.tower_weights=random`` (MiniLM's architecture,
@@ -23,7 +24,8 @@ distractor: it must read) three PPO arms: from scratch, full fine-tuning (``init
 fine-tuning (``init_from`` + ``finetune.lora_rank``: the adapters alone train); and A2C
 (``exp=goto-a2c``, which needs >= 400k env steps from scratch) from scratch and from the source.
 Every arm evaluates 200 validation levels every 25k env steps and stops at the first success
->= 0.9; steps and wall time to that point (the source's own training reported beside it), then
+>= 0.9 (budget: 600k env steps for PPO, 1M for A2C; a miss counts with its whole budget, so a mean
+over misses is a lower bound); steps and wall time to that point (the source's own training reported beside it), then
 500 held-out levels.
 
 ``probe``: what the text tower alone knows, without RL: a small classifier (384 -> 96 -> 18) trained
@@ -37,6 +39,7 @@ Writes docs/bench/transfer_<part>.json (after every run) and, for the RL parts, 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -59,7 +62,10 @@ WORDINGS_ARMS = {
     "default": ["data.wordings=paraphrase"],
 }
 SOURCE = ["data.num_distractors=0", "total_steps=150000", "eval.every_steps=150000", "eval.episodes=200"]
-STOPPING = ["eval.every_steps=25000", "eval.episodes=200", "total_steps=600000"]
+STOPPING = ["eval.every_steps=25000", "eval.episodes=200"]
+# Env-step budget of each arm (the run stops earlier at 0.9): A2C from scratch needs 400k-1M steps here.
+BUDGET = {"ppo scratch": 600_000, "ppo full fine-tune": 600_000, "ppo LoRA fine-tune": 600_000,
+          "a2c scratch": 1_000_000, "a2c from source": 1_000_000}
 FINETUNE_ARMS = {
     "ppo scratch": [],
     "ppo full fine-tune": ["init_from={source}"],
@@ -175,20 +181,23 @@ def probe_part(seeds: list[int], wordings: str) -> list[dict]:
 def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path) -> list[dict]:
     """Per seed: the source run, then every arm of FINETUNE_ARMS to the first validation success >= 0.9."""
     rows = []
+    needs_source = any("{source}" in o for arm in arms for o in FINETUNE_ARMS[arm])
     for seed in seeds:
         source = root / f"source-{seed}"
-        start = time.perf_counter()
-        summary = train(compose_train_config([*SOURCE, *COMMON, f"seed={seed}"]), source)
-        rows.append({"arm": "source (0 distractors)", "seed": seed, "steps_to_target": None,
-                     "wall_seconds": time.perf_counter() - start, "steps": summary["steps"],
-                     "source_validation": summary["validation_success_rate"], "curve": []})
+        if needs_source:
+            start = time.perf_counter()
+            summary = train(compose_train_config([*SOURCE, *COMMON, f"seed={seed}"]), source)
+            rows.append({"arm": "source (0 distractors)", "seed": seed, "steps_to_target": None,
+                         "wall_seconds": time.perf_counter() - start, "steps": summary["steps"],
+                         "source_validation": summary["validation_success_rate"], "curve": []})
         for arm in arms:
-            overrides = [o.format(source=source) for o in FINETUNE_ARMS[arm]] + [*STOPPING, *COMMON, f"seed={seed}"]
+            overrides = [o.format(source=source) for o in FINETUNE_ARMS[arm]] + [
+                *STOPPING, f"total_steps={BUDGET[arm]}", *COMMON, f"seed={seed}"]
             run_dir = root / f"{arm.replace(' ', '-')}-{seed}"
             stop = FirstSuccess(TARGET)
             summary = train(compose_train_config(overrides), run_dir, callbacks=[stop])
             steps, wall = stop.reached if stop.reached else (None, None)
-            rows.append({"arm": arm, "seed": seed, "steps_to_target": steps, "wall_to_target": wall,
+            rows.append({"arm": arm, "seed": seed, "steps_to_target": steps, "wall_to_target": wall, "budget": BUDGET[arm],
                          "curve": stop.curve, "overrides": overrides,
                          "parameters_trainable": summary["parameters_trainable"],
                          "parameters_total": summary["parameters_total"],
@@ -227,9 +236,64 @@ def mean(values: list) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def report(part: str, rows: list[dict], data: list[str], steps: int, out: Path) -> dict:
+    """Print the part's table, draw its PNG beside `out` (RL parts) and return its summary."""
+    if part == "probe":
+        print_table("frozen sentence vectors -> target (18 classes), trained on training wordings",
+                    ["text tower", "seed", "training wordings", "new wordings"],
+                    [[r["arm"], r["seed"], r["train_accuracy"], r["new_wordings_accuracy"]] for r in rows])
+        return {arm: mean([r["new_wordings_accuracy"] for r in rows if r["arm"] == arm]) for arm in ("minilm", "random-minilm")}
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    if part == "wordings":
+        table = [[r["arm"], r["seed"], r["new_wordings"], r["heldout"], r["steps_per_second"],
+                  f"{r['parameters_trainable']:,} / {r['parameters_total']:,}"] for r in rows]
+        print_table(f"goto, {' '.join(data)}, {steps:,} PPO steps", ["arm", "seed", "new wordings",
+                    "training wordings (held-out levels)", "steps/s", "trainable / total"], table)
+        means = {arm: mean([r["new_wordings"] for r in rows if r["arm"] == arm]) for arm in arms}
+        speed = {arm: mean([r["steps_per_second"] for r in rows if r["arm"] == arm]) for arm in arms}
+        plot(rows, out.with_suffix(".png"), 0, "env steps", "validation success (training wordings)")
+        return {"new_wordings_mean": means, "steps_per_second_mean": speed,
+                "pretrained_minus_random": means.get("minilm", float("nan")) - means.get("random-minilm", float("nan"))}
+    table = [[r["arm"], r["seed"], r.get("steps_to_target") or r.get("steps"), r.get("wall_to_target") or
+              r.get("wall_seconds"), r.get("heldout", r.get("source_validation")),
+              f"{r['parameters_trainable']:,} / {r['parameters_total']:,}" if "parameters_total" in r else ""]
+             for r in rows]
+    print_table("goto: env steps and wall time to 0.9 validation success", ["arm", "seed", "steps",
+                "wall s", "held-out", "trainable / total"], table)
+    rl_arms = [arm for arm in arms if arm in FINETUNE_ARMS]
+    # A run that never reached 0.9 counts with its whole budget: the mean is then a lower bound.
+    to_target = lambda r: r["steps_to_target"] if r["steps_to_target"] is not None else r["budget"]  # noqa: E731
+    steps_mean = {arm: mean([to_target(r) for r in rows if r["arm"] == arm]) for arm in rl_arms}
+    summary = {"steps_to_target_mean": steps_mean,
+               "missed_target": [[r["arm"], r["seed"]] for r in rows if r["arm"] in rl_arms and r["steps_to_target"] is None]}
+    if "a2c scratch" in steps_mean and "a2c from source" in steps_mean:
+        summary["a2c_from_source_over_scratch_steps"] = steps_mean["a2c from source"] / steps_mean["a2c scratch"]
+    plot(rows, out.with_suffix(".png"), 0, "env steps", "default task after a source on 0 distractors")
+    return summary
+
+
+def merge(paths: list[Path], out: Path, part: str | None) -> None:
+    """One report from result files of one part run as several processes (e.g. one arm or seed each):
+    rows by seed then arm; where two files hold the same arm and seed, the later file's row wins.
+    `part`: the files' part where they do not name it."""
+    loaded = [json.loads(p.read_text()) for p in paths]
+    parts = {data.get("part", part) for data in loaded}
+    if len(parts) != 1:
+        raise SystemExit(f"--merge: the files hold different parts {sorted(parts)}; merge one part at a time")
+    latest = {(r["arm"], r["seed"]): r for data in loaded for r in data["runs"]}
+    order = {arm: i for i, arm in enumerate(dict.fromkeys(r["arm"] for data in loaded for r in data["runs"]))}
+    rows = sorted(latest.values(), key=lambda r: (r["seed"], order[r["arm"]]))
+    part = parts.pop()
+    summary = report(part, rows, loaded[0].get("data", []), loaded[0].get("steps", 0), out)
+    print(summary)
+    write_json(out, {"command": "; ".join(data["command"] for data in loaded), "merged_from": [str(p) for p in paths],
+                     "part": part, "data": loaded[0].get("data", []), "steps": loaded[0].get("steps"),
+                     "target": TARGET, "summary": summary, "runs": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["wordings", "finetune", "probe"], required=True)
+    parser.add_argument("--part", choices=["wordings", "finetune", "probe"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--steps", type=int, default=200_000, help="wordings: env steps of every arm")
     parser.add_argument("--arms", nargs="+", default=None,
@@ -239,50 +303,31 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=None, help="wordings: data.num_distractors (default: the task's 1)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="merge these result files of one part (e.g. one per arm or seed) into --out")
     args = parser.parse_args()
+    if args.merge:
+        part = json.loads(args.merge[0].read_text()).get("part", args.part)
+        merge(args.merge, args.out or ROOT / "docs" / "bench" / f"transfer_{part}.json", args.part)
+        return
+    if args.part is None:
+        parser.error("--part is required (or --merge)")
     torch.set_num_threads(args.threads)
     out = args.out or ROOT / "docs" / "bench" / f"transfer_{args.part}.json"
+    data = [f"data.wordings={args.wordings}"]
+    if args.distractors is not None:
+        data.append(f"data.num_distractors={args.distractors}")
     with tempfile.TemporaryDirectory(prefix="mmrl-transfer-") as tmp:
         if args.part == "probe":
             rows = probe_part(args.seeds, args.wordings)
-            print_table("frozen sentence vectors -> target (18 classes), trained on training wordings",
-                        ["text tower", "seed", "training wordings", "new wordings"],
-                        [[r["arm"], r["seed"], r["train_accuracy"], r["new_wordings_accuracy"]] for r in rows])
-            summary = {arm: mean([r["new_wordings_accuracy"] for r in rows if r["arm"] == arm])
-                       for arm in ("minilm", "random-minilm")}
         elif args.part == "wordings":
-            arms = args.arms or list(WORDINGS_ARMS)
-            data = [f"data.wordings={args.wordings}"]
-            if args.distractors is not None:
-                data.append(f"data.num_distractors={args.distractors}")
-            rows = wordings_part(args.seeds, args.steps, Path(tmp), arms, out, data)
-            table = [[r["arm"], r["seed"], r["new_wordings"], r["heldout"], r["steps_per_second"],
-                      f"{r['parameters_trainable']:,} / {r['parameters_total']:,}"] for r in rows]
-            print_table(f"goto, {' '.join(data)}, {args.steps:,} PPO steps", ["arm", "seed", "new wordings",
-                        "training wordings (held-out levels)", "steps/s", "trainable / total"], table)
-            means = {arm: mean([r["new_wordings"] for r in rows if r["arm"] == arm]) for arm in arms}
-            speed = {arm: mean([r["steps_per_second"] for r in rows if r["arm"] == arm]) for arm in arms}
-            summary = {"new_wordings_mean": means, "steps_per_second_mean": speed,
-                       "pretrained_minus_random": means.get("minilm", float("nan")) - means.get("random-minilm", float("nan"))}
-            plot(rows, out.with_suffix(".png"), 0, "env steps", "validation success (training wordings)")
+            rows = wordings_part(args.seeds, args.steps, Path(tmp), args.arms or list(WORDINGS_ARMS), out, data)
         else:
-            args.arms = args.arms or list(FINETUNE_ARMS)
-            rows = finetune_part(args.seeds, args.arms, Path(tmp), out)
-            table = [[r["arm"], r["seed"], r.get("steps_to_target") or r.get("steps"), r.get("wall_to_target") or
-                      r.get("wall_seconds"), r.get("heldout", r.get("source_validation")),
-                      f"{r['parameters_trainable']:,} / {r['parameters_total']:,}" if "parameters_total" in r else ""]
-                     for r in rows]
-            print_table("goto: env steps and wall time to 0.9 validation success", ["arm", "seed", "steps",
-                        "wall s", "held-out", "trainable / total"], table)
-            steps = {arm: mean([r["steps_to_target"] for r in rows if r["arm"] == arm]) for arm in args.arms}
-            summary = {"steps_to_target_mean": steps,
-                       "missed_target": [[r["arm"], r["seed"]] for r in rows if r["arm"] in args.arms and r["steps_to_target"] is None]}
-            if "a2c scratch" in steps and "a2c from source" in steps:
-                summary["a2c_from_source_over_scratch_steps"] = steps["a2c from source"] / steps["a2c scratch"]
-            plot(rows, out.with_suffix(".png"), 0, "env steps", "default task after a source on 0 distractors")
+            rows = finetune_part(args.seeds, args.arms or list(FINETUNE_ARMS), Path(tmp), out)
+    summary = report(args.part, rows, data, args.steps, out)
     print(summary)
-    write_json(out, {"command": " ".join(sys.argv), "target": TARGET, "summary": summary, "runs": rows})
-
+    write_json(out, {"command": " ".join(sys.argv), "part": args.part, "data": data, "steps": args.steps,
+                     "target": TARGET, "summary": summary, "runs": rows})
 
 if __name__ == "__main__":
     main()
