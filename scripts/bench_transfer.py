@@ -6,6 +6,7 @@ policy against RL from scratch.
         [--wordings synonyms] [--distractors 2]
     python scripts/bench_transfer.py --part finetune [--seeds 1 2 3]
     python scripts/bench_transfer.py --part probe [--seeds 1 2 3]
+    python scripts/bench_transfer.py --part speed [--seeds 1 2 3] [--steps 40000]
     python scripts/bench_transfer.py --merge a.json b.json [--out ...]   # one report from parallel processes
 
 ``wordings``: `mmrl train exp=goto-minilm` (paraphrased instructions, the pretrained MiniLM text
@@ -32,6 +33,10 @@ over misses is a lower bound); steps and wall time to that point (the source's o
 on the frozen sentence vectors of every training wording to name the target (colour x object),
 then scored on every held-out wording (of ``--wordings``); pretrained MiniLM against the same architecture with
 random weights. It bounds what the RL arms of ``wordings`` can transfer.
+
+``speed``: the pretrained tower's cost: training steps/s (evaluations excluded) of the default
+policy and of `exp=goto-minilm`, in paraphrased wordings, ``--steps`` env steps each, the two arms
+alternating in one process per seed (so both see the same machine load).
 
 Writes docs/bench/transfer_<part>.json (after every run) and, for the RL parts, a PNG beside it.
 """
@@ -66,6 +71,7 @@ STOPPING = ["eval.every_steps=25000", "eval.episodes=200"]
 # Env-step budget of each arm (the run stops earlier at 0.9): A2C from scratch needs 400k-1M steps here.
 BUDGET = {"ppo scratch": 600_000, "ppo full fine-tune": 600_000, "ppo LoRA fine-tune": 600_000,
           "a2c scratch": 1_000_000, "a2c from source": 1_000_000}
+SPEED_ARMS = {"default": ["data.wordings=paraphrase"], "minilm": ["exp=goto-minilm"]}
 FINETUNE_ARMS = {
     "ppo scratch": [],
     "ppo full fine-tune": ["init_from={source}"],
@@ -207,6 +213,21 @@ def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path) -> l
     return rows
 
 
+def speed_part(seeds: list[int], steps: int, root: Path) -> list[dict]:
+    """Training steps/s of each arm of SPEED_ARMS, alternating within each seed."""
+    rows = []
+    for seed in seeds:
+        for arm, own in SPEED_ARMS.items():
+            overrides = [*own, *COMMON, f"seed={seed}", f"total_steps={steps}", f"eval.every_steps={steps}", "eval.episodes=10"]
+            summary = train(compose_train_config(overrides), root / f"speed-{arm}-{seed}")
+            rows.append({"arm": arm, "seed": seed, "steps": summary["steps"], "overrides": overrides,
+                         "train_steps_per_second": summary["train_steps_per_second"],
+                         "parameters_trainable": summary["parameters_trainable"],
+                         "parameters_total": summary["parameters_total"]})
+            print(arm, seed, rows[-1]["train_steps_per_second"], flush=True)
+    return rows
+
+
 def plot(rows: list[dict], path: Path, x_index: int, xlabel: str, title: str) -> None:
     """Validation success curves of every run, one colour per arm."""
     import matplotlib
@@ -244,6 +265,12 @@ def report(part: str, rows: list[dict], data: list[str], steps: int, out: Path) 
                     [[r["arm"], r["seed"], r["train_accuracy"], r["new_wordings_accuracy"]] for r in rows])
         return {arm: mean([r["new_wordings_accuracy"] for r in rows if r["arm"] == arm]) for arm in ("minilm", "random-minilm")}
     arms = list(dict.fromkeys(r["arm"] for r in rows))
+    if part == "speed":
+        print_table(f"goto, paraphrased wordings: training steps/s over {steps:,} env steps", ["arm", "seed", "steps/s",
+                    "trainable / total"], [[r["arm"], r["seed"], r["train_steps_per_second"],
+                                            f"{r['parameters_trainable']:,} / {r['parameters_total']:,}"] for r in rows])
+        speed = {arm: mean([r["train_steps_per_second"] for r in rows if r["arm"] == arm]) for arm in arms}
+        return {"train_steps_per_second_mean": speed, "minilm_over_default": speed["minilm"] / speed["default"]}
     if part == "wordings":
         table = [[r["arm"], r["seed"], r["new_wordings"], r["heldout"], r["steps_per_second"],
                   f"{r['parameters_trainable']:,} / {r['parameters_total']:,}"] for r in rows]
@@ -293,9 +320,9 @@ def merge(paths: list[Path], out: Path, part: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["wordings", "finetune", "probe"])
+    parser.add_argument("--part", choices=["wordings", "finetune", "probe", "speed"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--steps", type=int, default=200_000, help="wordings: env steps of every arm")
+    parser.add_argument("--steps", type=int, default=None, help="wordings (default 200k), speed (default 40k): env steps of every arm")
     parser.add_argument("--arms", nargs="+", default=None,
                         help=f"which arms to run (wordings: {list(WORDINGS_ARMS)}; finetune: {list(FINETUNE_ARMS)})")
     parser.add_argument("--wordings", choices=["paraphrase", "synonyms"], default="paraphrase",
@@ -313,6 +340,7 @@ def main() -> None:
     if args.part is None:
         parser.error("--part is required (or --merge)")
     torch.set_num_threads(args.threads)
+    args.steps = args.steps or {"speed": 40_000}.get(args.part, 200_000)
     out = args.out or ROOT / "docs" / "bench" / f"transfer_{args.part}.json"
     data = [f"data.wordings={args.wordings}"]
     if args.distractors is not None:
@@ -320,6 +348,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mmrl-transfer-") as tmp:
         if args.part == "probe":
             rows = probe_part(args.seeds, args.wordings)
+        elif args.part == "speed":
+            rows = speed_part(args.seeds, args.steps, Path(tmp))
         elif args.part == "wordings":
             rows = wordings_part(args.seeds, args.steps, Path(tmp), args.arms or list(WORDINGS_ARMS), out, data)
         else:
