@@ -27,7 +27,8 @@ fine-tuning (``init_from`` + ``finetune.lora_rank``: the adapters alone train); 
 Every arm evaluates 200 validation levels every 25k env steps and stops at the first success
 >= 0.9 (budget: each preset's own run, 400k env steps for PPO, 1M for A2C; a miss counts with its whole budget, so a mean
 over misses is a lower bound); steps and wall time to that point (the source's own training reported beside it), then
-500 held-out levels.
+500 held-out levels (``--whole-run``: every arm trains its whole budget, the first 0.9 is still
+recorded, and the final weights play the held-out levels).
 
 ``probe``: what the text tower alone knows, without RL: a small classifier (384 -> 96 -> 18) trained
 on the frozen sentence vectors of every training wording to name the target (colour x object),
@@ -187,8 +188,10 @@ def probe_part(seeds: list[int], wordings: str) -> list[dict]:
     return rows
 
 
-def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path) -> list[dict]:
-    """Per seed: the source run, then every arm of FINETUNE_ARMS to the first validation success >= 0.9."""
+def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path, whole_run: bool = False) -> list[dict]:
+    """Per seed: the source run, then every arm of FINETUNE_ARMS to the first validation success >= 0.9
+    (`whole_run`: through its whole budget, the first 0.9 still recorded; held-out success is then the
+    final weights')."""
     rows = []
     needs_source = any("{source}" in o for arm in arms for o in FINETUNE_ARMS[arm])
     for seed in seeds:
@@ -203,10 +206,11 @@ def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path) -> l
             overrides = [o.format(source=source) for o in FINETUNE_ARMS[arm]] + [
                 *STOPPING, f"total_steps={BUDGET[arm]}", *COMMON, f"seed={seed}"]
             run_dir = root / f"{arm.replace(' ', '-')}-{seed}"
-            stop = FirstSuccess(TARGET)
+            stop = FirstSuccess(TARGET, stop=not whole_run)
             summary = train(compose_train_config(overrides), run_dir, callbacks=[stop])
             steps, wall = stop.reached if stop.reached else (None, None)
             rows.append({"arm": arm, "seed": seed, "steps_to_target": steps, "wall_to_target": wall, "budget": BUDGET[arm],
+                         "whole_run": whole_run, "steps": summary["steps"], "wall_seconds": summary["wall_seconds"],
                          "curve": stop.curve, "overrides": overrides,
                          "parameters_trainable": summary["parameters_trainable"],
                          "parameters_total": summary["parameters_total"],
@@ -333,6 +337,8 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=None, help="wordings: data.num_distractors (default: the task's 1)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--whole-run", action="store_true",
+                        help="finetune: every arm trains its whole budget (held-out success of the final weights)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="merge these result files of one part (e.g. one per arm or seed) into --out")
     args = parser.parse_args()
@@ -356,7 +362,7 @@ def main() -> None:
         elif args.part == "wordings":
             rows = wordings_part(args.seeds, args.steps, Path(tmp), args.arms or list(WORDINGS_ARMS), out, data)
         else:
-            rows = finetune_part(args.seeds, args.arms or list(FINETUNE_ARMS), Path(tmp), out)
+            rows = finetune_part(args.seeds, args.arms or list(FINETUNE_ARMS), Path(tmp), out, args.whole_run)
     summary = report(args.part, rows, data, args.steps, out)
     print(summary)
     write_json(out, {"command": " ".join(sys.argv), "part": args.part, "data": data, "steps": args.steps,
