@@ -68,11 +68,9 @@ WORDINGS_ARMS = {
     "default": ["data.wordings=paraphrase"],
 }
 SOURCE = ["data.num_distractors=0", "total_steps=150000", "eval.every_steps=150000", "eval.episodes=200"]
+# Each arm's budget is its preset's own total_steps (the run stops earlier at 0.9), so its learning rate
+# anneals as in the preset: PPO the default 400k, A2C exp=goto-a2c's 1M (it needs 400k-1M from scratch).
 STOPPING = ["eval.every_steps=25000", "eval.episodes=200"]
-# Env-step budget of each arm (the run stops earlier at 0.9): each preset's own total_steps, so its learning
-# rate anneals as in the preset (PPO: the default 400k; A2C: exp=goto-a2c's 1M, it needs 400k-1M from scratch).
-BUDGET = {"ppo scratch": 400_000, "ppo full fine-tune": 400_000, "ppo LoRA fine-tune": 400_000,
-          "a2c scratch": 1_000_000, "a2c from source": 1_000_000}
 SPEED_ARMS = {"default": ["data.wordings=paraphrase"], "minilm": ["exp=goto-minilm"]}
 FINETUNE_ARMS = {
     "ppo scratch": [],
@@ -203,13 +201,13 @@ def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path, whol
                          "wall_seconds": time.perf_counter() - start, "steps": summary["steps"],
                          "source_validation": summary["validation_success_rate"], "curve": []})
         for arm in arms:
-            overrides = [o.format(source=source) for o in FINETUNE_ARMS[arm]] + [
-                *STOPPING, f"total_steps={BUDGET[arm]}", *COMMON, f"seed={seed}"]
+            overrides = [o.format(source=source) for o in FINETUNE_ARMS[arm]] + [*STOPPING, *COMMON, f"seed={seed}"]
             run_dir = root / f"{arm.replace(' ', '-')}-{seed}"
             stop = FirstSuccess(TARGET, stop=not whole_run)
-            summary = train(compose_train_config(overrides), run_dir, callbacks=[stop])
+            cfg = compose_train_config(overrides)
+            summary = train(cfg, run_dir, callbacks=[stop])
             steps, wall = stop.reached if stop.reached else (None, None)
-            rows.append({"arm": arm, "seed": seed, "steps_to_target": steps, "wall_to_target": wall, "budget": BUDGET[arm],
+            rows.append({"arm": arm, "seed": seed, "steps_to_target": steps, "wall_to_target": wall, "budget": cfg.total_steps,
                          "whole_run": whole_run, "steps": summary["steps"], "wall_seconds": summary["wall_seconds"],
                          "curve": stop.curve, "overrides": overrides,
                          "parameters_trainable": summary["parameters_trainable"],
@@ -367,6 +365,7 @@ def main() -> None:
     print(summary)
     write_json(out, {"command": " ".join(sys.argv), "part": args.part, "data": data, "steps": args.steps,
                      "target": TARGET, "summary": summary, "runs": rows})
+
 
 if __name__ == "__main__":
     main()
