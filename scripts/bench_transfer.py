@@ -341,6 +341,9 @@ def main() -> None:
                         help="merge these result files of one part (e.g. one per arm or seed) into --out")
     args = parser.parse_args()
     if args.merge:
+        missing = [str(path) for path in args.merge if not path.is_file()]
+        if missing:
+            parser.error(f"--merge: no such result file: {', '.join(missing)}")
         part = json.loads(args.merge[0].read_text()).get("part", args.part)
         merge(args.merge, args.out or ROOT / "docs" / "bench" / f"transfer_{part}.json", args.part)
         return
