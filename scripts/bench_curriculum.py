@@ -2,9 +2,9 @@
 
     python scripts/bench_curriculum.py [--parts curriculum plr babyai] [--seeds 1 2 3] [--quick]
 
-1. ``curriculum``: `mmrl train exp=goto-curriculum` (10x10 grid, 4 distractors, stages of 0/1/2
+1. ``curriculum``: `mmrl train exp=goto-curriculum` (7x7 grid, 4 distractors, stages of 0/1/2
    distractors first) against the same task without a curriculum (``data.curriculum=none``): env
-   steps to the first validation success >= 0.9 (evaluations every 50k steps, 200 episodes; the
+   steps to the first validation success >= 0.9 (evaluations every 25k steps, 200 episodes; the
    weights that got there are then scored on 500 held-out levels). Target: ratio <= 0.5.
 2. ``plr``: `mmrl train exp=goto-plr` (200 training levels) against ``data.level_sampler=uniform``
    at equal env steps: held-out success (500 levels) at the end; the probability of improvement
@@ -12,6 +12,11 @@
    ``plr-minigrid``: the same on MiniGrid DoorKey-6x6 with 200 training seeds (`exp=minigrid-plr`, 300k steps).
 3. ``babyai``: `mmrl train exp=babyai-curriculum` (GoToRedBallGrey -> GoToRedBall -> GoToLocal)
    against GoToLocal alone: env steps to the first validation success >= 0.9 on GoToLocal.
+
+``--arms`` runs only the named arms (e.g. one process per arm on two cores; each writes its own
+``--out``) and ``--merge a.json b.json ... --out c.json`` makes one report of them (a later file's
+run of the same part, arm and seed replaces an earlier one). Each finished run is written to
+``--out`` at once, so a killed benchmark keeps what it measured.
 
 ``--quick`` runs every arm for a few thousand steps with small evaluations: a smoke test of the
 script, not a measurement. Writes docs/bench/curriculum.json, a PNG of the validation curves
@@ -21,6 +26,7 @@ beside it, and prints the tables.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import tempfile
@@ -59,8 +65,11 @@ def run_arm(part: str, arm: str, overrides: list[str], seed: int, root: Path, qu
             "heldout": heldout_success(run_dir, full, 20 if quick else 500), "steps_per_second": summary["steps_per_second"]}
 
 
-def probability_of_improvement(better: list[float], worse: list[float]) -> float:
-    """P(X > Y) over all pairs of runs (ties count half): Agarwal et al. 2021's probability of improvement."""
+def probability_of_improvement(better: list[float], worse: list[float]) -> float | None:
+    """P(X > Y) over all pairs of runs (ties count half): Agarwal et al. 2021's probability of improvement
+    (None until both arms have runs)."""
+    if not better or not worse:
+        return None
     pairs = [(x > y) + 0.5 * (x == y) for x in better for y in worse]
     return sum(pairs) / len(pairs)
 
@@ -80,7 +89,7 @@ def summarise(part: str, rows: list[dict]) -> dict:
         # A run that never reached 0.9 counts with all its steps (so the ratio is a bound, marked as such).
         steps = {arm: [r["steps_to_target"] or r["steps"] for r in of(arm)] for arm in (method, baseline)}
         missed = {arm: sum(r["steps_to_target"] is None for r in of(arm)) for arm in (method, baseline)}
-        ratio = sum(steps[method]) / sum(steps[baseline]) if steps[baseline] else None
+        ratio = sum(steps[method]) / sum(steps[baseline]) if steps[method] and steps[baseline] else None
         return {"mean_steps": {arm: sum(v) / len(v) for arm, v in steps.items() if v}, "ratio": ratio,
                 "missed_target": missed, "target_ratio": 0.5 if part == "curriculum" else 1.0}
     success = {arm: [r["heldout"] for r in of(arm)] for arm in (method, baseline)}
@@ -112,34 +121,60 @@ def plot(rows: list[dict], parts: list[str], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def report(rows: list[dict], out: Path, command: str, quick: bool, **extra) -> None:
+    """The tables, the PNG of the curves and the JSON of every run and each comparison's summary."""
+    parts = [part for part in PARTS if any(r["part"] == part for r in rows)]
+    summaries = {part: summarise(part, rows) for part in parts}
+    print_table("curriculum and level sampling: every run", ["part", "arm", "seed", "steps", f"steps to {TARGET}", "held-out"],
+                [[r["part"], r["arm"], r["seed"], r["steps"], r["steps_to_target"] or "missed", r["heldout"]] for r in rows])
+    for part, summary in summaries.items():
+        print(part, summary)
+    plot(rows, parts, out.with_suffix(".png"))
+    write_json(out, {"command": command, "target": TARGET, "quick": quick, "summaries": summaries, **extra, "runs": rows})
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One report from several result files (one per arm or seed): a later run of the same part,
+    arm and seed replaces an earlier one."""
+    loaded = [json.loads(path.read_text()) for path in paths]
+    latest = {(r["part"], r["arm"], r["seed"]): r for data in loaded for r in data["runs"]}
+    report(list(latest.values()), out, "; ".join(data["command"] for data in loaded),
+           any(data["quick"] for data in loaded), merged_from=[str(path) for path in paths])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="a few thousand steps per run: a smoke test, not a measurement")
+    parser.add_argument("--arms", nargs="+", default=None, help="only these arms (default: both of each part)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge these result files into --out")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default docs/bench/curriculum[_quick].json)")
     args = parser.parse_args()
     out = args.out or ROOT / "docs" / "bench" / ("curriculum_quick.json" if args.quick else "curriculum.json")
+    if args.merge:
+        missing = [str(path) for path in args.merge if not path.is_file()]
+        if missing:
+            parser.error(f"--merge: no such result file: {', '.join(missing)}")
+        merge(args.merge, out)
+        return
+    known = {arm for part in args.parts for arm, _ in PARTS[part]}
+    if args.arms and not set(args.arms) <= known:
+        parser.error(f"--arms: expected some of {sorted(known)}, got {args.arms}")
     torch.set_num_threads(args.threads)
-    rows = []
+    command, rows = " ".join(sys.argv), []
     with tempfile.TemporaryDirectory(prefix="mmrl-curriculum-") as tmp:
         for part in args.parts:
             for seed in args.seeds:  # arms alternate within a seed, so load on the machine falls on both
                 for arm, overrides in PARTS[part]:
+                    if args.arms and arm not in args.arms:
+                        continue
                     rows.append(run_arm(part, arm, overrides, seed, Path(tmp), args.quick))
                     r = rows[-1]
                     print(f"{part} {arm} seed {seed}: steps to {TARGET} {r['steps_to_target']}, held-out {r['heldout']:.3f}",
                           flush=True)
-    summaries = {part: summarise(part, rows) for part in args.parts}
-    print_table("curriculum and level sampling: every run", ["part", "arm", "seed", "steps", f"steps to {TARGET}", "held-out"],
-                [[r["part"], r["arm"], r["seed"], r["steps"], r["steps_to_target"] or "missed", r["heldout"]] for r in rows])
-    for part, summary in summaries.items():
-        print(part, summary)
-    plot(rows, args.parts, out.with_suffix(".png"))
-    write_json(out, {"command": " ".join(sys.argv), "target": TARGET, "quick": args.quick, "summaries": summaries,
-                     "runs": rows})
-
+                    report(rows, out, command, args.quick)
 
 if __name__ == "__main__":
     main()
