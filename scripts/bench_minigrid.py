@@ -24,6 +24,11 @@ Part 3 (`--part babyai`): a BabyAI level with a real instruction (GoToLocalS6N4 
 `exp=minigrid-ppo` (the CNN with the mission as a bag of words; `--exp minigrid-vit` for the
 transformer), 500k steps, 3 seeds: the step and the number of training episodes at which
 validation success first reached 0.9 (the BabyAI paper counts episodes), and held-out success.
+`--bc-demos N` warm-starts each run from behaviour cloning: `mmrl demos` records N episodes of
+minigrid's BabyAI bot (env seeds seed*100,000 on, so every seed has its own demos), `mmrl train
+algo=bc` (`--bc-updates` gradient steps, entropy bonus 0.02) fits the same preset's policy to
+them, and the RL run starts from it (`init_from`) for `--steps` minus the demos' transitions:
+the bot's env steps count, so the total equals the runs without demos.
 
 Part 4 (`--part speed`): the instruction path's cost. BabyAI-GoToRedBallGrey-v0 (a varying
 mission, so mmrl feeds it: bag of words beside the CNN), `exp=minigrid-ppo` against SB3 with the
@@ -34,6 +39,7 @@ training steps/s of each and their ratio.
     python scripts/bench_minigrid.py --part speed [--steps 50000] [--out docs/bench/minigrid_speed.json]
     python scripts/bench_minigrid.py --part transformer [--envs ...] [--out docs/bench/minigrid_vit.json]
     python scripts/bench_minigrid.py --part babyai [--exp minigrid-vit] [--out docs/bench/babyai_<exp>.json]
+    python scripts/bench_minigrid.py --part babyai --exp minigrid-vit --bc-demos 1000 --envs BabyAI-GoToRedBallGrey-v0 --steps 100000
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ CNN_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0"]
 TRANSFORMER_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0"]
 BABYAI_ENVS = ["BabyAI-GoToLocalS6N4-v0"]  # "go to the <colour> <object>" among 4 objects, a new one every episode
 EVAL_EPISODES = 100
+# The model of each preset, for its behaviour cloning run (a preset's PPO settings do not apply to algo=bc).
+BC_MODEL = {"minigrid-vit": ["model=vit-gpt2", "model.separate_heads=true"], "minigrid-ppo": ["model=cnn-minigrid"]}
 HELDOUT_SEED_OFFSET = 2_000_000  # mmrl's held-out env seeds: seed + 2,000,000 (envs.SPLIT_SEED_OFFSETS)
 
 
@@ -106,21 +114,55 @@ def sb3_run(env_id: str, seed: int, steps: int) -> dict:
             "steps_per_second": steps / wall}
 
 
+def mmrl_cli(*args: str) -> None:
+    """Run `mmrl <args>` as a user would; raises with the end of its output on failure."""
+    cmd = [sys.executable, "-m", "mmrl_cli.cli", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+
+
+def bc_warm_start(env_id: str, seed: int, episodes: int, updates: int, root: Path, exp: str, threads: int) -> dict:
+    """`mmrl demos data=gym` (the BabyAI bot, `episodes` episodes from env seed seed*100,000; the presets
+    use data=gym as it is) and `mmrl train
+    algo=bc` of the preset's policy on them: the BC run's directory and what it cost."""
+    demos = root / "demos"
+    start = time.perf_counter()
+    mmrl_cli("demos", "data=gym", f"data.env_id={env_id}", f"episodes={episodes}", f"seed={seed * 100_000}",
+             f"runs_root={root}", f"out={demos}", "progress=false")
+    demo_seconds = time.perf_counter() - start
+    totals = json.loads((demos / "manifest.json").read_text())["totals"]
+    s = mmrl_train(["data=gym", *BC_MODEL[exp], "algo=bc", f"algo.demos={demos}", f"algo.updates={updates}", "algo.ent_coef=0.02",
+                    f"algo.eval_every_updates={updates}", f"data.env_id={env_id}", f"seed={seed}",
+                    f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", "monitor.tensorboard=false",
+                    f"checkpoint.every_updates={updates}"], root / "bc")
+    return {"run_dir": s["run_dir"], "demo_episodes": totals["episodes"], "demo_transitions": totals["transitions"],
+            "expert_success_rate": totals["success_rate"], "demo_seconds": demo_seconds,
+            "bc_seconds": s["wall_seconds"], "bc_heldout_success": s["heldout_success_rate"]}
+
+
 def mmrl_run(env_id: str, seed: int, steps: int, runs_root: Path, extra: list[str], threads: int = 1,
-             exp: str = "minigrid-ppo") -> dict:
-    """`mmrl train exp=<exp>` as a user would run it (in its own runs root: runs go in parallel)."""
+             exp: str = "minigrid-ppo", bc_demos: int = 0, bc_updates: int = 0) -> dict:
+    """`mmrl train exp=<exp>` as a user would run it (in its own runs root: runs go in parallel);
+    with `bc_demos`, warm-started from behaviour cloning on that many bot episodes, whose env steps
+    come out of `steps`."""
     own_root = runs_root / f"{env_id}-seed{seed}-{exp}-{'-'.join(extra).replace('=', '_')}"
-    s = mmrl_train([f"exp={exp}", f"data.env_id={env_id}", f"total_steps={steps}", f"seed={seed}",
-                    f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", *extra], own_root)
+    bc = bc_warm_start(env_id, seed, bc_demos, bc_updates, own_root, exp, threads) if bc_demos else None
+    rl_steps = steps - bc["demo_transitions"] if bc else steps
+    s = mmrl_train([f"exp={exp}", f"data.env_id={env_id}", f"total_steps={rl_steps}", f"seed={seed}",
+                    f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", *extra,
+                    *([f"init_from={bc['run_dir']}"] if bc else [])], own_root / "rl")
     sampled = mmrl_eval_sampled(Path(s["run_dir"]), threads)
     first = next((e for e in s["evaluations"] if (e["validation"]["success_rate"] or 0) >= 0.9), {})
     return {"runner": "mmrl", "env": env_id, "seed": seed, "heldout_success": s["heldout_success_rate"],
             "heldout_return": s["heldout_return"], "wall_seconds": s["wall_seconds"],
             "train_steps_per_second": s["train_steps_per_second"], "steps_per_second": s["steps_per_second"],
-            "heldout_success_sampled": sampled, "first_step_validation_0.9": first.get("step"),
+            "heldout_success_sampled": sampled, "first_step_validation_0.9":
+            first["step"] + (bc["demo_transitions"] if bc else 0) if first else None,  # the bot's steps count
             "episodes_to_validation_0.9": first.get("episodes"), "validation_curve":
             [e["validation"]["success_rate"] for e in s["evaluations"]], "steps": s["steps"], "episodes": s.get("episodes"),
-            "run_dir": s["run_dir"]}
+            "run_dir": s["run_dir"], "bc_warm_start": bc,
+            "env_steps_total": s["steps"] + (bc["demo_transitions"] if bc else 0)}
 
 
 def mmrl_eval_sampled(run_dir: Path, threads: int) -> float:
@@ -172,7 +214,8 @@ def part_levels(args, runs_root: Path, exp: str, default_envs: list[str]) -> dic
     """`mmrl train exp=<exp>` on each env and seed, two runs at a time; when validation first hit 0.9."""
     envs = args.envs or default_envs
     with ProcessPoolExecutor(2) as pool:
-        jobs = [pool.submit(mmrl_run, env_id, seed, args.steps, runs_root, args.overrides, 1, exp)
+        jobs = [pool.submit(mmrl_run, env_id, seed, args.steps, runs_root, args.overrides, 1, exp, args.bc_demos,
+                            args.bc_updates)
                 for env_id in envs for seed in args.seeds]
         results = [job.result() for job in jobs]
     rows, summary = [], {}
@@ -191,6 +234,7 @@ def part_levels(args, runs_root: Path, exp: str, default_envs: list[str]) -> dic
                 "held-out success (sampled)", "first step with validation >= 0.9", "training episodes by then",
                 "wall s", "steps/s (training)"], rows)
     return {"part": args.part, "exp": exp, "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides,
+            "bc_demos": args.bc_demos, "bc_updates": args.bc_updates,
             "results": results, "summary": summary}
 
 
@@ -218,6 +262,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: 200k (cnn), 300k (transformer), 500k (babyai)")
     parser.add_argument("--exp", default=None, help="babyai part: the preset (default minigrid-ppo, the CNN)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra mmrl overrides (transformer part)")
+    parser.add_argument("--bc-demos", type=int, default=0, help="babyai/transformer parts: warm-start from BC on this many bot episodes")
+    parser.add_argument("--bc-updates", type=int, default=2000, help="gradient steps of that BC run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.steps = args.steps or {"cnn": 200_000, "transformer": 300_000, "babyai": 500_000, "speed": 50_000}[args.part]
