@@ -2,7 +2,7 @@
 
     python scripts/bench_curriculum.py [--parts curriculum plr babyai] [--seeds 1 2 3] [--quick]
 
-1. ``curriculum``: `mmrl train exp=goto-curriculum` (7x7 grid, 4 distractors, stages of 0/1/2
+1. ``curriculum``: `mmrl train exp=goto-curriculum` (7x7 grid, 6 distractors, stages of 0/1/2/4
    distractors first) against the same task without a curriculum (``data.curriculum=none``): env
    steps to the first validation success >= 0.9 (evaluations every 25k steps, 200 episodes; the
    weights that got there are then scored on 500 held-out levels). Target: ratio <= 0.5.

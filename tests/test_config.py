@@ -143,7 +143,7 @@ def test_out_of_range_values_name_the_key(override, key):
         validate(composed(override))
 
 
-SLOW_PRESETS = {"goto-curriculum"}  # a 7x7 grid with 4 distractors: ~10 s on 2 cores (run with -m slow)
+SLOW_PRESETS = {"goto-curriculum"}  # a 7x7 grid with 6 distractors: ~10 s on 2 cores (run with -m slow)
 
 
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PRESETS else p
