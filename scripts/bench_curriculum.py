@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="a few thousand steps per run: a smoke test, not a measurement")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="extra mmrl overrides for every arm, e.g. data.curriculum_threshold=0.7")
     parser.add_argument("--arms", nargs="+", default=None, help="only these arms (default: both of each part)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge these result files into --out")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -170,7 +172,7 @@ def main() -> None:
                 for arm, overrides in PARTS[part]:
                     if args.arms and arm not in args.arms:
                         continue
-                    rows.append(run_arm(part, arm, overrides, seed, Path(tmp), args.quick))
+                    rows.append(run_arm(part, arm, [*overrides, *args.overrides], seed, Path(tmp), args.quick))
                     r = rows[-1]
                     print(f"{part} {arm} seed {seed}: steps to {TARGET} {r['steps_to_target']}, held-out {r['heldout']:.3f}",
                           flush=True)
