@@ -39,7 +39,7 @@ training steps/s of each and their ratio.
     python scripts/bench_minigrid.py --part speed [--steps 50000] [--out docs/bench/minigrid_speed.json]
     python scripts/bench_minigrid.py --part transformer [--envs ...] [--out docs/bench/minigrid_vit.json]
     python scripts/bench_minigrid.py --part babyai [--exp minigrid-vit] [--out docs/bench/babyai_<exp>.json]
-    python scripts/bench_minigrid.py --part babyai --exp minigrid-vit --bc-demos 1000 --envs BabyAI-GoToRedBallGrey-v0 --steps 100000
+    python scripts/bench_minigrid.py --part babyai --exp minigrid-vit --bc-demos 3000 --bc-updates 3000 --envs BabyAI-GoToRedBallGrey-v0 --steps 100000
 """
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ def mmrl_cli(*args: str) -> None:
 
 
 def bc_warm_start(env_id: str, seed: int, episodes: int, updates: int, root: Path, exp: str, threads: int) -> dict:
-    """`mmrl demos data=gym` (the BabyAI bot, `episodes` episodes from env seed seed*100,000; the presets
-    use data=gym as it is) and `mmrl train
-    algo=bc` of the preset's policy on them: the BC run's directory and what it cost."""
+    """`mmrl demos data=gym` (the BabyAI bot, `episodes` episodes from env seed seed*100,000; the
+    presets use data=gym as it is) and `mmrl train algo=bc` of the preset's policy on them: the BC
+    run's directory and what it cost."""
     demos = root / "demos"
     start = time.perf_counter()
     mmrl_cli("demos", "data=gym", f"data.env_id={env_id}", f"episodes={episodes}", f"seed={seed * 100_000}",
@@ -266,6 +266,8 @@ def main() -> None:
     parser.add_argument("--bc-updates", type=int, default=2000, help="gradient steps of that BC run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.bc_demos and (args.exp or "minigrid-ppo") not in BC_MODEL:
+        parser.error(f"--bc-demos: the BC warm start knows the presets {sorted(BC_MODEL)}, not {args.exp}")
     args.steps = args.steps or {"cnn": 200_000, "transformer": 300_000, "babyai": 500_000, "speed": 50_000}[args.part]
     runs_root = Path(tempfile.mkdtemp(prefix="mmrl-bench-minigrid-"))
     if args.part == "cnn":
