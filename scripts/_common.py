@@ -35,20 +35,41 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write the results (with the machine description) as JSON."""
+    """Write the results (with the machine description) as JSON, atomically: a benchmark killed
+    while it rewrites its file leaves the previous version."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), **data}, indent=2))
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps({"machine": machine(), **data}, indent=2))
+    os.replace(partial, path)
     print(f"wrote {path}")
+
+
+def read_result_files(parser, paths: list[Path]) -> list[dict]:
+    """The result files a `--merge` names; a missing one is one line and exit 2 (`parser.error`)."""
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        parser.error(f"--merge: no such result file: {', '.join(missing)}")
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def latest_runs(loaded: list[dict], key) -> list[dict]:
+    """The "runs" of several result files; where `key(run)` repeats, the later file's run wins."""
+    return list({key(run): run for data in loaded for run in data["runs"]}.values())
+
+
+def run_mmrl(*args: str) -> None:
+    """Run `mmrl <args>` as a user would; raises with the end of its output on failure."""
+    cmd = [sys.executable, "-m", "mmrl_cli.cli", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
 
 
 def mmrl_train(overrides: list[str], runs_root: Path) -> dict:
     """Run `mmrl train <overrides>` as a user would; return its summary.json."""
     runs_root.mkdir(parents=True, exist_ok=True)
     before = set(runs_root.glob("*/*"))
-    cmd = [sys.executable, "-m", "mmrl_cli.cli", "train", *overrides, f"runs_root={runs_root}", "monitor.progress=false"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    run_mmrl("train", *overrides, f"runs_root={runs_root}", "monitor.progress=false")
     (run_dir,) = set(runs_root.glob("*/*")) - before
     return json.loads((run_dir / "summary.json").read_text())
 

@@ -26,7 +26,6 @@ beside it, and prints the tables.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, FirstSuccess, heldout_success, print_table, write_json  # noqa: E402
+from _common import ROOT, FirstSuccess, heldout_success, latest_runs, print_table, read_result_files, write_json  # noqa: E402
 
 from mmrl_cli.compose import compose_train_config  # noqa: E402
 from mmrl_cli.trainer import train  # noqa: E402
@@ -133,13 +132,12 @@ def report(rows: list[dict], out: Path, command: str, quick: bool, **extra) -> N
     write_json(out, {"command": command, "target": TARGET, "quick": quick, "summaries": summaries, **extra, "runs": rows})
 
 
-def merge(paths: list[Path], out: Path) -> None:
+def merge(loaded: list[dict], paths: list[Path], out: Path) -> None:
     """One report from several result files (one per arm or seed): a later run of the same part,
     arm and seed replaces an earlier one."""
-    loaded = [json.loads(path.read_text()) for path in paths]
-    latest = {(r["part"], r["arm"], r["seed"]): r for data in loaded for r in data["runs"]}
-    report(list(latest.values()), out, "; ".join(data["command"] for data in loaded),
-           any(data["quick"] for data in loaded), merged_from=[str(path) for path in paths])
+    rows = latest_runs(loaded, lambda r: (r["part"], r["arm"], r["seed"]))
+    report(rows, out, "; ".join(data["command"] for data in loaded), any(data["quick"] for data in loaded),
+           merged_from=[str(path) for path in paths])
 
 
 def main() -> None:
@@ -156,10 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or ROOT / "docs" / "bench" / ("curriculum_quick.json" if args.quick else "curriculum.json")
     if args.merge:
-        missing = [str(path) for path in args.merge if not path.is_file()]
-        if missing:
-            parser.error(f"--merge: no such result file: {', '.join(missing)}")
-        merge(args.merge, out)
+        merge(read_result_files(parser, args.merge), args.merge, out)
         return
     known = {arm for part in args.parts for arm, _ in PARTS[part]}
     if args.arms and not set(args.arms) <= known:
@@ -177,6 +172,7 @@ def main() -> None:
                     print(f"{part} {arm} seed {seed}: steps to {TARGET} {r['steps_to_target']}, held-out {r['heldout']:.3f}",
                           flush=True)
                     report(rows, out, command, args.quick)
+
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,6 @@ then ``--merge`` their JSON files into that report (rows by part and seed, the s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, FirstSuccess, heldout_success, print_table, write_json  # noqa: E402
+from _common import ROOT, FirstSuccess, heldout_success, latest_runs, print_table, read_result_files, write_json  # noqa: E402
 
 from mmrl_cli.compose import compose_train_config  # noqa: E402
 from mmrl_cli.trainer import train  # noqa: E402
@@ -181,12 +180,10 @@ class Recorder:
         plot(self.rows, self.out.with_suffix(".png"))
 
 
-def merge(paths: list[Path], out: Path) -> None:
+def merge(loaded: list[dict], paths: list[Path], out: Path) -> None:
     """One report from the result files of runs of single seeds (or of some arms): rows by part then seed,
     the summary recomputed; where two files have a row of the same part, arm and seed, the later file's wins."""
-    loaded = [json.loads(p.read_text()) for p in paths]
-    latest = {(r["part"], r["arm"], r["seed"]): r for data in loaded for r in data["runs"]}
-    rows = sorted(latest.values(), key=lambda r: (r["part"] != "steps", r["seed"]))
+    rows = sorted(latest_runs(loaded, lambda r: (r["part"], r["arm"], r["seed"])), key=lambda r: (r["part"] != "steps", r["seed"]))
     commands = "; ".join(data["command"] for data in loaded)
     summary = summarise(rows)
     write_json(out, {"command": commands, "merged_from": [str(p) for p in paths], "target": TARGET,
@@ -210,7 +207,7 @@ def main() -> None:
                         help="merge these result files (one per seed) into --out (default docs/bench/hierarchical.json)")
     args = parser.parse_args()
     if args.merge:
-        merge(args.merge, args.out or DEFAULT_OUT)
+        merge(read_result_files(parser, args.merge), args.merge, args.out or DEFAULT_OUT)
         return
     torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else FULL

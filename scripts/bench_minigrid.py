@@ -47,14 +47,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from _common import ROOT, mmrl_train, print_table, write_json
+from _common import ROOT, mmrl_train, print_table, run_mmrl, write_json
 
 CNN_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0"]
 TRANSFORMER_ENVS = ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-8x8-v0"]
@@ -114,21 +112,13 @@ def sb3_run(env_id: str, seed: int, steps: int) -> dict:
             "steps_per_second": steps / wall}
 
 
-def mmrl_cli(*args: str) -> None:
-    """Run `mmrl <args>` as a user would; raises with the end of its output on failure."""
-    cmd = [sys.executable, "-m", "mmrl_cli.cli", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-
-
 def bc_warm_start(env_id: str, seed: int, episodes: int, updates: int, root: Path, exp: str, threads: int) -> dict:
     """`mmrl demos data=gym` (the BabyAI bot, `episodes` episodes from env seed seed*100,000; the
     presets use data=gym as it is) and `mmrl train algo=bc` of the preset's policy on them: the BC
     run's directory and what it cost."""
     demos = root / "demos"
     start = time.perf_counter()
-    mmrl_cli("demos", "data=gym", f"data.env_id={env_id}", f"episodes={episodes}", f"seed={seed * 100_000}",
+    run_mmrl("demos", "data=gym", f"data.env_id={env_id}", f"episodes={episodes}", f"seed={seed * 100_000}",
              f"runs_root={root}", f"out={demos}", "progress=false")
     demo_seconds = time.perf_counter() - start
     totals = json.loads((demos / "manifest.json").read_text())["totals"]
@@ -148,8 +138,8 @@ def mmrl_run(env_id: str, seed: int, steps: int, runs_root: Path, extra: list[st
     come out of `steps`."""
     own_root = runs_root / f"{env_id}-seed{seed}-{exp}-{'-'.join(extra).replace('=', '_')}"
     bc = bc_warm_start(env_id, seed, bc_demos, bc_updates, own_root, exp, threads) if bc_demos else None
-    rl_steps = steps - bc["demo_transitions"] if bc else steps
-    s = mmrl_train([f"exp={exp}", f"data.env_id={env_id}", f"total_steps={rl_steps}", f"seed={seed}",
+    demo_steps = bc["demo_transitions"] if bc else 0  # the bot's env steps count against the budget
+    s = mmrl_train([f"exp={exp}", f"data.env_id={env_id}", f"total_steps={steps - demo_steps}", f"seed={seed}",
                     f"hardware.threads={threads}", f"eval.episodes={EVAL_EPISODES}", *extra,
                     *([f"init_from={bc['run_dir']}"] if bc else [])], own_root / "rl")
     sampled = mmrl_eval_sampled(Path(s["run_dir"]), threads)
@@ -157,21 +147,18 @@ def mmrl_run(env_id: str, seed: int, steps: int, runs_root: Path, extra: list[st
     return {"runner": "mmrl", "env": env_id, "seed": seed, "heldout_success": s["heldout_success_rate"],
             "heldout_return": s["heldout_return"], "wall_seconds": s["wall_seconds"],
             "train_steps_per_second": s["train_steps_per_second"], "steps_per_second": s["steps_per_second"],
-            "heldout_success_sampled": sampled, "first_step_validation_0.9":
-            first["step"] + (bc["demo_transitions"] if bc else 0) if first else None,  # the bot's steps count
+            "heldout_success_sampled": sampled,
+            "first_step_validation_0.9": first["step"] + demo_steps if first else None,
             "episodes_to_validation_0.9": first.get("episodes"), "validation_curve":
             [e["validation"]["success_rate"] for e in s["evaluations"]], "steps": s["steps"], "episodes": s.get("episodes"),
             "run_dir": s["run_dir"], "bc_warm_start": bc,
-            "env_steps_total": s["steps"] + (bc["demo_transitions"] if bc else 0)}
+            "env_steps_total": s["steps"] + demo_steps}
 
 
 def mmrl_eval_sampled(run_dir: Path, threads: int) -> float:
     """`mmrl eval` of the final checkpoint on held-out seeds with sampled (not argmax) actions."""
-    cmd = [sys.executable, "-m", "mmrl_cli.cli", "eval", f"run={run_dir}", "deterministic=false",
-           f"episodes={EVAL_EPISODES}", "gif.episodes=0", f"hardware.threads={threads}"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    run_mmrl("eval", f"run={run_dir}", "deterministic=false", f"episodes={EVAL_EPISODES}", "gif.episodes=0",
+             f"hardware.threads={threads}")
     return json.loads((run_dir / "eval" / "results.json").read_text())["success_rate"]
 
 

@@ -45,7 +45,6 @@ Writes docs/bench/transfer_<part>.json (after every run) and, for the RL parts, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, FirstSuccess, heldout_success, print_table, write_json  # noqa: E402
+from _common import ROOT, FirstSuccess, heldout_success, latest_runs, print_table, read_result_files, write_json  # noqa: E402
 
 from mmrl_cli.builders import load_policy, pick_device  # noqa: E402
 from mmrl_cli.compose import compose_train_config  # noqa: E402
@@ -304,17 +303,15 @@ def report(part: str, rows: list[dict], data: list[str], steps: int, out: Path) 
     return summary
 
 
-def merge(paths: list[Path], out: Path, part: str | None) -> None:
+def merge(loaded: list[dict], paths: list[Path], out: Path, part: str | None) -> None:
     """One report from result files of one part run as several processes (e.g. one arm or seed each):
     rows by seed then arm; where two files hold the same arm and seed, the later file's row wins.
     `part`: the files' part where they do not name it."""
-    loaded = [json.loads(p.read_text()) for p in paths]
     parts = {data.get("part", part) for data in loaded}
     if len(parts) != 1:
         raise SystemExit(f"--merge: the files hold different parts {sorted(parts)}; merge one part at a time")
-    latest = {(r["arm"], r["seed"]): r for data in loaded for r in data["runs"]}
     order = {arm: i for i, arm in enumerate(dict.fromkeys(r["arm"] for data in loaded for r in data["runs"]))}
-    rows = sorted(latest.values(), key=lambda r: (r["seed"], order[r["arm"]]))
+    rows = sorted(latest_runs(loaded, lambda r: (r["arm"], r["seed"])), key=lambda r: (r["seed"], order[r["arm"]]))
     part = parts.pop()
     summary = report(part, rows, loaded[0].get("data", []), loaded[0].get("steps", 0), out)
     print(summary)
@@ -341,11 +338,9 @@ def main() -> None:
                         help="merge these result files of one part (e.g. one per arm or seed) into --out")
     args = parser.parse_args()
     if args.merge:
-        missing = [str(path) for path in args.merge if not path.is_file()]
-        if missing:
-            parser.error(f"--merge: no such result file: {', '.join(missing)}")
-        part = json.loads(args.merge[0].read_text()).get("part", args.part)
-        merge(args.merge, args.out or ROOT / "docs" / "bench" / f"transfer_{part}.json", args.part)
+        loaded = read_result_files(parser, args.merge)
+        part = loaded[0].get("part", args.part)
+        merge(loaded, args.merge, args.out or ROOT / "docs" / "bench" / f"transfer_{part}.json", args.part)
         return
     if args.part is None:
         parser.error("--part is required (or --merge)")
