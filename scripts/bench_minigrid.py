@@ -253,6 +253,8 @@ def main() -> None:
     parser.add_argument("--bc-updates", type=int, default=2000, help="gradient steps of that BC run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.bc_demos < 0:
+        parser.error(f"--bc-demos: expected a number of episodes >= 0, got {args.bc_demos}")
     if args.bc_demos and (args.exp or "minigrid-ppo") not in BC_MODEL:
         parser.error(f"--bc-demos: the BC warm start knows the presets {sorted(BC_MODEL)}, not {args.exp}")
     args.steps = args.steps or {"cnn": 200_000, "transformer": 300_000, "babyai": 500_000, "speed": 50_000}[args.part]
