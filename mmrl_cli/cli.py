@@ -113,9 +113,24 @@ def sweep_preset_searchpath(args: list[str]) -> list[str]:
     return ["hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in dirs) + "]"]
 
 
+def help_page(command: str) -> str:
+    """`mmrl <command> --help`: Hydra's page, but with only the config groups this command takes
+    (Hydra alone would list every group in conf/, e.g. exp under `mmrl demos`, which refuses it)."""
+    groups = [f"{group}: {', '.join(group_options(group))}" for group in COMMAND_GROUPS[command]]
+    return "\n".join([f"mmrl {command}: {COMMANDS[command].help}", "", "== Configuration groups ==",
+                      "Compose your configuration from those groups (group=option)" if groups else "(this command has none)",
+                      "", *groups, "", "== Config ==", "Override anything in the config (foo.bar=value)", "", "$CONFIG",
+                      "", "Hydra's own flags: `mmrl " + command + " --hydra-help`."])
+
+
 def run_hydra(command: str, args: list[str]) -> None:
     """Run the Hydra app of `command` with `args` as its command line."""
     task = COMMANDS[command].task
+    if {"--help", "-h"}.intersection(args):
+        from omegaconf import OmegaConf
+
+        OmegaConf.register_new_resolver("mmrl_help", help_page, replace=True)
+        args = [*args, f"hydra.help.template=${{mmrl_help:{command}}}"]
     sys.argv = ["mmrl", *args]
     hydra.main(config_path=str(CONF_DIR), config_name=command, version_base="1.3")(task)()
 

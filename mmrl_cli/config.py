@@ -322,11 +322,23 @@ class VitGpt2Config:
     text_pretrained: Optional[str] = None
     vision_pretrained: Optional[str] = None
     tower_weights: str = "pretrained"
+    text_readout: str = "vector"
+    name_classes: list[int] = field(default_factory=lambda: [6, 3])
+    naming_coef: float = 1.0
 
     def check(self) -> None:
         check_memory(self)
         check_tokenizer(self)
         one_of("model", self, "tower_weights", ("pretrained", "random"))
+        one_of("model", self, "text_readout", ("vector", "names"))
+        if self.text_readout == "names":
+            if not (self.text_pretrained or self.pretrained):
+                raise ConfigError("model.text_readout: names reads a pretrained text tower's sentence vector: "
+                                  "give model.text_pretrained (e.g. minilm) or use model.text_readout=vector")
+            if not self.name_classes or not all(isinstance(n, int) and n >= 2 for n in self.name_classes):
+                raise ConfigError(f"model.name_classes: expected a list of class counts >= 2, got {list(self.name_classes)}")
+            if not math.isfinite(self.naming_coef) or self.naming_coef <= 0:
+                raise ConfigError(f"model.naming_coef: expected a finite number > 0, got {self.naming_coef}")
         positive("model", self, "hidden_size", "vit_layers", "gpt_layers", "heads", "ff_size", "head_hidden", "head_layers",
                  "pos_init_std", "keypoints", "grid_embed")
         one_of("model", self, "activation", ("relu", "gelu", "gelu_new"))
@@ -818,6 +830,25 @@ class TrainConfig:
         self.check_a3c()
         self.check_hierarchical()
         self.check_dreamer()
+        self.check_naming()
+
+    def check_naming(self) -> None:
+        """``model.text_readout=names`` learns from the labels the built-in task records beside each step,
+        through an extra loss of PPO or A2C (the others learn from no such rollout)."""
+        if getattr(self.model, "text_readout", "vector") != "names":
+            return
+        if self.data.type != "goto" or self.data.sequence_steps:
+            raise ConfigError("model.text_readout: names learns from the target labels of the built-in goto task "
+                              "(data=goto); use model.text_readout=vector")
+        if self.algo.type not in ("ppo", "a2c") or self.compression.type == "distill":
+            what = "compression=distill" if self.compression.type == "distill" else f"algo={self.algo.type}"
+            raise ConfigError(f"model.text_readout: names trains its classifiers beside PPO or A2C updates, "
+                              f"not {what}; use model.text_readout=vector")
+        from .envs.wordings import COLORS, OBJECT_TYPES
+
+        if list(self.model.name_classes) != [len(COLORS), len(OBJECT_TYPES)]:
+            raise ConfigError(f"model.name_classes: the goto task labels its target's colour and object type: "
+                              f"expected [{len(COLORS)}, {len(OBJECT_TYPES)}], got {list(self.model.name_classes)}")
 
     def check_hierarchical(self) -> None:
         """The hierarchical agent plays the sequential task with two memoryless policies of one model, on

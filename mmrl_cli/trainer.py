@@ -44,6 +44,7 @@ from .errors import StopTraining  # noqa: F401  (re-exported: callbacks raise tr
 from .envs import make_env
 from .envs.spec import trains_on_level_subset
 from .levels import attach_levels
+from .models.naming import attach_naming
 from .monitor import Monitor, SilentMonitor
 from .rng import global_rng_state, seed_everything, set_global_rng_state
 from .runs import Progress, checked_state, lock_run
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         if compression_done:
             write_json(run_dir / "compression.json", compression_done)
     callbacks += attach(cfg, policy, algo, teacher, total_updates, progress.steps)
+    callbacks += attach_naming(cfg.model, policy, algo, env)  # model.text_readout=names: its naming loss
     algo.watch(callbacks)
     if cfg.hardware.compile:
         policy.compile(mode=cfg.hardware.compile_mode)

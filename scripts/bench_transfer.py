@@ -19,6 +19,11 @@ and 500 in training wordings (`heldout`). Steps/s of each arm are the cost of ea
 colour or object word gives the target away) and ``--distractors N`` sets the objects besides the
 target (chance success ~ 1 / (N + 1) for a policy that cannot read the instruction).
 
+The ``-names`` arms put the naming bottleneck (``model.text_readout=names``, models/naming.py)
+between each tower and the policy: classifiers trained on the training wordings name the target's
+colour and object, and the policy reads their output; the pretrained-minus-random difference of
+each pair is reported.
+
 ``finetune``: a source policy trained with PPO on another setting (``data.num_distractors=0``: any
 object is the goal, so it never needs to read the instruction), then on the default task (one
 distractor: it must read) three PPO arms: from scratch, full fine-tuning (``init_from``) and LoRA
@@ -65,6 +70,10 @@ WORDINGS_ARMS = {
     "minilm": ["exp=goto-minilm"],
     "random-minilm": ["exp=goto-minilm", "model.tower_weights=random"],
     "default": ["data.wordings=paraphrase"],
+    # The same two towers behind the naming bottleneck (models/naming.py): FiLM reads the target's
+    # colour and object as named by classifiers on the sentence vector.
+    "minilm-names": ["exp=goto-minilm", "model.text_readout=names"],
+    "random-minilm-names": ["exp=goto-minilm", "model.tower_weights=random", "model.text_readout=names"],
 }
 SOURCE = ["data.num_distractors=0", "total_steps=150000", "eval.every_steps=150000", "eval.episodes=200"]
 # Each arm's budget is its preset's own total_steps (the run stops earlier at 0.9), so its learning rate
@@ -284,7 +293,9 @@ def report(part: str, rows: list[dict], data: list[str], steps: int, out: Path) 
         speed = {arm: mean([r["steps_per_second"] for r in rows if r["arm"] == arm]) for arm in arms}
         plot(rows, out.with_suffix(".png"), 0, "env steps", "validation success (training wordings)")
         return {"new_wordings_mean": means, "steps_per_second_mean": speed,
-                "pretrained_minus_random": means.get("minilm", float("nan")) - means.get("random-minilm", float("nan"))}
+                "pretrained_minus_random": means.get("minilm", float("nan")) - means.get("random-minilm", float("nan")),
+                "pretrained_minus_random_names": (means.get("minilm-names", float("nan"))
+                                                  - means.get("random-minilm-names", float("nan")))}
     table = [[r["arm"], r["seed"], r.get("steps_to_target") or r.get("steps"), r.get("wall_to_target") or
               r.get("wall_seconds"), r.get("heldout", r.get("source_validation")),
               f"{r['parameters_trainable']:,} / {r['parameters_total']:,}" if "parameters_total" in r else ""]

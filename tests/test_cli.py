@@ -18,6 +18,18 @@ def test_help_lists_commands_and_every_group_option(run_mmrl):
         assert word in out.stdout
 
 
+@pytest.mark.parametrize("command", ["demos", "eval", "train"])
+def test_a_commands_help_lists_only_the_groups_it_takes(run_mmrl, command):
+    from mmrl_cli.compose import COMMAND_GROUPS
+
+    out = run_mmrl(command, "--help")
+    assert out.returncode == 0, out.stderr
+    groups_part = out.stdout.split("== Config ==")[0].split("(group=option)")[1]
+    listed = [line.split(":")[0] for line in groups_part.splitlines() if line.strip()]
+    assert listed == list(COMMAND_GROUPS[command])  # demos: data alone (no exp, which it refuses)
+    assert "seed:" in out.stdout  # the composed config follows
+
+
 def test_cfg_job_prints_the_composed_config(run_mmrl):
     out = run_mmrl("train", "--cfg", "job", "model=cnn", "algo.lr=0.01")
     assert out.returncode == 0, out.stderr

@@ -374,6 +374,93 @@ def test_eval_on_new_wordings_runs_and_refuses_a_fixed_wording_run(run_mmrl):
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "split" in refused.stderr
 
 
+# ------------------------------------------------------------------- the naming bottleneck
+def test_the_goto_env_labels_each_steps_target_colour_and_object():
+    from mmrl_cli.envs.goto import describe
+
+    cfg = TrainConfig(model=VitGpt2Config(hidden_size=8, heads=2, ff_size=8), data=GotoDataConfig())
+    env = make_env(cfg.data, 16, torch.device("cpu"), 0, "train", tokenizer_for(cfg.model))
+    env.reset(seed=0)
+    tokenizer = tokenizer_for(cfg.model)
+    assert env.label_classes == {"target_color": len(wordings.COLORS), "target_object": len(wordings.OBJECT_TYPES)}
+    assert set(env.label_classes) <= set(env.step_fields)
+    for i in range(16):
+        color, object_type = describe(int(env.target[i]))
+        assert (wordings.COLORS[int(env.target_color[i])], wordings.OBJECT_TYPES[int(env.target_object[i])]) == (color, object_type)
+        assert tokenizer.decode(env.mission[i]) == f"go to the {color} {object_type}"  # the label is what is asked
+
+
+def test_the_naming_readout_is_probabilities_with_no_gradient_back_to_the_classifiers():
+    from mmrl_cli.models.naming import NamingHead
+
+    head = NamingHead(5, [6, 3])
+    vectors = torch.randn(4, 5, requires_grad=True)
+    readout = head.readout(vectors)
+    assert readout.shape == (4, 9) and not readout.requires_grad
+    assert torch.allclose(readout[:, :6].sum(1), torch.ones(4)) and torch.allclose(readout[:, 6:].sum(1), torch.ones(4))
+
+
+def naming_policy(tmp_path, **model):
+    save_model("bert", tmp_path)
+    cfg = goto_config(text_pretrained=str(tmp_path), text_readout="names", **model)
+    cfg.finetune = FinetuneConfig(freeze=["text"])
+    return cfg, *goto_policy(cfg, num_envs=8)
+
+
+def test_names_policies_read_the_named_target_and_the_naming_loss_trains_the_classifiers(tmp_path):
+    from mmrl_cli.algos import PPO
+    from mmrl_cli.models.naming import attach_naming
+    from mmrl_cli.rollout import Collector
+
+    cfg, env, policy = naming_policy(tmp_path)
+    assert policy.film.in_features == 9 and policy.names is not None
+    learner = PPO(PPOConfig(batch_size=32, n_epochs=2, lr=1e-2), policy, 8, contextlib.nullcontext, fast_path=False)
+    learner.seed(0)
+    learner.collector = Collector(env, policy, 8, torch.device("cpu"), 0, contextlib.nullcontext)
+    hooks = attach_naming(cfg.model, policy, learner, env)
+    learner.rollout_hooks = [hook.on_rollout for hook in hooks]
+    learner.train_step()
+    rollout = learner.collector.buffer
+    assert torch.equal(rollout.labels["target_color"], rollout.step_fields["target_color"].flatten())
+    batch = {"obs": {k: v.clone() for k, v in rollout.flat()["obs"].items()},
+             **{k: v.clone() for k, v in rollout.labels.items()}}
+    before = hooks[0].loss(torch.zeros(1), torch.zeros(1), batch)["loss_naming"].item()
+    for _ in range(6):
+        learner.train_step()
+    after = hooks[0].loss(torch.zeros(1), torch.zeros(1), batch)["loss_naming"].item()
+    assert after < 0.9 * before  # cross-entropy against the env's labels falls
+    # The RL loss alone leaves the classifiers alone: their gradient comes from the naming loss only.
+    policy.zero_grad()
+    logits, values = policy(rollout.flat()["obs"])
+    (logits.sum() + values.sum()).backward()
+    assert all(p.grad is None or not p.grad.any() for p in policy.names.parameters())
+
+
+def test_attach_naming_refuses_an_env_without_the_configured_labels(tmp_path):
+    from mmrl_cli.models.naming import attach_naming
+
+    cfg, env, policy = naming_policy(tmp_path)
+    env.label_classes = {}
+    with pytest.raises(ValueError, match="model.text_readout=names"):
+        attach_naming(cfg.model, policy, None, env)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model.text_readout=names"], "model.text_readout"),  # no pretrained text tower
+    (["model.text_readout=names", "model.text_pretrained=minilm", "data=cartpole", "model=vit-minilm"], "model.text_readout"),
+    (["model=vit-minilm", "model.text_readout=names", "algo=bc", "algo.demos=demos.safetensors"], "model.text_readout"),
+    (["model=vit-minilm", "model.text_readout=names", "model.name_classes=[6,4]"], "model.name_classes"),
+    (["model=vit-minilm", "model.text_readout=names", "model.naming_coef=nan"], "model.naming_coef"),
+    (["model=vit-minilm", "model.text_readout=labels"], "model.text_readout"),
+])
+def test_bad_naming_settings_are_one_line_config_errors(overrides, key):
+    from mmrl_cli.compose import compose_train_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
+        compose_train_config(overrides).check()
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("override,key", [
     ("model.text_pretrained=/no/such/dir", "model.text_pretrained"),
     ("model.vision_pretrained=/no/such/dir", "model.vision_pretrained"),

@@ -167,8 +167,11 @@ class GotoEnv:
     bootstrap_time_limit = False
     # Per-env tensors that, with the level pool and the generator, make up the whole state.
     LEVEL_FIELDS = ("cells", "agent", "target", "mission", "level_id", "image")
-    # Per-step fields the collector keeps beside each transition (the level it was played on).
-    step_fields = ("level_id",)
+    # Per-step fields the collector keeps beside each transition: the level it was played on, and the
+    # target's colour and object type (labels for an auxiliary naming loss, models/naming.py).
+    step_fields = ("level_id", "target_color", "target_object")
+    # The labels among them and their class counts.
+    label_classes = {"target_color": len(COLORS), "target_object": len(OBJECT_TYPES)}
 
     def __init__(
         self,
@@ -244,6 +247,16 @@ class GotoEnv:
     def observation(self) -> dict[str, torch.Tensor]:
         """The current observation of every sub-environment."""
         return {"image": self.image, "mission": self.mission}
+
+    @property
+    def target_color(self) -> torch.Tensor:
+        """Each env's target colour (an index into `COLORS`): a label, never part of the observation."""
+        return (self.target - OBJECT_BASE) % len(COLORS)
+
+    @property
+    def target_object(self) -> torch.Tensor:
+        """Each env's target object type (an index into `OBJECT_TYPES`): a label, never observed."""
+        return (self.target - OBJECT_BASE) // len(COLORS)
 
     # ----------------------------------------------------------------------------- levels
     def sample_level_ids(self, count: int) -> torch.Tensor:

@@ -66,6 +66,7 @@ class GotoSeqEnv(GotoEnv):
 
     LEVEL_FIELDS = GotoEnv.LEVEL_FIELDS + ("targets", "num_targets", "subgoals")
     step_fields = ("level_id", "progress")
+    label_classes: dict[str, int] = {}  # a sequence has several targets: no single target to name
 
     def __init__(self, num_envs: int, sequence_steps=(2, 3), wordings: str = "fixed", tokenizer=None,
                  split: str = "train", **goto_kwargs):

@@ -21,7 +21,8 @@ vision) replaces the ViT, its width becoming the policy's; ``model.text_pretrain
 BERT/MiniLM, CLIP text) replaces the GPT-2, which then reads the instruction alone (pretrained
 layers have no cross-attention) and its sentence vector drives the FiLM of step 3;
 ``model.pretrained`` (a CLIP directory) gives both. The instruction's ids then come from that
-tower's own tokenizer (``model.tokenizer=auto``).
+tower's own tokenizer (``model.tokenizer=auto``). ``model.text_readout=names`` puts classifiers
+between that sentence vector and the FiLM (naming.py): the policy reads what the instruction names.
 
 Why this shape (measured in the design prototype): pooling a single token (CLS or GPT-2's last
 token) learned "go to an object" but not "which object"; small position-embedding init (0.02)
@@ -36,6 +37,7 @@ from torch import nn
 from ..distributions import ActionSpace
 from ..text import tokenizer_for
 from .heads import ActorCritic, ActorCriticHeads, ImageInput, actor_gain, memory_of, orthogonal, vector_size
+from .naming import NamingHead
 
 
 class VitGpt2Policy(ActorCritic):
@@ -74,13 +76,17 @@ class VitGpt2Policy(ActorCritic):
                 add_pooling_layer=False,
             )
             nn.init.normal_(self.vit.embeddings.position_embeddings, std=cfg.pos_init_std)
-        self.gpt = self.text = None
+        self.gpt = self.text = self.names = None
         if "mission" in observation_spec and text_source:  # a pretrained text encoder: a sentence vector
             from .towers import load_text_tower
 
             key = "model.text_pretrained" if cfg.text_pretrained else "model.pretrained"
             self.text = load_text_tower(text_source, key, tokenizer.pad_id, cfg.tower_weights)
-            self.film = nn.Linear(self.text.width, 2 * d)
+            if cfg.text_readout == "names":  # FiLM reads what the instruction names, not its vector (naming.py)
+                self.names = NamingHead(self.text.width, list(cfg.name_classes))
+                self.film = nn.Linear(self.names.size, 2 * d)
+            else:
+                self.film = nn.Linear(self.text.width, 2 * d)
         elif "mission" in observation_spec:
             self.gpt = GPT2Model(
                 GPT2Config(
@@ -121,6 +127,11 @@ class VitGpt2Policy(ActorCritic):
             self.memory, width = memory_of(cfg, cfg.head_hidden)
             self.heads = ActorCriticHeads(width, action_space, actor_gain=actor_gain(self.memory))
 
+    def naming_logits(self, obs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Each named label's logits for the instructions of `obs` (``model.text_readout=names``)."""
+        ids = obs["mission"]
+        return self.names(self.text(ids.reshape(-1, ids.shape[-1])))
+
     def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         pixels = self.pixels(obs)
         tokens = self.vit.embeddings(pixels) if self.vit is not None else self.vision.embed(pixels)  # (B, 1 + P, d)
@@ -133,6 +144,8 @@ class VitGpt2Policy(ActorCritic):
             summary = text[torch.arange(len(ids), device=ids.device), last]
         elif self.text is not None:
             summary = self.text(obs["mission"])
+            if self.names is not None:
+                summary = self.names.readout(summary)
         if summary is not None:
             scale, shift = self.film(summary).unsqueeze(1).chunk(2, dim=-1)
             tokens = tokens * (1 + scale) + shift
