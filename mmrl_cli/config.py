@@ -324,6 +324,7 @@ class VitGpt2Config:
     tower_weights: str = "pretrained"
     text_readout: str = "vector"
     name_classes: list[int] = field(default_factory=lambda: [6, 3])
+    name_readout: str = "onehot"
     naming_coef: float = 1.0
 
     def check(self) -> None:
@@ -331,6 +332,7 @@ class VitGpt2Config:
         check_tokenizer(self)
         one_of("model", self, "tower_weights", ("pretrained", "random"))
         one_of("model", self, "text_readout", ("vector", "names"))
+        one_of("model", self, "name_readout", ("onehot", "probabilities"))
         if self.text_readout == "names":
             if not (self.text_pretrained or self.pretrained):
                 raise ConfigError("model.text_readout: names reads a pretrained text tower's sentence vector: "

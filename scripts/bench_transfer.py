@@ -21,8 +21,8 @@ target (chance success ~ 1 / (N + 1) for a policy that cannot read the instructi
 
 The ``-names`` arms put the naming bottleneck (``model.text_readout=names``, models/naming.py)
 between each tower and the policy: classifiers trained on the training wordings name the target's
-colour and object, and the policy reads their output; the pretrained-minus-random difference of
-each pair is reported.
+colour and object, and the policy reads their one-hot names (``-name-probabilities``: their class
+probabilities); the pretrained-minus-random difference of each pair is reported.
 
 ``finetune``: a source policy trained with PPO on another setting (``data.num_distractors=0``: any
 object is the goal, so it never needs to read the instruction), then on the default task (one
@@ -74,6 +74,10 @@ WORDINGS_ARMS = {
     # colour and object as named by classifiers on the sentence vector.
     "minilm-names": ["exp=goto-minilm", "model.text_readout=names"],
     "random-minilm-names": ["exp=goto-minilm", "model.tower_weights=random", "model.text_readout=names"],
+    # The same, FiLM reading the classifiers' probabilities rather than their one-hot names.
+    "minilm-name-probabilities": ["exp=goto-minilm", "model.text_readout=names", "model.name_readout=probabilities"],
+    "random-minilm-name-probabilities": ["exp=goto-minilm", "model.tower_weights=random", "model.text_readout=names",
+                                         "model.name_readout=probabilities"],
 }
 SOURCE = ["data.num_distractors=0", "total_steps=150000", "eval.every_steps=150000", "eval.episodes=200"]
 # Each arm's budget is its preset's own total_steps (the run stops earlier at 0.9), so its learning rate
@@ -295,7 +299,9 @@ def report(part: str, rows: list[dict], data: list[str], steps: int, out: Path) 
         return {"new_wordings_mean": means, "steps_per_second_mean": speed,
                 "pretrained_minus_random": means.get("minilm", float("nan")) - means.get("random-minilm", float("nan")),
                 "pretrained_minus_random_names": (means.get("minilm-names", float("nan"))
-                                                  - means.get("random-minilm-names", float("nan")))}
+                                                  - means.get("random-minilm-names", float("nan"))),
+                "pretrained_minus_random_name_probabilities": (means.get("minilm-name-probabilities", float("nan"))
+                                                               - means.get("random-minilm-name-probabilities", float("nan")))}
     table = [[r["arm"], r["seed"], r.get("steps_to_target") or r.get("steps"), r.get("wall_to_target") or
               r.get("wall_seconds"), r.get("heldout", r.get("source_validation")),
               f"{r['parameters_trainable']:,} / {r['parameters_total']:,}" if "parameters_total" in r else ""]

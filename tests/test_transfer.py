@@ -390,14 +390,20 @@ def test_the_goto_env_labels_each_steps_target_colour_and_object():
         assert tokenizer.decode(env.mission[i]) == f"go to the {color} {object_type}"  # the label is what is asked
 
 
-def test_the_naming_readout_is_probabilities_with_no_gradient_back_to_the_classifiers():
+@pytest.mark.parametrize("onehot", [True, False])
+def test_the_naming_readout_is_one_name_or_probabilities_per_label_with_no_gradient_back(onehot):
     from mmrl_cli.models.naming import NamingHead
 
-    head = NamingHead(5, [6, 3])
+    head = NamingHead(5, [6, 3], onehot)
     vectors = torch.randn(4, 5, requires_grad=True)
     readout = head.readout(vectors)
     assert readout.shape == (4, 9) and not readout.requires_grad
     assert torch.allclose(readout[:, :6].sum(1), torch.ones(4)) and torch.allclose(readout[:, 6:].sum(1), torch.ones(4))
+    colour, object_type = head(vectors)
+    if onehot:  # the classifiers' most likely colour and object, exactly
+        assert torch.equal(readout[:, :6].argmax(1), colour.argmax(1)) and set(readout.unique().tolist()) == {0.0, 1.0}
+    else:
+        assert torch.allclose(readout[:, 6:], object_type.softmax(1))
 
 
 def naming_policy(tmp_path, **model):

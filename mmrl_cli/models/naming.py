@@ -3,7 +3,8 @@
 ``model.text_readout=names`` (with a pretrained text tower): linear classifiers read the
 sentence vector and name what the instruction asks for, one per label the env gives
 (the built-in task: the target's colour and its object type, ``model.name_classes``); FiLM then
-reads their probabilities instead of the raw vector. The classifiers learn from an auxiliary
+reads what they name (each label's most likely class as a one-hot, or with
+``model.name_readout=probabilities`` their class probabilities) instead of the raw vector. The classifiers learn from an auxiliary
 naming loss (cross-entropy against the labels the env records beside each step, weight
 ``model.naming_coef``), not from RL: their output is detached from the policy's gradients, so they
 stay what a probe of the vector would be. The policy thus conditions on *what* is named, never on
@@ -25,20 +26,28 @@ from torch.nn import functional as F
 
 
 class NamingHead(nn.Module):
-    """Sentence vectors (B, width) -> one set of logits per named label; `readout` -> probabilities."""
+    """Sentence vectors (B, width) -> one set of logits per named label; `readout` -> what the policy reads."""
 
-    def __init__(self, width: int, classes: list[int]):
+    def __init__(self, width: int, classes: list[int], onehot: bool = True):
         super().__init__()
         self.classifiers = nn.ModuleList(nn.Linear(width, n) for n in classes)
-        self.size = sum(classes)
+        self.size, self.onehot = sum(classes), onehot
 
     def forward(self, vectors: torch.Tensor) -> list[torch.Tensor]:
         return [classifier(vectors) for classifier in self.classifiers]
 
     def readout(self, vectors: torch.Tensor) -> torch.Tensor:
-        """What the policy sees: every label's class probabilities, joined, with no gradient back
-        to the classifiers (the naming loss alone trains them)."""
-        return torch.cat([logits.softmax(-1) for logits in self(vectors)], dim=-1).detach()
+        """What the policy sees, every label joined, with no gradient back to the classifiers (the
+        naming loss alone trains them): each label's most likely class as a one-hot (`onehot`: an
+        instruction in new words then gives the policy an input of the kind it trained on, a
+        definite name, rather than a flatter distribution it never saw), or its class probabilities."""
+        outputs = []
+        for logits in self(vectors):
+            if self.onehot:
+                outputs.append(F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype))
+            else:
+                outputs.append(logits.softmax(-1))
+        return torch.cat(outputs, dim=-1).detach()
 
 
 class NamingLoss:

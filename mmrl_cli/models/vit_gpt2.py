@@ -83,7 +83,7 @@ class VitGpt2Policy(ActorCritic):
             key = "model.text_pretrained" if cfg.text_pretrained else "model.pretrained"
             self.text = load_text_tower(text_source, key, tokenizer.pad_id, cfg.tower_weights)
             if cfg.text_readout == "names":  # FiLM reads what the instruction names, not its vector (naming.py)
-                self.names = NamingHead(self.text.width, list(cfg.name_classes))
+                self.names = NamingHead(self.text.width, list(cfg.name_classes), cfg.name_readout == "onehot")
                 self.film = nn.Linear(self.names.size, 2 * d)
             else:
                 self.film = nn.Linear(self.text.width, 2 * d)
