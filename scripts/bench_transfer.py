@@ -126,9 +126,11 @@ def wording_breakdown(run_dir: Path, overrides: list[str], episodes: int = 500) 
     return {kind: {"episodes": len(v), "success_rate": sum(v) / max(len(v), 1)} for kind, v in outcomes.items()}
 
 
-def save_partial(out: Path, rows: list[dict]) -> None:
-    """Every finished run lands on disk at once: an interrupted benchmark loses nothing."""
-    write_json(out, {"command": " ".join(sys.argv), "partial": True, "runs": rows})
+def save_partial(out: Path, rows: list[dict], part: str, data: list[str] | None = None, steps: int | None = None) -> None:
+    """Every finished run lands on disk at once, with what `--merge` needs to report it: an
+    interrupted benchmark loses nothing."""
+    write_json(out, {"command": " ".join(sys.argv), "partial": True, "part": part, "data": data or [], "steps": steps,
+                     "runs": rows})
 
 
 def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out: Path,
@@ -153,7 +155,7 @@ def wordings_part(seeds: list[int], steps: int, root: Path, arms: list[str], out
                          "heldout": heldout_success(run_dir, overrides),
                          "new_wordings_by_words": wording_breakdown(run_dir, overrides)})
             print(arm, seed, rows[-1]["new_wordings"], rows[-1]["heldout"], rows[-1]["new_wordings_by_words"], flush=True)
-            save_partial(out, rows)
+            save_partial(out, rows, "wordings", data, steps)
     return rows
 
 
@@ -226,7 +228,7 @@ def finetune_part(seeds: list[int], arms: list[str], root: Path, out: Path, whol
                          "parameters_total": summary["parameters_total"],
                          "heldout": heldout_success(run_dir, overrides)})
             print(arm, seed, steps, wall, rows[-1]["heldout"], flush=True)
-            save_partial(out, rows)
+            save_partial(out, rows, "finetune")
     return rows
 
 
