@@ -1,18 +1,18 @@
 """Naming the target: a bottleneck between the instruction's sentence vector and the policy.
 
 ``model.text_readout=names`` (with a pretrained text tower): linear classifiers read the
-sentence vector and name what the instruction asks for, one per label the env gives
-(the built-in task: the target's colour and its object type, ``model.name_classes``); FiLM then
-reads what they name (each label's most likely class as a one-hot, or with
-``model.name_readout=probabilities`` their class probabilities) instead of the raw vector. The classifiers learn from an auxiliary
-naming loss (cross-entropy against the labels the env records beside each step, weight
-``model.naming_coef``), not from RL: their output is detached from the policy's gradients, so they
-stay what a probe of the vector would be. The policy thus conditions on *what* is named, never on
-how it was worded; an instruction in words no training instruction used is understood exactly as
-far as the pretrained vector places it near the training words (the point of transfer: a random
-tower of the same shape names such words at chance). Hermann et al. 2017 and UNREAL (Jaderberg
-et al. 2017) train auxiliary heads the same way; the bottleneck is a concept bottleneck
-(Koh et al. 2020).
+sentence vector and name what the instruction asks for, one per label the env gives (the
+built-in task: the target's colour and its object type, ``model.name_classes``); FiLM then reads
+what they name (each label's most likely class as a one-hot, or with
+``model.name_readout=probabilities`` their class probabilities) instead of the raw vector. The
+classifiers learn from an auxiliary naming loss (cross-entropy against the labels the env
+records beside each step, weight ``model.naming_coef``), not from RL: their output is detached
+from the policy's gradients, so they stay what a probe of the vector would be. The policy thus
+conditions on *what* is named, never on how it was worded; an instruction in words no training
+instruction used is understood exactly as far as the pretrained vector places it near the
+training words (the point of transfer: a random tower of the same shape names such words at
+chance). Hermann et al. 2017 and UNREAL (Jaderberg et al. 2017) train auxiliary heads the same
+way; the bottleneck is a concept bottleneck (Koh et al. 2020).
 
 The loss plugs into any on-policy algorithm through `GradientStep.extra_losses`; the labels come
 from the env's step fields (``env.label_classes``), copied into each rollout's ``labels`` once.
