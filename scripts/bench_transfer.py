@@ -298,12 +298,11 @@ def report(part: str, rows: list[dict], data: list[str], steps: int, out: Path) 
         means = {arm: mean([r["new_wordings"] for r in rows if r["arm"] == arm]) for arm in arms}
         speed = {arm: mean([r["steps_per_second"] for r in rows if r["arm"] == arm]) for arm in arms}
         plot(rows, out.with_suffix(".png"), 0, "env steps", "validation success (training wordings)")
-        return {"new_wordings_mean": means, "steps_per_second_mean": speed,
-                "pretrained_minus_random": means.get("minilm", float("nan")) - means.get("random-minilm", float("nan")),
-                "pretrained_minus_random_names": (means.get("minilm-names", float("nan"))
-                                                  - means.get("random-minilm-names", float("nan"))),
-                "pretrained_minus_random_name_probabilities": (means.get("minilm-name-probabilities", float("nan"))
-                                                               - means.get("random-minilm-name-probabilities", float("nan")))}
+        # Each pretrained arm against its random-weights twin: pretrained_minus_random[_names, ...].
+        differences = {"pretrained_minus_random" + arm.removeprefix("minilm").replace("-", "_"):
+                       means.get(arm, float("nan")) - means.get(f"random-{arm}", float("nan"))
+                       for arm in WORDINGS_ARMS if f"random-{arm}" in WORDINGS_ARMS}
+        return {"new_wordings_mean": means, "steps_per_second_mean": speed, **differences}
     table = [[r["arm"], r["seed"], r.get("steps_to_target") or r.get("steps"), r.get("wall_to_target") or
               r.get("wall_seconds"), r.get("heldout", r.get("source_validation")),
               f"{r['parameters_trainable']:,} / {r['parameters_total']:,}" if "parameters_total" in r else ""]
