@@ -15,6 +15,10 @@ held-out results. Writes docs/bench/dreamer.json after every run (nothing lost) 
 (validation success or return against env steps and against wall time) per task.
 
     python scripts/bench_dreamer.py [--seeds 1 2 3] [--parts goto minigrid cartpole] [--quick] [--threads 2]
+
+On 2 cores, one process per arm (``--arms goto-dreamer``, ``--threads 1``, ``--out a.json``) and
+``--merge a.json b.json --out dreamer.json`` (a later file's run of the same arm and seed wins)
+make one report. ``--overrides k=v ...`` go to every Dreamer arm's runs (recorded per run).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, mmrl_train, print_table, write_json
+from _common import ROOT, latest_runs, mmrl_train, print_table, read_result_files, write_json
 
 TARGET_SUCCESS = 0.9
 TARGET_CARTPOLE = 475.0
@@ -58,6 +62,10 @@ def run_task(task: str, args, runs_root: Path, results: dict) -> None:
     spec = TASKS[task]
     runs, rows = [], []
     for arm, algo, overrides in spec["arms"]:
+        if args.arms and arm not in args.arms:
+            continue
+        if algo == "dreamer":
+            overrides = [*overrides, *args.overrides]
         for seed in args.seeds:
             extra = [f"seed={seed}", f"eval.every_steps={args.eval_every}", f"hardware.threads={args.threads}",
                      "monitor.tensorboard=false"]
@@ -69,19 +77,42 @@ def run_task(task: str, args, runs_root: Path, results: dict) -> None:
             curve = [(e["step"], e["wall_seconds"], e["validation"][metric]) for e in s["evaluations"]]
             steps_to, wall_to = first_reaching(curve, spec["target"])
             final = s["heldout_success_rate"] if metric == "success_rate" else s["heldout_return"]
-            runs.append({"arm": arm, "algo": algo, "seed": seed, "curve": curve, "target": spec["target"],
+            runs.append({"arm": arm, "algo": algo, "seed": seed, "overrides": [*overrides, *extra], "curve": curve, "target": spec["target"],
                          "steps_to_target": steps_to, "wall_to_target": wall_to, "heldout": final,
                          **{k: s[k] for k in ("steps", "wall_seconds", "steps_per_second", "updates", "device")}})
-            rows.append([arm, seed, final, spec["target"], steps_to, wall_to, s["steps"], s["wall_seconds"],
-                         "yes" if final >= spec["target"] else "no"])
+            rows.append(table_row(runs[-1]))
             results[task] = {"eval_every_steps": args.eval_every, "runs": runs}
             write_json(args.out, results)
             plot(task, runs, spec, args.png_dir / f"dreamer_{task}_curves.png")
     summarise(task, runs, spec, results)
     write_json(args.out, results)
-    print_table(f"{task}: held-out results and time to the target (validation)",
-                ["arm", "seed", "held-out", "target", "steps to target", "wall s to target", "steps", "wall s", "meets"],
-                rows)
+    print_table(f"{task}: held-out results and time to the target (validation)", TABLE_COLUMNS, rows)
+
+
+TABLE_COLUMNS = ["arm", "seed", "held-out", "target", "steps to target", "wall s to target", "steps", "wall s", "meets"]
+
+
+def table_row(run: dict) -> list:
+    """One run's row of the results table."""
+    return [run["arm"], run["seed"], run["heldout"], run["target"], run["steps_to_target"], run["wall_to_target"],
+            run["steps"], run["wall_seconds"], "yes" if run["heldout"] >= run["target"] else "no"]
+
+
+def merge(loaded: list[dict], paths: list[Path], args) -> None:
+    """One report of several result files (per task, a later file's run of the same arm and seed wins)."""
+    results: dict = {"quick": any(data.get("quick") for data in loaded), "merged_from": [str(path) for path in paths]}
+    for task, spec in TASKS.items():
+        parts = [data[task] for data in loaded if task in data]
+        if not parts:
+            continue
+        runs = latest_runs(parts, lambda run: (run["arm"], run["seed"]))
+        results[task] = {"eval_every_steps": parts[-1]["eval_every_steps"], "runs": runs}
+        summarise(task, runs, spec, results)
+        plot(task, runs, spec, args.png_dir / f"dreamer_{task}_curves.png")
+        print_table(f"{task}: held-out results and time to the target (validation)", TABLE_COLUMNS,
+                    [table_row(run) for run in runs])
+    results["seeds"] = sorted({run["seed"] for task in TASKS if task in results for run in results[task]["runs"]})
+    write_json(args.out, results)
 
 
 def median_or_nan(values: list[float]) -> float:
@@ -148,7 +179,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run (hardware.threads)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/bench/dreamer.json")
     parser.add_argument("--png-dir", type=Path, default=ROOT / "docs/img")
+    parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (e.g. goto-dreamer goto-ppo)")
+    parser.add_argument("--overrides", nargs="+", default=[], help="extra k=v overrides of every Dreamer arm's runs")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge these result files into --out")
     args = parser.parse_args()
+    if args.merge:
+        merge(read_result_files(parser, args.merge), args.merge, args)
+        return
     if args.quick:
         args.eval_every = min(args.eval_every, 1024)
         args.seeds = args.seeds[:1]

@@ -4,6 +4,7 @@ episodes apart, a CLI run checkpoints and resumes exactly, and `mmrl eval` plays
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from pathlib import Path
 
@@ -72,6 +73,82 @@ def test_world_model_losses_decrease_on_a_fixed_dataset():
     assert losses[-1]["loss_continuation"] < losses[0]["loss_continuation"]
     total = [sum(v for k, v in terms.items() if k.startswith("loss_")) for terms in losses]
     assert total[-1] < 0.5 * total[0]
+
+
+def test_the_critic_is_regularised_towards_the_slow_critic():
+    """The update logs the regulariser (weight `algo.slow_critic_reg`; 0 turns it off) and the returns
+    bootstrap from the critic: with the slow critic's weights far off, the regularised critic ends
+    closer to the slow critic's values than the unregularised one."""
+    def critic_gap(reg: float) -> tuple[float, dict]:
+        cfg, algo = small_setup(f"algo.slow_critic_reg={reg}", "algo.critic_lr=1e-2", "algo.slow_critic_tau=0", seed=3)
+        while not algo.replay.ready(cfg.algo.seq_len) or len(algo.replay) < 64:
+            algo.play()
+        agent = algo.policy
+        with torch.no_grad():
+            target_bin = int(torch.bucketize(torch.tensor(3.0), agent.slow_critic.bins))  # symlog 3: a value of ~19
+            agent.slow_critic.net[-1].bias.fill_(-10.0)[target_bin] = 10.0
+        for _ in range(60):
+            metrics = algo.update()
+        probe = torch.randn(64, agent.critic.net[0].in_features, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            gap = (agent.critic.mean(agent.critic(probe)) - agent.slow_critic.mean(agent.slow_critic(probe))).abs().mean()
+        return float(gap), metrics
+
+    gap_off, metrics_off = critic_gap(0.0)
+    gap_on, metrics_on = critic_gap(1.0)
+    assert metrics_off["loss_slow_critic"] == 0.0 and metrics_on["loss_slow_critic"] > 0.0
+    assert gap_on < 0.75 * gap_off
+
+
+def collected_rollouts(n_steps: int, count: int) -> list:
+    """`count` rollouts of `n_steps` steps of a memoryless student on 2 CartPole envs (fixed seeds)."""
+    from mmrl_cli.rollout import Collector
+
+    torch.manual_seed(0)
+    cfg = compose_train_config(["data=cartpole", "model=mlp", "rollout.n_envs=2", "algo.batch_size=16"])
+    env, student = build_env_and_policy(cfg, 2, torch.device("cpu"))
+    collector = Collector(env, student, n_steps, torch.device("cpu"), seed=5, autocast=contextlib.nullcontext)
+    return [copy.deepcopy(collector.collect()) for _ in range(count)]
+
+
+def test_a_recurrent_teacher_is_replayed_along_the_students_episodes():
+    """Distilling a dreamer agent: its labels follow each env's episodes across rollouts (labelling two
+    rollouts of 16 steps equals labelling one of 32 over the same steps), restart where episodes start
+    (the first state of an episode gets the teacher's output from a fresh state), and its state resumes."""
+    from mmrl_cli.algos.distill import TeacherLabels
+
+    _, algo = small_setup(seed=2)
+    teacher = algo.policy.eval()
+    with torch.no_grad():  # output layers start at zero: give the actor and critic some opinion
+        for head in (teacher.actor[-1], teacher.critic.net[-1]):
+            head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    long_run = collected_rollouts(32, 1)[0]
+    short_runs = collected_rollouts(16, 2)
+    assert torch.equal(long_run.dones, torch.cat([r.dones for r in short_runs]))  # the same episodes
+    whole = TeacherLabels(teacher, 2, torch.device("cpu"))
+    whole.label(long_run)
+    parts = TeacherLabels(teacher, 2, torch.device("cpu"))
+    parts.label(short_runs[0])
+    saved = {k: v.clone() for k, v in parts.state_dict().items()}
+    parts.label(short_runs[1])
+    joined = torch.cat([r.labels["teacher_logits"] for r in short_runs])
+    assert torch.allclose(whole_logits := long_run.labels["teacher_logits"], joined, atol=1e-6)
+    assert torch.allclose(long_run.labels["teacher_values"], torch.cat([r.labels["teacher_values"] for r in short_runs]),
+                          atol=1e-5)
+    # where an episode starts, the teacher reads the observation from a fresh state
+    step, env = (long_run.dones[:-1] > 0).nonzero()[0].tolist()
+    obs = {k: v[step + 1, env:env + 1] for k, v in long_run.obs.items()}
+    fresh, _, _ = teacher.step(obs, teacher.initial_state(1), torch.ones(1))
+    assert torch.allclose(whole_logits.reshape(32, 2, -1)[step + 1, env], fresh[0], atol=1e-6)
+    # a memory-less replay would differ: the labels carry the episode's history
+    mid = teacher.step({k: v[3] for k, v in long_run.obs.items()}, teacher.initial_state(2), torch.ones(2))[0]
+    assert not torch.allclose(whole_logits.reshape(32, 2, -1)[3], mid)
+    # resumed from its saved state, it labels the second rollout as before
+    resumed = TeacherLabels(teacher, 2, torch.device("cpu"))
+    resumed.load_state_dict(saved)
+    again = copy.deepcopy(short_runs[1])
+    resumed.label(again)
+    assert torch.equal(again.labels["teacher_logits"], short_runs[1].labels["teacher_logits"])
 
 
 @pytest.mark.parametrize("space", [ActionSpace.discrete(3), ActionSpace.box((2,), -1.0, 1.0)])
@@ -160,10 +237,22 @@ def test_a_cli_run_checkpoints_resumes_exactly_and_evaluates(tmp_path, monkeypat
 
     with Image.open(full / "eval" / "episodes.gif") as gif:  # the decoder's view beside the real frame
         assert gif.width > 2 * 240 and gif.n_frames >= 2
-    # a dreamer agent cannot teach yet (docs/dreamer.md): one line, exit 2
+    # distilled into a memoryless student (the teacher replayed along its episodes), with the report
+    main(["compress", "compression=distill", f"teacher={full}", "model=mlp", "total_steps=2048", "out_dir=distilled",
+          "report.episodes=3", "report.latency_repeats=2", "hardware.threads=1"])
+    report = json.loads((tmp_path / "distilled" / "report.json").read_text())
+    assert [row["method"] for row in report["rows"]][0] == "teacher" and len(report["rows"]) == 2
+    (student,) = run_dirs(tmp_path / "distilled")
+    student_metrics = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+    assert student_metrics and all("loss_distill" in row for row in student_metrics)
+    # other methods would compress the world model itself: one line, exit 2
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["compress", "compression=distill", f"teacher={full}", "compression.batch_size=32"])
-    assert exit_info.value.code == 2 and "is a dreamer agent" in capsys.readouterr().err
+        main(["compress", "compression=prune", f"teacher={full}", "out_dir=pruned"])
+    assert exit_info.value.code == 2 and "only compression=distill takes it" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "compression=kickstart", f"teacher={full}", "data=cartpole", "model=mlp", "runs_root=k"])
+    assert exit_info.value.code == 2 and "compression=kickstart needs a memoryless teacher" in capsys.readouterr().err
 
 
 def test_save_replay_false_refills_and_says_so(tmp_path, monkeypatch, capsys):

@@ -11,14 +11,16 @@ env step) has earned, once ``algo.learning_starts`` env steps are in the buffer.
    and KL balancing with free bits: ``dyn_scale * max(free_bits, KL(sg(post) || prior))`` +
    ``rep_scale * max(free_bits, KL(post || sg(prior)))``.
 2. **Imagination**: from every posterior state of the batch (detached), ``algo.horizon`` steps of the
-   prior with actions sampled from the actor; predicted rewards, continuation probabilities, and
-   values of the slow critic give lambda-returns.
+   prior with actions sampled from the actor; predicted rewards, continuation flags (the
+   continuation head's mode, as DreamerV3) and the critic's values give lambda-returns.
 3. **Actor**: REINFORCE on the imagined actions (discrete and box alike, through the actor
    contract's ``log_prob``/``entropy``) with advantages ``(R - v) / max(1, S)``, S an exponential
    moving average of the 95th minus the 5th percentile of the returns (DreamerV3's return
    normalisation); an entropy bonus ``algo.ent_coef``.
-4. **Critic**: two-hot symlog cross-entropy to the lambda-returns; the slow critic follows it
-   by ``algo.slow_critic_tau`` per update.
+4. **Critic**: two-hot symlog cross-entropy to the lambda-returns (which bootstrap from the critic's
+   own values), plus ``algo.slow_critic_reg`` times the cross-entropy to the slow critic's values
+   (DreamerV3's regulariser: the slow critic is an exponential moving average of the critic's
+   weights, ``algo.slow_critic_tau`` per update).
 
 Every loss term is logged by the monitor (``losses/<name>``); the three optimisers are
 `GradientStep`s (skip counters, gradient norms per module). The buffer, the env, the agent's
@@ -195,8 +197,11 @@ class Dreamer(Algorithm):
         with torch.no_grad():
             world = agent.world_model
             rewards = world.reward_head.mean(world.reward_head(features[1:]))
-            cont = torch.sigmoid(world.cont_head(features[1:]).squeeze(-1).float())
-            values = agent.slow_critic.mean(agent.slow_critic(features))
+            # The continuation head's mode (DreamerV3's): its probability, often ~0.97 where the episode
+            # goes on, would leak a few percent of every imagined step's future and cap the values.
+            cont = (world.cont_head(features[1:]).squeeze(-1).float() > 0.0).float()
+            values = agent.critic.mean(agent.critic(features))
+            slow_values = agent.slow_critic.mean(agent.slow_critic(features[:-1]))
             returns = lambda_returns(rewards, settings.gamma * cont, values, settings.lam)
             weights = torch.cumprod(torch.cat([alive.unsqueeze(0), cont[:-1]]), dim=0)  # reached with probability
             low, high = torch.quantile(returns.flatten().float(), torch.tensor([0.05, 0.95], device=returns.device))
@@ -212,8 +217,11 @@ class Dreamer(Algorithm):
                        "entropy": entropy.mean().detach()}
         actor_ok = self.actor_gradient.step(actor_terms, None)
 
-        critic_loss = agent.critic.loss(agent.critic(flat_features), returns.flatten())
-        critic_terms = {"loss_value": (weight * critic_loss).mean()}
+        critic_logits = agent.critic(flat_features)
+        critic_loss = agent.critic.loss(critic_logits, returns.flatten())
+        slow_loss = agent.critic.loss(critic_logits, slow_values.flatten())
+        critic_terms = {"loss_value": (weight * critic_loss).mean(),
+                        "loss_slow_critic": settings.slow_critic_reg * (weight * slow_loss).mean()}
         critic_ok = self.critic_gradient.step(critic_terms, None)
         with torch.no_grad():
             for slow, fast in zip(agent.slow_critic.parameters(), agent.critic.parameters()):

@@ -54,10 +54,9 @@ def output_dir(cfg: CompressCommandConfig, teacher_dir: Path) -> Path:
 
 def student_config(cfg: CompressCommandConfig, teacher: TrainConfig, teacher_dir: Path) -> TrainConfig:
     """The student run's config: the teacher's, with the method, the student model and the sources."""
-    if teacher.algo.type == "dreamer":  # the same refusal as `teacher=` in a train config (compress/teacher.py)
-        raise ConfigError(f"teacher: {teacher_dir} is a dreamer agent (a recurrent latent state); a teacher must be "
-                          f"memoryless (docs/dreamer.md: distilling a dreamer run)")
     method = cfg.compression
+    if teacher.algo.type == "dreamer":
+        teacher = memoryless_base(teacher, method.type, teacher_dir)
     model = cfg.model
     if model is None:
         model = compose_train_config([f"model={method.student}"]).model if method.type == "distill" else teacher.model
@@ -70,6 +69,19 @@ def student_config(cfg: CompressCommandConfig, teacher: TrainConfig, teacher_dir
     student.eval = dataclasses.replace(teacher.eval, every_steps=max(cfg.total_steps // 4, 1))
     student.check()
     return student
+
+
+def memoryless_base(teacher: TrainConfig, method: str, teacher_dir: Path) -> TrainConfig:
+    """A dreamer teacher's config as a memoryless student's starting point: the default algorithm
+    (PPO: its rollouts for distillation, its updates for `finetune_steps`) and rollout shape. Only
+    distillation replays a recurrent teacher (compress/teacher.py); other methods would compress the
+    world model itself."""
+    if method != "distill":
+        raise ConfigError(f"compression: {teacher_dir} is a dreamer agent: only compression=distill takes it "
+                          f"(into a memoryless student), not compression={method}")
+    defaults = compose_train_config(["algo=ppo"])
+    rollout = dataclasses.replace(defaults.rollout, bootstrap_truncated=teacher.rollout.bootstrap_truncated)
+    return dataclasses.replace(teacher, algo=defaults.algo, rollout=rollout)
 
 
 def finetune_config(distilled: TrainConfig, distilled_dir: Path, steps: int) -> TrainConfig:

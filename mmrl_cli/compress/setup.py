@@ -2,7 +2,7 @@
 (`builders.build_policy_from`, which loads `init_from`'s weights and applies the transforms):
 
 - `init_from_weights` and `load_teacher`: the runs a method starts from or learns from;
-- `attach`, once the algorithm exists: the distillation algorithm gets its teacher, kickstarting
+- `attach`, once the algorithm exists (the distillation algorithm got its teacher when built): kickstarting
   adds its annealed term to the algorithm's loss, unstructured pruning adds its callback.
 Everything else in the trainer is the same for every method.
 """
@@ -36,9 +36,7 @@ def attach(cfg, policy: nn.Module, algo, teacher: nn.Module | None, total_update
     from .unstructured import GradualPruning
 
     method = cfg.compression
-    if method.type == "distill":
-        algo.teacher = teacher
-    elif method.type == "kickstart":
+    if method.type == "kickstart":  # (compression=distill: the algorithm took its teacher when built)
         kickstart = Kickstart(method, teacher, steps_done)
         algo.gradient.extra_losses.append(kickstart.loss)
         return [kickstart]

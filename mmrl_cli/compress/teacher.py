@@ -48,9 +48,8 @@ def source_run(cfg: TrainConfig, key: str):
         what = "was trained on another env" if key == "teacher" else "has another model"
         raise ConfigError(f"{key}: {run.run_dir} {what} ({different} is {_value(run.typed, different)!r} there, "
                           f"{_value(cfg, different)!r} here)")
-    if key == "teacher" and run.typed.algo.type == "dreamer":  # its labels would need its latent state replayed
-        raise ConfigError(f"teacher: {run.run_dir} is a dreamer agent (a recurrent latent state); a teacher must be "
-                          f"memoryless (docs/dreamer.md: distilling a dreamer run)")
+    if key == "teacher" and cfg.compression.type == "kickstart":
+        check_memoryless(run)
     if key == "init_from" and cfg.compression.type == "lowrank":
         check_factorisable(run, cfg.compression)
     return run
@@ -67,13 +66,20 @@ def check_factorisable(run, method) -> None:
         raise ConfigError(reason)
 
 
-def load_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The frozen teacher policy of `cfg.teacher`."""
-    run = source_run(cfg, "teacher")
+def check_memoryless(run) -> None:
+    """ConfigError for a recurrent teacher under kickstarting: its term labels minibatches of states
+    torn from their episodes (compression=distill replays a recurrent teacher along its rollouts)."""
     memory = getattr(run.typed.model, "memory", "none")
-    if memory != "none":  # its labels would need its state replayed along every rollout
-        raise ConfigError(f"teacher: {run.run_dir} has a recurrent policy (model.memory={memory}); "
-                          f"a teacher must be memoryless")
+    what = "a dreamer agent (a recurrent latent state)" if run.typed.algo.type == "dreamer" else \
+        f"a recurrent policy (model.memory={memory})" if memory != "none" else None
+    if what:
+        raise ConfigError(f"teacher: {run.run_dir} is {what}; compression=kickstart needs a memoryless teacher "
+                          f"(compression=distill replays a recurrent one along the student's episodes)")
+
+
+def load_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The frozen teacher policy of `cfg.teacher` (a recurrent one only for distillation)."""
+    run = source_run(cfg, "teacher")
     teacher = load_trained_policy(run, device)
     teacher.eval().requires_grad_(False)
     return teacher

@@ -10,8 +10,8 @@ the trainer, `mmrl eval` and checkpoints know as the policy (`model.safetensors`
   heads. Rewards (and values) are predicted as a two-hot distribution over symlog bins.
 - ``actor``: the action distribution of ``[h, z]`` through the actor contract (`distributions`:
   categorical logits or Gaussian means with a learned log std);
-- ``critic`` and ``slow_critic`` (its exponential moving average, which the lambda-returns
-  bootstrap from): two-hot symlog values.
+- ``critic`` and ``slow_critic`` (an exponential moving average of its weights, towards whose values
+  the critic is regularised): two-hot symlog values.
 
 Acting (the recurrent actor contract of `heads.ActorCritic`): the state of an env is one float
 tensor ``[h | z | previous action]``; ``step(obs, state, episode_starts)`` advances the RSSM with
