@@ -94,7 +94,7 @@ CLI_BAD = [
     (["hpo.storage=redis"], "hpo.storage: expected null, sqlite, journal or an RDB URL"),
     (["hpo.train=['algo.lr=nan']"], "hpo.train: algo.lr: expected a finite value > 0, got nan"),
     (["hpo.study_name=../x"], "hpo.study_name: expected letters"),
-    (["hpo=nope"], "hpo=nope: unknown option (expected one of: cartpole-a2c, cartpole-ppo, goto-ppo)"),
+    (["hpo=nope"], "hpo=nope: unknown option (expected one of: cartpole-a2c, cartpole-ppo, goto-ppo, goto-ppo-fast)"),
     (["hpo.n_workers=0"], "hpo.n_workers: expected an integer in [1, 256]"),
     (["sweep_dir=/proc/mmrl"], "sweep_dir: /proc/mmrl is not writable"),
     (["hpo.grace_seconds=5"], "hpo.grace_seconds: expected more than 2 * hpo.heartbeat_seconds"),

@@ -11,8 +11,8 @@ env step) has earned, once ``algo.learning_starts`` env steps are in the buffer.
    and KL balancing with free bits: ``dyn_scale * max(free_bits, KL(sg(post) || prior))`` +
    ``rep_scale * max(free_bits, KL(post || sg(prior)))``.
 2. **Imagination**: from every posterior state of the batch (detached), ``algo.horizon`` steps of the
-   prior with actions sampled from the actor; predicted rewards, continuation flags (the
-   continuation head's mode, as DreamerV3) and the critic's values give lambda-returns.
+   prior with actions sampled from the actor; predicted rewards, continuation probabilities and
+   the critic's values give lambda-returns.
 3. **Actor**: REINFORCE on the imagined actions (discrete and box alike, through the actor
    contract's ``log_prob``/``entropy``) with advantages ``(R - v) / max(1, S)``, S an exponential
    moving average of the 95th minus the 5th percentile of the returns (DreamerV3's return
@@ -197,9 +197,7 @@ class Dreamer(Algorithm):
         with torch.no_grad():
             world = agent.world_model
             rewards = world.reward_head.mean(world.reward_head(features[1:]))
-            # The continuation head's mode (DreamerV3's): its probability, often ~0.97 where the episode
-            # goes on, would leak a few percent of every imagined step's future and cap the values.
-            cont = (world.cont_head(features[1:]).squeeze(-1).float() > 0.0).float()
+            cont = torch.sigmoid(world.cont_head(features[1:]).squeeze(-1).float())
             values = agent.critic.mean(agent.critic(features))
             slow_values = agent.slow_critic.mean(agent.slow_critic(features[:-1]))
             returns = lambda_returns(rewards, settings.gamma * cont, values, settings.lam)
