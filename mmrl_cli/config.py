@@ -248,6 +248,7 @@ class DreamerConfig:
     return_decay: float = 0.99        # EMA decay of the return scale (95th - 5th percentile)
     slow_critic_tau: float = 0.02     # slow critic's step towards the critic per update
     slow_critic_reg: float = 1.0      # weight of the critic's loss towards the slow critic's values
+    replay_value_coef: float = 0.0    # weight of the critic's loss on replayed real sequences (DreamerV3's repval)
     free_bits: float = 1.0            # KL below this many nats is not penalised
     dyn_scale: float = 0.5            # weight of KL(sg(post) || prior)
     rep_scale: float = 0.1            # weight of KL(post || sg(prior))
@@ -267,7 +268,8 @@ class DreamerConfig:
         between("algo", self, "horizon", 1, 1_000)
         between("algo", self, "gamma", 0.0, 1.0)
         between("algo", self, "lam", 0.0, 1.0)
-        non_negative("algo", self, "ent_coef", "free_bits", "dyn_scale", "rep_scale", "slow_critic_reg")
+        non_negative("algo", self, "ent_coef", "free_bits", "dyn_scale", "rep_scale", "slow_critic_reg",
+                     "replay_value_coef")
         between("algo", self, "return_decay", 0.0, 1.0)
         between("algo", self, "slow_critic_tau", 0.0, 1.0)
         between("algo", self, "deter_size", 1, 65_536)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmrl_cli.algos.dreamer import Dreamer, imagine, lambda_returns, world_model_loss
+from mmrl_cli.algos.dreamer import Dreamer, imagine, lambda_returns, replay_returns, world_model_loss
 from mmrl_cli.algos.replay import SequenceReplay
 from mmrl_cli.builders import build_env_and_policy
 from mmrl_cli.cli import main
@@ -73,6 +73,35 @@ def test_world_model_losses_decrease_on_a_fixed_dataset():
     assert losses[-1]["loss_continuation"] < losses[0]["loss_continuation"]
     total = [sum(v for k, v in terms.items() if k.startswith("loss_")) for terms in losses]
     assert total[-1] < 0.5 * total[0]
+
+
+def test_replay_returns_follow_the_real_sequence_and_stop_at_episode_ends():
+    """One env, rows 0..5: an episode that terminates at row 2 (reward 5 on arriving there), a new one
+    from row 3 that a time limit ends at row 4, a third from row 5. gamma 0.5, lambda 1: the return of
+    row t is the discounted real rewards up to the episode's end, bootstrapped where the real
+    sequence stops (a time limit, the last row) from the imagined returns."""
+    rewards = torch.tensor([0.0, 1.0, 5.0, 0.0, 2.0, 0.0]).unsqueeze(1)
+    is_terminal = torch.tensor([0, 0, 1, 0, 0, 0]).unsqueeze(1)
+    is_first = torch.tensor([1, 0, 0, 1, 0, 1]).unsqueeze(1)
+    values = torch.full((6, 1), 100.0)  # unused at lambda 1 but through the bootstrap
+    bootstrap = torch.tensor([0.0, 0.0, 0.0, 0.0, 7.0, 9.0]).unsqueeze(1)
+    returns = replay_returns(rewards, is_terminal, is_first, values, bootstrap, 0.5, 1.0)
+    # row 1: 5 (terminal next); row 0: 1 + 0.5 * 5; row 2 (terminal): row 3 starts another episode, so
+    # its own bootstrap; row 3: 2 + 0.5 * 7 (row 4's time-limit bootstrap); row 4: its bootstrap 7
+    assert returns.squeeze(1).tolist() == [3.5, 5.0, 0.0, 5.5, 7.0]
+    # lambda 0: one real step, then the critic's value (where the next row goes on)
+    one_step = replay_returns(rewards, is_terminal, is_first, values, bootstrap, 0.5, 0.0).squeeze(1)
+    assert one_step.tolist() == [1.0 + 50.0, 5.0, 0.0, 2.0 + 50.0, 7.0]
+
+
+def test_the_replay_value_loss_is_logged_only_when_weighted():
+    for coef in (0.0, 0.3):
+        cfg, algo = small_setup(f"algo.replay_value_coef={coef}", seed=4)
+        while not algo.replay.ready(cfg.algo.seq_len) or len(algo.replay) < 64:
+            algo.play()
+        metrics = algo.update()
+        assert ("loss_replay_value" in metrics) == (coef > 0)
+        assert coef == 0 or 0 < metrics["loss_replay_value"] < float("inf")
 
 
 def test_the_critic_is_regularised_towards_the_slow_critic():

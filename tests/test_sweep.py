@@ -124,6 +124,22 @@ def hpo_config(tmp_path, **changes) -> SweepConfig:
     return SweepConfig(hpo=hpo, runs_root=str(tmp_path / "runs"), sweep_dir=str(tmp_path / "sweep"))
 
 
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).parents[1] / "mmrl_cli" / "conf" / "hpo").glob("*.yaml")))
+def test_every_hpo_preset_gives_valid_trials_at_every_bound_and_choice(preset):
+    """What `mmrl sweep hpo=<preset>` checks before it starts: the study settings, then the trial
+    config at each bound and each choice of each searched key."""
+    from hydra import compose, initialize_config_dir
+
+    from mmrl_cli.commands.sweep import check_trial_configs
+    from mmrl_cli.compose import CONF_DIR
+    from mmrl_cli.sweep.settings import validate_sweep
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = validate_sweep(compose("sweep", overrides=[f"hpo={preset}"]))
+        assert config.hpo.study_name == preset and parse_space(config.hpo.space)
+        check_trial_configs(config)
+
+
 def test_budget_counts_retried_failures_once():
     study = optuna.create_study()
     for state, attrs in [(TrialState.COMPLETE, {}), (TrialState.FAIL, {"retried_as": "x"}), (TrialState.FAIL, {}),
@@ -198,6 +214,15 @@ def test_every_sampler_and_pruner_option_builds():
                            ("hyperband", "HyperbandPruner")):
         hpo.pruner.type = name
         assert type(pruner_for(hpo)).__name__ == expected
+
+
+def test_the_report_names_each_objective_with_its_direction():
+    from mmrl_cli.sweep.report import objectives_line
+
+    one = {"objective": "validation_return", "second_objective": None, "directions": ["maximize"]}
+    two = {"objective": "validation_success", "second_objective": "wall_seconds", "directions": ["maximize", "minimize"]}
+    assert objectives_line(one) == "validation_return (maximize) on validation levels"
+    assert objectives_line(two) == "validation_success (maximize) on validation levels, wall_seconds (minimize)"
 
 
 def test_a_second_objective_makes_a_two_objective_trial(tmp_path):

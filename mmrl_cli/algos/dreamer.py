@@ -20,7 +20,8 @@ env step) has earned, once ``algo.learning_starts`` env steps are in the buffer.
 4. **Critic**: two-hot symlog cross-entropy to the lambda-returns (which bootstrap from the critic's
    own values), plus ``algo.slow_critic_reg`` times the cross-entropy to the slow critic's values
    (DreamerV3's regulariser: the slow critic is an exponential moving average of the critic's
-   weights, ``algo.slow_critic_tau`` per update).
+   weights, ``algo.slow_critic_tau`` per update), plus ``algo.replay_value_coef`` times the same
+   loss on the replayed real states against their real lambda-returns (`replay_returns`).
 
 Every loss term is logged by the monitor (``losses/<name>``); the three optimisers are
 `GradientStep`s (skip counters, gradient norms per module). The buffer, the env, the agent's
@@ -51,6 +52,24 @@ def lambda_returns(rewards: torch.Tensor, discounts: torch.Tensor, values: torch
     last = values[-1]
     for t in range(len(rewards) - 1, -1, -1):
         last = rewards[t] + discounts[t] * ((1 - lam) * values[t + 1] + lam * last)
+        returns[t] = last
+    return returns
+
+
+def replay_returns(rewards: torch.Tensor, is_terminal: torch.Tensor, is_first: torch.Tensor, values: torch.Tensor,
+                   bootstrap: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """TD(lambda) returns along replayed real sequences (T, B), for states 0..T-2 (T - 1, B): the real
+    rewards and terminations, the critic's `values` of the replayed states, and `bootstrap` (the
+    imagined return from each replayed state) where the real sequence stops: at its last row, and at
+    a row whose next row starts another episode (a time limit ended this one; a terminal row's return
+    is unused). Row t's reward is what the action before it earned (the replay's layout)."""
+    steps = len(rewards)
+    returns = torch.empty_like(values[:-1])
+    last = bootstrap[-1]
+    for t in range(steps - 2, -1, -1):
+        alive = 1.0 - is_terminal[t + 1].float()
+        through = rewards[t + 1] + gamma * alive * ((1 - lam) * values[t + 1] + lam * last)
+        last = torch.where(is_first[t + 1].bool(), bootstrap[t], through)
         returns[t] = last
     return returns
 
@@ -220,6 +239,9 @@ class Dreamer(Algorithm):
         slow_loss = agent.critic.loss(critic_logits, slow_values.flatten())
         critic_terms = {"loss_value": (weight * critic_loss).mean(),
                         "loss_slow_critic": settings.slow_critic_reg * (weight * slow_loss).mean()}
+        if settings.replay_value_coef > 0:  # the critic on the replayed real sequences too (DreamerV3's repval)
+            critic_terms["loss_replay_value"] = settings.replay_value_coef * self.replay_value_loss(
+                batch, states["features"].detach(), returns[0].reshape(batch["is_first"].shape))
         critic_ok = self.critic_gradient.step(critic_terms, None)
         with torch.no_grad():
             for slow, fast in zip(agent.slow_critic.parameters(), agent.critic.parameters()):
@@ -233,6 +255,19 @@ class Dreamer(Algorithm):
                        critic_grad_norm=self.critic_gradient.grad_norm,
                        skipped_steps=float(3 - world_ok - actor_ok - critic_ok))
         return metrics
+
+    def replay_value_loss(self, batch: dict, features: torch.Tensor, imagined: torch.Tensor) -> torch.Tensor:
+        """The critic's two-hot loss on the replayed posterior states (T, B, F) against their real
+        TD(lambda) returns (`replay_returns`, bootstrapped from the `imagined` returns (T, B)); a
+        terminal state has weight 0 (it has no future)."""
+        settings, critic = self.settings, self.policy.critic
+        with torch.no_grad():
+            values = critic.mean(critic(features))
+            targets = replay_returns(batch["reward"].float(), batch["is_terminal"], batch["is_first"], values,
+                                     imagined.float(), settings.gamma, settings.lam)
+        weight = 1.0 - batch["is_terminal"][:-1].float()
+        loss = critic.loss(critic(features[:-1].flatten(0, 1)), targets.flatten())
+        return (weight.flatten() * loss).mean()
 
     def take_episodes(self) -> list:
         """(returns, lengths, successes) of the training episodes finished since the last call."""

@@ -185,7 +185,8 @@ def write_plots(study: optuna.Study, config: SweepConfig, sweep_dir: Path) -> li
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-                kwargs = {} if plot_name == "pareto_front" else {"target": target, "target_name": name}
+                kwargs = {"target_names": [name, config.hpo.objective.second]} if plot_name == "pareto_front" \
+                    else {"target": target, "target_name": name}
                 axes = plot(study, **kwargs)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             figure.set_size_inches(10, 6)
@@ -232,7 +233,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
 def report_markdown(results: dict) -> str:
     """report.md: the study, the best trials, the retrained configurations, the files."""
     lines = [f"# mmrl sweep: {results['study_name']}", "",
-             f"- objective: {results['objective']} ({', '.join(results['directions'])}) on validation levels",
+             f"- objective: {objectives_line(results)}",
              f"- trials: {results['counts']}", f"- env steps spent: {results['steps_spent']:,}", ""]
     if results["retrained"]:
         lines += ["## Retrained with fresh seeds (held-out levels)", "",
@@ -253,6 +254,14 @@ def report_markdown(results: dict) -> str:
         lines.append(f"| {t['number']} | {t['state'].lower()} | {value} | {t['steps']:,} | {params} |")
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in results["plots"]), ""]
     return "\n".join(lines)
+
+
+def objectives_line(results: dict) -> str:
+    """``validation_success (maximize) on validation levels``, and the second objective with its own
+    direction when the study has two."""
+    names = [results["objective"], *([results["second_objective"]] if results.get("second_objective") else [])]
+    parts = [f"{name} ({direction})" for name, direction in zip(names, results["directions"])]
+    return f"{parts[0]} on validation levels" + "".join(f", {part}" for part in parts[1:])
 
 
 def finish(study: optuna.Study, config: SweepConfig, sweep_dir: Path) -> dict:
