@@ -150,8 +150,12 @@ class Distill(ShuffledUpdates, OnPolicy):
         return means
 
     def source_state_dict(self) -> dict:
-        """The collector's state, and a recurrent teacher's state along the envs' episodes."""
-        return {**super().source_state_dict(), "teacher_memory": self.teacher.state_dict()}
+        """The collector's state, and a recurrent teacher's state along the envs' episodes (a
+        memoryless teacher adds nothing: its runs' checkpoints stay as they were)."""
+        state = super().source_state_dict()
+        if self.teacher.recurrent:
+            state["teacher_memory"] = self.teacher.state_dict()
+        return state
 
     def load_source_state_dict(self, state: dict | None) -> None:
         """Continue the collector and the teacher's state (envs started afresh: the teacher's too)."""
