@@ -44,6 +44,15 @@ def write_json(path: Path, data: dict) -> None:
     print(f"wrote {path}")
 
 
+def first_reaching(curve: list, target: float) -> tuple[float, float]:
+    """(steps, wall seconds) of the first evaluation of a curve of (steps, wall seconds, value) at or
+    above `target` (NaN if none; an evaluation without a value, None, never counts)."""
+    for step, wall, value in curve:
+        if value is not None and value >= target:
+            return step, wall
+    return float("nan"), float("nan")
+
+
 def read_result_files(parser, paths: list[Path]) -> list[dict]:
     """The result files a `--merge` names; a missing one is one line and exit 2 (`parser.error`)."""
     missing = [str(path) for path in paths if not path.is_file()]

@@ -25,21 +25,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, mmrl_train, print_table, write_json
+from _common import ROOT, first_reaching, mmrl_train, print_table, write_json
 
 TARGET_SUCCESS = 0.9
 TARGET_CARTPOLE = 475.0
 SCALING_FLOOR = 1.6
 PAPER_SPEEDUP = {1: 1.0, 2: 2.1, 4: 3.7, 8: 6.9, 16: 12.5}  # Mnih et al. 2016, Table 2 (A3C, Atari)
 COLOURS = {"a3c": "tab:green", "a2c": "tab:orange"}
-
-
-def first_reaching(curve: list[tuple[int, float, float]], target: float) -> tuple[float, float]:
-    """(steps, wall seconds) of the first evaluation at or above `target` (NaN if none)."""
-    for step, wall, value in curve:
-        if value is not None and value >= target:
-            return step, wall
-    return float("nan"), float("nan")
 
 
 def scaling(args, runs_root: Path, results: dict) -> None:

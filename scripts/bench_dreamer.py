@@ -29,7 +29,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, latest_runs, mmrl_train, print_table, read_result_files, write_json
+from _common import ROOT, first_reaching, latest_runs, mmrl_train, print_table, read_result_files, write_json
 
 TARGET_SUCCESS = 0.9
 TARGET_CARTPOLE = 475.0
@@ -47,14 +47,6 @@ TASKS = {
     "cartpole": {"metric": "return_mean", "target": TARGET_CARTPOLE,
                  "arms": [("cartpole-dreamer", "dreamer", ["exp=cartpole-dreamer", f"total_steps={CARTPOLE_STEPS}"])]},
 }
-
-
-def first_reaching(curve: list[tuple[int, float, float]], target: float) -> tuple[float, float]:
-    """(steps, wall seconds) of the first evaluation at or above `target` (NaN if none)."""
-    for step, wall, value in curve:
-        if value is not None and value >= target:
-            return step, wall
-    return float("nan"), float("nan")
 
 
 def run_task(task: str, args, runs_root: Path, results: dict) -> None:

@@ -18,17 +18,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, mmrl_train, print_table, write_json
+from _common import ROOT, first_reaching, mmrl_train, print_table, write_json
 
 TARGET = 0.9
-
-
-def first_reaching(curve: list[tuple[int, float, float]], target: float) -> tuple[float, float]:
-    """(steps, wall seconds) of the first evaluation at or above `target` (NaN if none)."""
-    for step, wall, success in curve:
-        if success >= target:
-            return step, wall
-    return float("nan"), float("nan")
 
 
 def plot(runs: list[dict], path: Path) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from _common import ROOT, latest_runs, mmrl_train, print_table, read_result_files, write_json
+from _common import ROOT, first_reaching, latest_runs, mmrl_train, print_table, read_result_files, write_json
 
 TARGET = 0.9
 FLOOR = 0.5  # the candidate's wall time: at most this fraction of the default's wall time to 0.9
@@ -62,14 +62,6 @@ def fastest_trial(sweep_dir: Path, min_success: float) -> tuple[int, list[str], 
     base = [o for o in config.hpo.train if o.split("=", 1)[0] not in SWEEP_ONLY]
     params = [p.override(best.params[p.key]) for p in parse_space(config.hpo.space)]
     return best.number, [*base, *params], list(best.values)
-
-
-def first_reaching(curve: list, target: float) -> tuple[float, float]:
-    """(steps, wall seconds) of the first evaluation at or above `target` (NaN if none)."""
-    for step, wall, success in curve:
-        if success is not None and success >= target:
-            return step, wall
-    return float("nan"), float("nan")
 
 
 def train(arm: str, overrides: list[str], seed: int, args, runs_root: Path) -> dict:

@@ -213,11 +213,15 @@ class Dreamer(Algorithm):
         h, z = states["h"].detach().flatten(0, 1), states["z"].detach().flatten(0, 1)
         alive = 1.0 - batch["is_terminal"].flatten().float()  # a terminal state has no future to imagine
         features, actions = imagine(agent, h, z, settings.horizon, self.generator)
+        # One critic pass over every imagined state: its values (detached) bootstrap the returns, and
+        # the same logits of states 0..H-1 carry the critic's loss below (the actor's step leaves the
+        # critic's weights alone).
+        critic_logits = agent.critic(features.flatten(0, 1))
         with torch.no_grad():
             world = agent.world_model
             rewards = world.reward_head.mean(world.reward_head(features[1:]))
             cont = torch.sigmoid(world.cont_head(features[1:]).squeeze(-1).float())
-            values = agent.critic.mean(agent.critic(features))
+            values = agent.critic.mean(critic_logits.detach()).reshape(features.shape[:2])
             slow_values = agent.slow_critic.mean(agent.slow_critic(features[:-1]))
             returns = lambda_returns(rewards, settings.gamma * cont, values, settings.lam)
             weights = torch.cumprod(torch.cat([alive.unsqueeze(0), cont[:-1]]), dim=0)  # reached with probability
@@ -234,7 +238,7 @@ class Dreamer(Algorithm):
                        "entropy": entropy.mean().detach()}
         actor_ok = self.actor_gradient.step(actor_terms, None)
 
-        critic_logits = agent.critic(flat_features)
+        critic_logits = critic_logits[: len(flat_features)]  # states 0..H-1 (time-major, as flat_features)
         critic_loss = agent.critic.loss(critic_logits, returns.flatten())
         slow_loss = agent.critic.loss(critic_logits, slow_values.flatten())
         critic_terms = {"loss_value": (weight * critic_loss).mean(),
@@ -261,12 +265,13 @@ class Dreamer(Algorithm):
         TD(lambda) returns (`replay_returns`, bootstrapped from the `imagined` returns (T, B)); a
         terminal state has weight 0 (it has no future)."""
         settings, critic = self.settings, self.policy.critic
+        logits = critic(features.flatten(0, 1))  # one pass: detached values for the targets, the loss on 0..T-2
         with torch.no_grad():
-            values = critic.mean(critic(features))
+            values = critic.mean(logits.detach()).reshape(features.shape[:2])
             targets = replay_returns(batch["reward"].float(), batch["is_terminal"], batch["is_first"], values,
                                      imagined.float(), settings.gamma, settings.lam)
         weight = 1.0 - batch["is_terminal"][:-1].float()
-        loss = critic.loss(critic(features[:-1].flatten(0, 1)), targets.flatten())
+        loss = critic.loss(logits[: targets.numel()], targets.flatten())
         return (weight.flatten() * loss).mean()
 
     def take_episodes(self) -> list:
