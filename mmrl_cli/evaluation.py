@@ -33,7 +33,8 @@ def wilson_interval(successes: float, n: int) -> list[float]:
     denominator = 1 + Z95**2 / n
     centre = (p + Z95**2 / (2 * n)) / denominator
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # The interval holds p exactly (at p = 1 rounding put the upper end at 1 - 1e-16, below p).
+    return [min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))]
 
 
 def mean_interval(values: torch.Tensor) -> list[float]:

@@ -165,6 +165,8 @@ def main() -> None:
         merge(parser, args)
         return
     if args.sweep:
+        if not (args.sweep / "sweep.yaml").is_file():
+            parser.error(f"--sweep: {args.sweep} is not a sweep directory (no sweep.yaml)")
         trial, candidate, values = fastest_trial(args.sweep, args.min_success)
         print(f"candidate: trial {trial} of {args.sweep} (validation success {values[0]:.3f}, {values[1]:.0f} s): "
               f"{' '.join(candidate)}")

@@ -179,6 +179,17 @@ def test_svd_reconstruction_error_is_within_the_energy_bound(energy, kind):
 
 
 # -------------------------------------------------------------------------- distillation
+def test_the_report_plot_takes_a_student_at_full_success(tmp_path):
+    """200 held-out episodes all solved: the interval's upper end is the rate itself, so the plot's
+    error bars are never negative (a rounding of 1 - 1e-16 made matplotlib refuse the figure)."""
+    from mmrl_cli.compress.report import plot
+    from mmrl_cli.evaluation import wilson_interval
+
+    row = {"nonzero_parameters": 1000, "latency_ms": 1.0, "success_rate": 1.0, "success_ci95": wilson_interval(200, 200)}
+    plot([{**row, "method": "teacher"}, {**row, "method": "distill (cnn student)"}], tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 0
+
+
 def test_distillation_loss_decreases_on_a_fixed_batch():
     _, student, obs = policy_and_obs(TINY, n=32)
     _, teacher, _ = policy_and_obs(["model=vit-gpt2"], n=32)

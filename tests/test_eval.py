@@ -124,6 +124,8 @@ def test_confidence_intervals():
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
     low, high = wilson_interval(100, 100)  # never above 1, still a real interval
     assert high == 1.0 and 0.95 < low < 0.97
+    for n in (200, 500, 1000):  # the interval holds the rate itself, at 0 and 1 too (no rounding below it)
+        assert wilson_interval(n, n)[1] >= 1.0 and wilson_interval(0, n)[0] <= 0.0
     import torch
 
     low, high = mean_interval(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
