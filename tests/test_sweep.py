@@ -100,6 +100,8 @@ CLI_BAD = [
     (["hpo.grace_seconds=5"], "hpo.grace_seconds: expected more than 2 * hpo.heartbeat_seconds"),
     (["hpo.retrain.seeds=0"], "hpo.retrain.seeds: expected an integer in [1, 1000]"),
     (["hpo.sampler.seed=-1"], "hpo.sampler.seed: expected an integer in [0, 2147483647]"),
+    (["hpo.objective.seeds=0"], "hpo.objective.seeds: expected an integer in [1, 100]"),
+    (["hpo.objective.aggregate=best"], "hpo.objective.aggregate: expected one of worst, mean, median"),
 ]
 
 
@@ -223,6 +225,59 @@ def test_the_report_names_each_objective_with_its_direction():
     two = {"objective": "validation_success", "second_objective": "wall_seconds", "directions": ["maximize", "minimize"]}
     assert objectives_line(one) == "validation_return (maximize) on validation levels"
     assert objectives_line(two) == "validation_success (maximize) on validation levels, wall_seconds (minimize)"
+
+
+def test_the_report_says_how_a_trials_seeds_were_combined():
+    from mmrl_cli.sweep.report import objectives_line
+
+    two = {"objective": "validation_success", "second_objective": "wall_seconds", "directions": ["maximize", "minimize"],
+           "seeds_per_trial": 3, "aggregate": "worst"}
+    assert objectives_line(two) == ("validation_success (maximize) on validation levels, wall_seconds (minimize); "
+                                    "each trial's worst of its 3 seeds")
+
+
+def test_seeds_of_a_trial_combine_worst_mean_or_median():
+    from mmrl_cli.sweep.trial import aggregate
+
+    assert aggregate([0.9, 0.2, 0.8], "worst", higher_is_better=True) == 0.2
+    assert aggregate([50.0, 70.0, 60.0], "worst", higher_is_better=False) == 70.0  # the slowest seed's wall time
+    assert aggregate([0.9, 0.2, 0.7], "mean", higher_is_better=True) == pytest.approx(0.6)
+    assert aggregate([0.9, 0.2, 0.7], "median", higher_is_better=True) == 0.7
+    assert aggregate([0.9, 0.2, 0.7, 0.5], "median", higher_is_better=True) == pytest.approx(0.6)
+    assert aggregate([0.4], "worst", higher_is_better=True) == 0.4
+
+
+def test_trials_never_share_a_seed_and_one_seed_per_trial_keeps_the_old_numbering():
+    from mmrl_cli.sweep.trial import trial_seeds
+
+    hpo = HpoConfig(study_name="unit")
+    assert [trial_seeds(hpo, n) for n in range(3)] == [[1], [2], [3]]  # first_seed + trial number, as before
+    hpo.objective.seeds = 3
+    drawn = [seed for n in range(5) for seed in trial_seeds(hpo, n)]
+    assert drawn == list(range(1, 16))
+
+
+def test_a_trial_with_several_seeds_trains_each_and_reports_their_worst(tmp_path):
+    config = hpo_config(tmp_path)
+    config.hpo.objective.seeds = 2
+    config.hpo.objective.second = "wall_seconds"
+    config.hpo.pruner.type = "none"
+    config.hpo.check()
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    study = open_study(config.hpo, sweep)
+    assert run_trial(study, config, parse_space(config.hpo.space), sweep) == TrialState.COMPLETE
+    trial = study.get_trials()[0]
+    assert trial.user_attrs["seeds"] == [1, 2]
+    per_seed = trial.user_attrs["seed_values"]
+    assert len(per_seed) == 2 and trial.values == [min(v[0] for v in per_seed), max(v[1] for v in per_seed)]
+    for seed in (1, 2):  # each seed is its own run directory, with its own seed
+        run = sweep / "trials" / "0000" / f"seed{seed}"
+        assert json.loads((run / "summary.json").read_text())["steps"] == 2048
+        assert f"seed: {seed}" in (run / "config.yaml").read_text()
+    record = json.loads((sweep / "trials" / "0000" / "trial.json").read_text())
+    assert [r["seed"] for r in record["per_seed"]] == [1, 2] and record["values"] == trial.values
+    assert trial.user_attrs["steps"] == 2 * 2048  # both seeds' env steps count against the budget
 
 
 def test_a_second_objective_makes_a_two_objective_trial(tmp_path):

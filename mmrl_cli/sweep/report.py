@@ -227,7 +227,8 @@ def trial_rows(study: optuna.Study) -> list[dict]:
              "steps": int(t.user_attrs.get("steps", 0)), "pruned_at_step": t.user_attrs.get("pruned_at_step"),
              "failed_because": t.user_attrs.get("failed_because"), "retry_of": t.user_attrs.get("retry_of"),
              "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None,
-             "run_dir": t.user_attrs.get("run_dir")} for t in study.get_trials(deepcopy=False)]
+             "run_dir": t.user_attrs.get("run_dir"), "seeds": t.user_attrs.get("seeds"),
+             "seed_values": t.user_attrs.get("seed_values")} for t in study.get_trials(deepcopy=False)]
 
 
 def report_markdown(results: dict) -> str:
@@ -257,11 +258,13 @@ def report_markdown(results: dict) -> str:
 
 
 def objectives_line(results: dict) -> str:
-    """``validation_success (maximize) on validation levels``, and the second objective with its own
-    direction when the study has two."""
+    """``validation_success (maximize) on validation levels``, the second objective with its own
+    direction when the study has two, and how each trial's seeds were combined when it has several."""
     names = [results["objective"], *([results["second_objective"]] if results.get("second_objective") else [])]
     parts = [f"{name} ({direction})" for name, direction in zip(names, results["directions"])]
-    return f"{parts[0]} on validation levels" + "".join(f", {part}" for part in parts[1:])
+    seeds = results.get("seeds_per_trial", 1)
+    over = f"; each trial's {results['aggregate']} of its {seeds} seeds" if seeds > 1 else ""
+    return f"{parts[0]} on validation levels" + "".join(f", {part}" for part in parts[1:]) + over
 
 
 def finish(study: optuna.Study, config: SweepConfig, sweep_dir: Path) -> dict:
@@ -275,6 +278,7 @@ def finish(study: optuna.Study, config: SweepConfig, sweep_dir: Path) -> dict:
     results = {
         "study_name": hpo.study_name, "sweep_dir": str(sweep_dir), "objective": hpo.objective.metric,
         "second_objective": hpo.objective.second, "directions": hpo.directions, "sampler": hpo.sampler.type,
+        "seeds_per_trial": hpo.objective.seeds, "aggregate": hpo.objective.aggregate,
         "pruner": hpo.pruner.type,
         "counts": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)},
         "steps_spent": steps_spent(trials),

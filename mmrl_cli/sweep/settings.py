@@ -22,6 +22,7 @@ from ..config import SEED_MAX, ConfigError, _merge, between, one_of, positive, p
 DISTRIBUTIONS = ("float", "int", "categorical")
 METRICS = ("validation_success", "validation_return")  # maximised, read from the trainer's validation evaluations
 SECOND_OBJECTIVES = ("wall_seconds", "parameters")       # minimised
+AGGREGATES = ("worst", "mean", "median")                 # how a trial's seeds make one objective value
 SAMPLERS = ("tpe", "gp", "random", "nsga2")
 PRUNERS = ("none", "median", "sha", "hyperband")
 CONFIG_GROUPS = ("algo", "model", "data", "hardware", "compression", "exp")  # keys that pick a group option
@@ -39,9 +40,13 @@ SWEEP_DIR_MAX = 4096 - 512
 class ObjectiveConfig:
     metric: str = "validation_success"
     second: Optional[str] = None
+    seeds: int = 1
+    aggregate: str = "worst"
 
     def check(self) -> None:
         one_of("hpo.objective", self, "metric", METRICS)
+        between("hpo.objective", self, "seeds", 1, 100)
+        one_of("hpo.objective", self, "aggregate", AGGREGATES)
         if self.second is not None:
             one_of("hpo.objective", self, "second", SECOND_OBJECTIVES)
 

@@ -69,6 +69,7 @@ class Heartbeat:
     def __init__(self, study: optuna.Study, number: int, seconds: float, parent_pid: int | None):
         self.study, self.number, self.seconds, self.parent_pid = study, number, seconds, parent_pid
         self.last = 0.0
+        self.steps_before = 0  # env steps of the trial's earlier seeds (a trial with several seeds)
 
     def on_update(self, progress, metrics: dict) -> None:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -77,7 +78,7 @@ class Heartbeat:
         if now - self.last >= self.seconds:
             self.last = now
             set_attr(self.study, self.number, "heartbeat", now)
-            set_attr(self.study, self.number, "steps", progress.steps)
+            set_attr(self.study, self.number, "steps", self.steps_before + progress.steps)
 
 
 def trial_config(config: SweepConfig, params: list[Param], values: dict, seed: int) -> tuple[list[str], TrainConfig]:
@@ -111,9 +112,46 @@ def write_trial_json(path: Path, data: dict) -> None:
     write_text_atomic(path / "trial.json", json.dumps(data, indent=2, default=str))
 
 
+def trial_seeds(hpo, number: int) -> list[int]:
+    """The seeds trial `number` trains with: `hpo.objective.seeds` of them, never shared with
+    another trial (one seed per trial: `first_seed + number`, as sweeps always had)."""
+    k = hpo.objective.seeds
+    return [hpo.first_seed + number * k + i for i in range(k)]
+
+
+def seed_run_dir(sweep_dir: Path, number: int, seed: int, seeds: int) -> Path:
+    """A trial's run directory for one seed: the trial's directory itself when it trains one seed,
+    `<trial>/seed<s>/` when it trains several."""
+    return trial_dir(sweep_dir, number) if seeds == 1 else trial_dir(sweep_dir, number) / f"seed{seed}"
+
+
+def aggregate(values: list[float], how: str, higher_is_better: bool) -> float:
+    """One objective value from a trial's per-seed values: `worst` (the lowest metric, the highest
+    cost), `mean` or `median`."""
+    if how == "worst":
+        return min(values) if higher_is_better else max(values)
+    ordered = sorted(values)
+    if how == "mean":
+        return sum(values) / len(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def run_objectives(hpo, summary: dict, cfg: TrainConfig) -> list[float]:
+    """The objective values of one finished run: the metric of its last validation evaluation, then
+    the second objective (wall seconds or parameters) for a multi-objective study."""
+    values = [metric_of(summary["evaluations"][-1], hpo.objective.metric)]
+    if hpo.objective.second == "wall_seconds":
+        values.append(summary["wall_seconds"])
+    elif hpo.objective.second == "parameters":
+        values.append(float(parameter_count(cfg)))
+    return values
+
+
 def run_trial(study: optuna.Study, config: SweepConfig, params: list[Param], sweep_dir: Path,
               parent_pid: int | None = None) -> TrialState:
-    """Ask Optuna for a trial, train it, tell Optuna how it went; returns its final state."""
+    """Ask Optuna for a trial, train it (once per seed, one seed after another), tell Optuna how it
+    went; returns its final state. Only the first seed's evaluations go to the pruner."""
     hpo = config.hpo
     trial = study.ask()
     earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
@@ -125,55 +163,67 @@ def run_trial(study: optuna.Study, config: SweepConfig, params: list[Param], swe
     for key, value in (("worker_host", HOST), ("worker_pid", os.getpid()), ("heartbeat", time.time())):
         trial.set_user_attr(key, value)
     values = {p.key: p.suggest(trial) for p in params}
+    seeds = trial_seeds(hpo, trial.number)
     run_dir = trial_dir(sweep_dir, trial.number)
     trial.set_user_attr("run_dir", str(run_dir))
-    record = {"number": trial.number, "params": values, "run_dir": str(run_dir)}
+    trial.set_user_attr("seeds", seeds)
+    record = {"number": trial.number, "params": values, "run_dir": str(run_dir), "seeds": seeds}
     try:
-        overrides, cfg = trial_config(config, params, values, hpo.first_seed + trial.number)
+        runs = [(seed, *trial_config(config, params, values, seed)) for seed in seeds]
     except ConfigError as e:
         trial.set_user_attr("failed_because", str(e))
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    trial.set_user_attr("overrides", overrides)
+    trial.set_user_attr("overrides", runs[0][1])
     reporter = Reporter(trial, hpo.objective.metric, prune=len(hpo.directions) == 1)
     heartbeat = Heartbeat(study, trial.number, hpo.heartbeat_seconds, parent_pid)
-    print(f"trial {trial.number}: {' '.join(overrides)}", flush=True)
-    try:
-        summary = train(cfg, run_dir, callbacks=[heartbeat, reporter])
-    except Exception as e:  # a numerical fault, an env that raised, out of memory, ...: this trial failed, not the sweep
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if not isinstance(e, (NumericalFault, ConfigError)):  # into the worker's log, passwords masked
-            print(mask_secrets(traceback.format_exc(), hpo.storage), file=sys.stderr, end="", flush=True)
-        reason = mask_secrets(reason, hpo.storage)
-        trial.set_user_attr("failed_because", reason)
-        study.tell(trial, state=TrialState.FAIL)
-        write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": reason})
-        return TrialState.FAIL
-    trial.set_user_attr("steps", summary["steps"])
-    trial.set_user_attr("wall_seconds", summary["wall_seconds"])
-    if summary["stopped_by"] and reporter.pruned_at is None:  # SIGTERM / Ctrl-C: run it again later
-        trial.set_user_attr("failed_because", f"interrupted ({summary['stopped_by']})")
-        trial.set_user_attr("retried_as", "next enqueued trial")
-        study.tell(trial, state=TrialState.FAIL)
-        study.enqueue_trial(values, user_attrs={"retry_of": trial.number, "retries": 0})
-        write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": "interrupted"})
-        return TrialState.FAIL
-    if reporter.pruned_at is not None:
-        trial.set_user_attr("pruned_at_step", reporter.pruned_at)
-        study.tell(trial, state=TrialState.PRUNED)
-        write_trial_json(run_dir, {**record, "state": "PRUNED", "pruned_at_step": reporter.pruned_at,
-                                   "steps": summary["steps"]})
-        return TrialState.PRUNED
-    objective = metric_of(summary["evaluations"][-1], hpo.objective.metric)
-    objectives = [objective]
-    if hpo.objective.second == "wall_seconds":
-        objectives.append(summary["wall_seconds"])
-    elif hpo.objective.second == "parameters":
-        objectives.append(float(parameter_count(cfg)))
+    per_seed, steps, wall = [], 0, 0.0
+    for index, (seed, overrides, cfg) in enumerate(runs):
+        seed_dir = seed_run_dir(sweep_dir, trial.number, seed, len(seeds))
+        print(f"trial {trial.number}" + (f" seed {seed}" if len(seeds) > 1 else "") + f": {' '.join(overrides)}",
+              flush=True)
+        callbacks = [heartbeat, reporter] if index == 0 else [heartbeat]
+        heartbeat.steps_before = steps
+        try:
+            summary = train(cfg, seed_dir, callbacks=callbacks)
+        except Exception as e:  # a numerical fault, an env that raised, out of memory, ...: this trial failed, not the sweep
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not isinstance(e, (NumericalFault, ConfigError)):  # into the worker's log, passwords masked
+                print(mask_secrets(traceback.format_exc(), hpo.storage), file=sys.stderr, end="", flush=True)
+            reason = mask_secrets(reason, hpo.storage) + (f" (seed {seed})" if len(seeds) > 1 else "")
+            trial.set_user_attr("failed_because", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": reason})
+            return TrialState.FAIL
+        steps, wall = steps + summary["steps"], wall + summary["wall_seconds"]
+        trial.set_user_attr("steps", steps)
+        trial.set_user_attr("wall_seconds", wall)
+        if summary["stopped_by"] and reporter.pruned_at is None:  # SIGTERM / Ctrl-C: run it again later
+            trial.set_user_attr("failed_because", f"interrupted ({summary['stopped_by']})")
+            trial.set_user_attr("retried_as", "next enqueued trial")
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(values, user_attrs={"retry_of": trial.number, "retries": 0})
+            write_trial_json(run_dir, {**record, "state": "FAIL", "failed_because": "interrupted"})
+            return TrialState.FAIL
+        if reporter.pruned_at is not None:
+            trial.set_user_attr("pruned_at_step", reporter.pruned_at)
+            study.tell(trial, state=TrialState.PRUNED)
+            write_trial_json(run_dir, {**record, "state": "PRUNED", "pruned_at_step": reporter.pruned_at,
+                                       "steps": steps})
+            return TrialState.PRUNED
+        per_seed.append({"seed": seed, "run_dir": str(seed_dir), "values": run_objectives(hpo, summary, cfg),
+                         "steps": summary["steps"], "heldout_success_rate": summary["heldout_success_rate"],
+                         "heldout_return": summary["heldout_return"]})
+    objectives = [aggregate([run["values"][i] for run in per_seed], hpo.objective.aggregate, higher_is_better=i == 0)
+                  for i in range(len(hpo.directions))]
+    if len(seeds) > 1:
+        trial.set_user_attr("seed_values", [run["values"] for run in per_seed])
     study.tell(trial, objectives)
-    write_trial_json(run_dir, {**record, "state": "COMPLETE", "values": objectives, "steps": summary["steps"],
-                               "heldout_success_rate": summary["heldout_success_rate"],
-                               "heldout_return": summary["heldout_return"]})
+    first = per_seed[0]
+    write_trial_json(run_dir, {**record, "state": "COMPLETE", "values": objectives, "steps": steps,
+                               "heldout_success_rate": first["heldout_success_rate"],
+                               "heldout_return": first["heldout_return"],
+                               **({"per_seed": per_seed} if len(seeds) > 1 else {})})
     return TrialState.COMPLETE
 
 
