@@ -1097,6 +1097,13 @@ def merge_group(group: str, section: Any) -> Any:
     kind = section.get("type") if isinstance(section, dict) else None
     if kind not in options:
         raise ConfigError(f"{group}.type: expected one of {', '.join(options)}, got {kind!r}")
+    own = {f.name for f in fields(options[kind])}
+    for key in section:
+        owners = [name for name, schema in options.items() if key not in own and key in {f.name for f in fields(schema)}]
+        if owners:  # e.g. `exp=minigrid-vit algo=bc`: the preset's PPO settings reach BC
+            raise ConfigError(f"{group}.{key}: {group}={kind} has no such key; it belongs to {group}="
+                              f"{', '.join(owners)} (set by an exp preset made for {group}={owners[0]}? then use "
+                              f"{group}={owners[0]}, or a preset made for {group}={kind})")
     return _merge(options[kind], section, f"{group}.")
 
 

@@ -193,6 +193,8 @@ CASES = [
     ("train", ["algo=a2c", "algo.eps=inf"], None, "algo.eps: expected a finite value > 0"),
     ("train", ["algo=a2c", "algo.optimizer=sgd"], None, "algo.optimizer: expected one of rmsprop, adam"),
     ("train", ["algo=a2c", "algo.clip_range=0.2"], None, "algo.clip_range: unknown key"),
+    ("train", ["exp=minigrid-vit", "algo=bc"], None,  # the preset's PPO settings do not fit BC
+     "algo.n_epochs: algo=bc has no such key; it belongs to algo=ppo, hierarchical (set by an exp preset made for algo=ppo?"),
     ("train", ["algo.ent_coef=nan"], None, "algo.ent_coef: expected a finite value >= 0"),
     ("train", ["total_steps=0"], None, "total_steps: expected a finite value > 0"),
     ("train", ["exp=nope"], None, "exp=nope: unknown option"),
