@@ -8,6 +8,12 @@ keys): a benchmark's runs count for the study and the other way round. Missing r
 `--cache` unless `--reuse-only`; a claim with missing runs is reported as "not measured" with the
 command that measures it. Claims that cannot be measured on this machine say why.
 
+Every run the study uses is kept in `--store` (docs/bench/claims_runs/<arm>/seed<s>/, in the
+repository): its config.yaml and summary.json, which hold everything `mmrl compare` reads (the
+config, the validation curve against env steps and wall seconds, the held-out result). Run
+directories in caches come and go with the machine; the store stays, so the study grows across
+sessions and regenerates from it alone (`--reuse-only`).
+
 Each measured claim gets an `mmrl compare` report (curves, IQM, intervals) in <cache>/compare/<claim>
 and its curve PNG in docs/img/claims/; the verdict follows from the 95% intervals:
 - a claim about time (env steps or wall seconds to 0.9 validation success): holds when the
@@ -17,7 +23,7 @@ and its curve PNG in docs/img/claims/; the verdict follows from the 95% interval
   lies above 0.5, does not hold when below, otherwise inconclusive.
 
 Usage:
-    python scripts/claims.py --reuse-only --reuse /work/runs_cache/a3c15   # the report from cached runs only
+    python scripts/claims.py --reuse-only                                  # the report from the kept runs only
     python scripts/claims.py --only actor-critic --seeds 1 2 3 4 5         # train what is missing, then report
 """
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -43,6 +50,8 @@ from mmrl_cli.compose import compose_train_config
 # Keys that do not change what a run learns: where it writes, how it is watched and evaluated, the hardware.
 IGNORED_KEYS = ("runs_root", "run_name", "resume", "monitor", "checkpoint", "eval", "hardware")
 TARGET = 0.9
+STORE = ROOT / "docs/bench/claims_runs"  # the kept runs (config.yaml + summary.json each)
+KEPT_FILES = ("config.yaml", "summary.json")  # what compare reads of a finished run
 
 
 @dataclass
@@ -124,9 +133,26 @@ def cached_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
     return found
 
 
+def arm_slug(overrides: list[str]) -> str:
+    """A directory name for an arm's overrides (``exp=goto-a2c`` -> ``exp_goto-a2c``)."""
+    return "+".join(re.sub(r"[^A-Za-z0-9.-]+", "_", o) for o in overrides) or "defaults"
+
+
+def keep(path: Path, store: Path, overrides: list[str], seed: int) -> Path:
+    """Copy what compare reads of the run at `path` into the store (the summary last: a record
+    without it is no run); the kept record's directory."""
+    kept = store / arm_slug(overrides) / f"seed{seed}"
+    if kept.resolve() != path.resolve():
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in KEPT_FILES:
+            shutil.copyfile(path / name, kept / f".{name}.tmp")
+            (kept / f".{name}.tmp").replace(kept / name)
+    return kept
+
+
 def arm_runs(claim: Claim, arm: str, overrides: list[str], seeds: list[int], cache: Path, roots: list[Path],
-             train: bool) -> tuple[list[Path], list[int]]:
-    """The run directories of one arm (reused or trained) and the seeds still missing."""
+             train: bool, store: Path) -> tuple[list[Path], list[int]]:
+    """The kept run directories of one arm (reused or trained) and the seeds still missing."""
     runs, missing = [], []
     for seed in seeds:
         want = wanted_config(overrides, seed)
@@ -135,8 +161,14 @@ def arm_runs(claim: Claim, arm: str, overrides: list[str], seeds: list[int], cac
             print(f"[{claim.key}] training {arm} seed {seed}: mmrl train {' '.join(overrides)} seed={seed}", flush=True)
             mmrl_train([*overrides, f"seed={seed}"], cache / claim.key / arm.replace(" ", "-"))
             match = next((p for p, c in cached_runs(roots) if c == want), None)
-        (runs.append(match) if match else missing.append(seed))
+        (runs.append(keep(match, store, overrides, seed)) if match else missing.append(seed))
     return runs, missing
+
+
+def shown(path: Path | str) -> str:
+    """A path as the report names it: relative to the repository when inside it."""
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
 
 
 def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]:
@@ -164,7 +196,7 @@ def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]
     return effect, "inconclusive at these seeds"
 
 
-def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], train: bool) -> dict:
+def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], train: bool, store: Path) -> dict:
     """Run (or reuse) both arms of a claim and compare them."""
     base, tech = claim.names
     arms = {base: claim.base, tech: claim.tech}
@@ -172,8 +204,8 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], trai
              "arms": {name: {"overrides": overrides} for name, overrides in arms.items()}}
     records = []
     for name, overrides in arms.items():
-        runs, missing = arm_runs(claim, name, overrides, seeds, cache, roots, train)
-        entry["arms"][name].update(runs=[str(p) for p in runs], missing_seeds=missing)
+        runs, missing = arm_runs(claim, name, overrides, seeds, cache, roots, train, store)
+        entry["arms"][name].update(runs=[shown(p) for p in runs], missing_seeds=missing)
         for path in runs:
             record = read_run(path)
             record.group, record.task = name, task_of(record)
@@ -231,6 +263,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="claims to measure (default: all)")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs/claims", help="where missing runs are trained")
     parser.add_argument("--reuse", type=Path, nargs="*", default=[], help="more directories of runs to reuse")
+    parser.add_argument("--store", type=Path, default=STORE, help="where the runs the study uses are kept")
     parser.add_argument("--reuse-only", action="store_true", help="train nothing: report from cached runs")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/claims.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs/bench/claims.json")
@@ -238,16 +271,16 @@ def main() -> None:
     unknown = set(args.only or []) - {c.key for c in CLAIMS}
     if unknown:
         sys.exit(f"claims.py: --only: unknown claim(s) {sorted(unknown)}; expected some of {[c.key for c in CLAIMS]}")
-    roots = [args.cache, *args.reuse]
+    roots = [args.store, args.cache, *args.reuse]
     entries = []
     for claim in CLAIMS:
         if claim.measure == "none":
             entries.append({"claim": claim.key, "seed_text": claim.seed_text, "see": claim.see,
                             "verdict": f"not measurable here: {claim.not_here}"})
         elif args.only is None or claim.key in args.only:
-            entries.append(measure(claim, args.seeds, args.cache, roots, train=not args.reuse_only))
+            entries.append(measure(claim, args.seeds, args.cache, roots, train=not args.reuse_only, store=args.store))
         else:
-            entries.append(measure(claim, args.seeds, args.cache, roots, train=False))
+            entries.append(measure(claim, args.seeds, args.cache, roots, train=False, store=args.store))
     print_table("The seed's claims", ["claim", "effect", "verdict"],
                 [[e["claim"], e.get("effect", "-"), e["verdict"]] for e in entries])
     args.out.write_text(markdown(entries, args.seeds))

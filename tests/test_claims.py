@@ -37,20 +37,32 @@ def test_runs_are_reused_by_config_and_a_claim_is_judged(tmp_path, monkeypatch):
     saved_run(cache, "other-lr", ["exp=goto-a2c", "seed=4", "algo.lr=0.5"], [0.1], 0.1)  # a different config
     claim = claims.Claim("actor-critic", "A3C", "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"],
                          names=("a2c", "a3c"))
-    entry = claims.measure(claim, [1, 2, 3, 4], cache, [cache], train=False)
-    assert [Path(p).name for p in entry["arms"]["a3c"]["runs"]] == ["a3c-1", "a3c-2", "a3c-3"]
+    store = tmp_path / "docs/bench/claims_runs"
+    entry = claims.measure(claim, [1, 2, 3, 4], cache, [cache], train=False, store=store)
+    # each run used is kept in the store (what compare reads), named by its arm and seed
+    assert entry["arms"]["a3c"]["runs"] == [f"docs/bench/claims_runs/exp_goto-a3c/seed{s}" for s in (1, 2, 3)]
+    for seed in (1, 2, 3):
+        kept = store / "exp_goto-a3c" / f"seed{seed}"
+        assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "summary.json"]
+        assert (kept / "summary.json").read_text() == (cache / f"a3c-{seed}" / "summary.json").read_text()
     assert entry["arms"]["a2c"]["missing_seeds"] == [4]  # seed 4 ran with another lr: not this arm's run
     # a3c reaches 0.9 at 20 s on every seed, a2c at 30 s: the intervals do not overlap.
     assert entry["verdict"] == "holds (3 of 4 seeds)" and "a3c 20 [20, 20] vs a2c 30 [30, 30]" in entry["effect"]
     assert (tmp_path / "docs/img/claims/actor-critic.png").is_file()
     held = claims.Claim("final", "A3C", "heldout", base=["exp=goto-a2c"], tech=["exp=goto-a3c"], names=("a2c", "a3c"))
-    entry = claims.measure(held, [1, 2, 3], cache, [cache], train=False)
+    entry = claims.measure(held, [1, 2, 3], cache, [cache], train=False, store=store)
     assert entry["effect"].startswith("P(a3c > a2c) = 1.000") and entry["verdict"] == "holds"
+    # the cache gone, the kept runs alone give the same judgement
+    import shutil
+
+    shutil.rmtree(cache)
+    again = claims.measure(claim, [1, 2, 3, 4], tmp_path / "gone", [store], train=False, store=store)
+    assert again["verdict"] == "holds (3 of 4 seeds)" and again["arms"]["a3c"]["runs"] == entry["arms"]["a3c"]["runs"]
 
 
 def test_a_claim_without_runs_is_not_measured(tmp_path):
     claim = claims.Claim("ppo", "PPO", "steps", base=["exp=goto-a2c"], tech=[], names=("a2c", "ppo"))
-    entry = claims.measure(claim, [1, 2], tmp_path / "cache", [tmp_path / "cache"], train=False)
+    entry = claims.measure(claim, [1, 2], tmp_path / "cache", [tmp_path / "cache"], train=False, store=tmp_path / "store")
     assert entry["verdict"].startswith("not measured: 4 runs missing") and "--only ppo" in entry["verdict"]
     text = claims.markdown([entry], [1, 2])
     assert "| ppo | PPO | - | not measured" in text
