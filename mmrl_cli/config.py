@@ -249,6 +249,7 @@ class DreamerConfig:
     slow_critic_tau: float = 0.02     # slow critic's step towards the critic per update
     slow_critic_reg: float = 1.0      # weight of the critic's loss towards the slow critic's values
     replay_value_coef: float = 0.0    # weight of the critic's loss on replayed real sequences (DreamerV3's repval)
+    critic_updates: int = 1           # critic steps per imagination, each re-bootstrapping from the critic it left
     free_bits: float = 1.0            # KL below this many nats is not penalised
     dyn_scale: float = 0.5            # weight of KL(sg(post) || prior)
     rep_scale: float = 0.1            # weight of KL(post || sg(prior))
@@ -266,6 +267,7 @@ class DreamerConfig:
         between("algo", self, "batch_size", 1, 2**16)
         between("algo", self, "seq_len", 2, 10_000)
         between("algo", self, "horizon", 1, 1_000)
+        between("algo", self, "critic_updates", 1, 100)
         between("algo", self, "gamma", 0.0, 1.0)
         between("algo", self, "lam", 0.0, 1.0)
         non_negative("algo", self, "ent_coef", "free_bits", "dyn_scale", "rep_scale", "slow_critic_reg",

@@ -129,6 +129,23 @@ def test_the_critic_is_regularised_towards_the_slow_critic():
     assert gap_on < 0.75 * gap_off
 
 
+def test_several_critic_updates_step_the_critic_that_often_and_leave_the_rest_alone():
+    """`algo.critic_updates=3`: three critic optimiser steps (and slow-critic steps) per update, one
+    world-model and one actor step; the critic moves further from where it started than with one."""
+    moved = {}
+    for k in (1, 3):
+        cfg, algo = small_setup(f"algo.critic_updates={k}", seed=6)
+        while not algo.replay.ready(cfg.algo.seq_len) or len(algo.replay) < 64:
+            algo.play()
+        before = [p.detach().clone() for p in algo.policy.critic.parameters()]
+        metrics = algo.update()
+        steps = {name: int(next(iter(g.optimizer.state.values()))["step"]) for name, g in
+                 (("world", algo.world_gradient), ("actor", algo.actor_gradient), ("critic", algo.critic_gradient))}
+        assert steps == {"world": 1, "actor": 1, "critic": k} and metrics["skipped_steps"] == 0
+        moved[k] = sum(float((p.detach() - b).abs().sum()) for p, b in zip(algo.policy.critic.parameters(), before))
+    assert moved[3] > 1.5 * moved[1]
+
+
 def collected_rollouts(n_steps: int, count: int) -> list:
     """`count` rollouts of `n_steps` steps of a memoryless student on 2 CartPole envs (fixed seeds)."""
     from mmrl_cli.rollout import Collector

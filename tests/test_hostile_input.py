@@ -321,6 +321,7 @@ CASES = [
     ("train", ["algo=dreamer", "algo.train_ratio=-1"], None, "algo.train_ratio: expected a finite value > 0"),
     ("train", ["algo=dreamer", "algo.seq_len=1"], None, "algo.seq_len: expected an integer in [2, "),
     ("train", ["algo=dreamer", "algo.slow_critic_reg=-1"], None, "algo.slow_critic_reg: expected"),
+    ("train", ["algo=dreamer", "algo.critic_updates=0"], None, "algo.critic_updates: expected an integer in [1, 100]"),
     ("train", ["algo=dreamer", "algo.slow_critic_reg=nan"], None, "algo.slow_critic_reg: expected"),
     ("train", ["algo=dreamer", "algo.replay_size=2000000000"], None,
      "algo.replay_size: 2,000,000,000 rows of this env's observations need"),

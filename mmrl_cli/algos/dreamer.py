@@ -22,6 +22,10 @@ env step) has earned, once ``algo.learning_starts`` env steps are in the buffer.
    (DreamerV3's regulariser: the slow critic is an exponential moving average of the critic's
    weights, ``algo.slow_critic_tau`` per update), plus ``algo.replay_value_coef`` times the same
    loss on the replayed real states against their real lambda-returns (`replay_returns`).
+   ``algo.critic_updates`` > 1 repeats the critic's step on the same imagined states, each time with
+   lambda-returns bootstrapped from the critic the previous step left (value iteration on the
+   imagined batch: values travel further back per imagination; the critic is a small MLP, so the
+   extra steps cost little beside the world model's).
 
 Every loss term is logged by the monitor (``losses/<name>``); the three optimisers are
 `GradientStep`s (skip counters, gradient norms per module). The buffer, the env, the agent's
@@ -202,7 +206,8 @@ class Dreamer(Algorithm):
         return self.steps_per_update, out
 
     def update(self) -> dict[str, float]:
-        """One world-model update, one imagination, one actor and one critic update (module docstring)."""
+        """One world-model update, one imagination, one actor and `algo.critic_updates` critic updates
+        (module docstring)."""
         settings, agent = self.settings, self.policy
         agent.train()
         batch = to_device(self.replay.sample(settings.batch_size, settings.seq_len), self.device)
@@ -239,17 +244,16 @@ class Dreamer(Algorithm):
         actor_ok = self.actor_gradient.step(actor_terms, None)
 
         critic_logits = critic_logits[: len(flat_features)]  # states 0..H-1 (time-major, as flat_features)
-        critic_loss = agent.critic.loss(critic_logits, returns.flatten())
-        slow_loss = agent.critic.loss(critic_logits, slow_values.flatten())
-        critic_terms = {"loss_value": (weight * critic_loss).mean(),
-                        "loss_slow_critic": settings.slow_critic_reg * (weight * slow_loss).mean()}
-        if settings.replay_value_coef > 0:  # the critic on the replayed real sequences too (DreamerV3's repval)
-            critic_terms["loss_replay_value"] = settings.replay_value_coef * self.replay_value_loss(
-                batch, states["features"].detach(), returns[0].reshape(batch["is_first"].shape))
-        critic_ok = self.critic_gradient.step(critic_terms, None)
-        with torch.no_grad():
-            for slow, fast in zip(agent.slow_critic.parameters(), agent.critic.parameters()):
-                slow.lerp_(fast, settings.slow_critic_tau)
+        critic_terms, critic_ok = self.critic_step(critic_logits, returns, slow_values, weight, batch, states)
+        for _ in range(settings.critic_updates - 1):  # again, bootstrapping from the critic just updated
+            critic_logits = agent.critic(features.flatten(0, 1))
+            with torch.no_grad():
+                again = agent.critic.mean(critic_logits.detach()).reshape(features.shape[:2])
+                targets = lambda_returns(rewards, settings.gamma * cont, again, settings.lam)
+                slow_values = agent.slow_critic.mean(agent.slow_critic(features[:-1]))
+            critic_terms, ok = self.critic_step(critic_logits[: len(flat_features)], targets, slow_values, weight,
+                                                batch, states)
+            critic_ok = critic_ok and ok
         self.updates += 1
         metrics = {name: float(value.detach()) for terms in (world_terms, actor_terms, critic_terms)
                    for name, value in terms.items()}
@@ -259,6 +263,23 @@ class Dreamer(Algorithm):
                        critic_grad_norm=self.critic_gradient.grad_norm,
                        skipped_steps=float(3 - world_ok - actor_ok - critic_ok))
         return metrics
+
+    def critic_step(self, logits: torch.Tensor, returns: torch.Tensor, slow_values: torch.Tensor,
+                    weight: torch.Tensor, batch: dict, states: dict) -> tuple[dict, bool]:
+        """One critic step: its `logits` of the imagined states 0..H-1 against the lambda-`returns`,
+        towards the slow critic's values, and on the replayed real states when weighted; then the
+        slow critic's step towards it. Returns the loss terms and whether the step was taken."""
+        settings, critic = self.settings, self.policy.critic
+        terms = {"loss_value": (weight * critic.loss(logits, returns.flatten())).mean(),
+                 "loss_slow_critic": settings.slow_critic_reg * (weight * critic.loss(logits, slow_values.flatten())).mean()}
+        if settings.replay_value_coef > 0:  # the critic on the replayed real sequences too (DreamerV3's repval)
+            terms["loss_replay_value"] = settings.replay_value_coef * self.replay_value_loss(
+                batch, states["features"].detach(), returns[0].reshape(batch["is_first"].shape))
+        ok = self.critic_gradient.step(terms, None)
+        with torch.no_grad():
+            for slow, fast in zip(self.policy.slow_critic.parameters(), critic.parameters()):
+                slow.lerp_(fast, settings.slow_critic_tau)
+        return terms, ok
 
     def replay_value_loss(self, batch: dict, features: torch.Tensor, imagined: torch.Tensor) -> torch.Tensor:
         """The critic's two-hot loss on the replayed posterior states (T, B, F) against their real
