@@ -524,3 +524,15 @@ def test_two_workers_share_one_journal_study_without_running_a_trial_twice(run_m
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # each drew its own configuration
     assert sorted(p.name for p in (sweep / "trials").iterdir()) == ["0000", "0001", "0002", "0003"]
     assert "hardware.threads=" in " ".join(trials[0].user_attrs["overrides"])
+    logs = sorted(p.name for p in (sweep / "workers").iterdir())  # <host>-<pid of this mmrl sweep>-<i>.log
+    assert len(logs) == 2 and logs[0].endswith("-0.log") and logs[1].endswith("-1.log")
+    assert logs[0].rsplit("-", 1)[0] == logs[1].rsplit("-", 1)[0]
+
+
+def test_each_mmrl_sweep_process_names_its_worker_logs_apart(tmp_path, monkeypatch):
+    from mmrl_cli.sweep import run
+
+    first = run.worker_log(tmp_path, 0)
+    monkeypatch.setattr(run.os, "getpid", lambda: 424242)  # a second `mmrl sweep` on the same study
+    second = run.worker_log(tmp_path, 0)
+    assert first != second and second.name == f"{run.HOST}-424242-0.log" and second.parent == tmp_path / "workers"

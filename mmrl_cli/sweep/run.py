@@ -2,7 +2,7 @@
 
 The sweep directory (`<runs_root>/sweeps/<study_name>` unless `sweep_dir=` says otherwise):
 `sweep.yaml` (the config), `study.db` or `journal.log` (the Optuna study), `trials/<n>/` (one
-run directory per trial), `workers/<i>.log`, and at the end `plots/`, `tb/` (hparams),
+run directory per trial), `workers/<host>-<pid>-<i>.log`, and at the end `plots/`, `tb/` (hparams),
 `retrain/`, `exp/<study_name>.yaml` (the best configuration as an `exp` preset),
 `results.json` and `report.md`. Running the same command again resumes the study.
 """
@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from ..checkpoint import write_text_atomic
 from ..config import ConfigError
 from .settings import SweepConfig, validate_sweep
-from .study import (budget_left, counted_trials, fail_stale_trials, mask_secrets, open_study, saved_storage,
+from .study import (HOST, budget_left, counted_trials, fail_stale_trials, mask_secrets, open_study, saved_storage,
                     steps_spent, storage_environment)
 
 CONFIG_FILE = "sweep.yaml"
@@ -84,13 +84,18 @@ def prepare_sweep_dir(config: SweepConfig) -> Path:
     return sweep_dir
 
 
+def worker_log(sweep_dir: Path | str, index: int) -> Path:
+    """The log of this `mmrl sweep` process's worker `index`: named by host and process, so the
+    workers of a second `mmrl sweep` on the same study (this machine or another) log apart."""
+    return Path(sweep_dir) / "workers" / f"{HOST}-{os.getpid()}-{index}.log"
+
+
 def start_workers(config: SweepConfig, sweep_dir: Path, deadline: float | None) -> list[subprocess.Popen]:
-    """Start `hpo.n_workers` worker processes on the study; each logs to workers/<i>.log."""
-    logs = sweep_dir / "workers"
-    logs.mkdir(exist_ok=True)
+    """Start `hpo.n_workers` worker processes on the study; each logs to `worker_log`."""
+    (sweep_dir / "workers").mkdir(exist_ok=True)
     workers = []
     for index in range(config.hpo.n_workers):
-        with open(logs / f"{index}.log", "a") as log:
+        with open(worker_log(sweep_dir, index), "a") as log:
             command = [sys.executable, "-m", "mmrl_cli.sweep.trial", str(sweep_dir),
                        "none" if deadline is None else repr(deadline), str(os.getpid())]
             # Own session: a terminal's Ctrl-C reaches the sweep only, which stops each worker once.
@@ -157,7 +162,7 @@ def watch(study, config: SweepConfig, workers: list[subprocess.Popen], started: 
     failed = [i for i, w in enumerate(workers) if w.returncode not in (0, None)]
     for index in failed:
         print(f"mmrl sweep: warning: worker {index} exited with status {workers[index].returncode} "
-              f"(see {Path(config.directory) / 'workers' / f'{index}.log'})", file=sys.stderr)
+              f"(see {worker_log(config.directory, index)})", file=sys.stderr)
 
 
 def stop_workers(workers: list[subprocess.Popen]) -> None:
