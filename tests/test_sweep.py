@@ -236,6 +236,17 @@ def test_the_report_says_how_a_trials_seeds_were_combined():
                                     "each trial's worst of its 3 seeds")
 
 
+def test_the_report_shows_each_seeds_values_beside_the_combined_ones():
+    from mmrl_cli.sweep.report import report_markdown
+
+    results = {"study_name": "s", "objective": "validation_success", "second_objective": "wall_seconds",
+               "directions": ["maximize", "minimize"], "seeds_per_trial": 2, "aggregate": "worst", "counts": {},
+               "steps_spent": 0, "retrained": [], "plots": [],
+               "trials": [{"number": 0, "state": "COMPLETE", "values": [0.9, 70.0], "steps": 10, "params": {"x": 1},
+                           "seed_values": [[0.95, 60.0], [0.9, 70.0]]}]}
+    assert "| 0 | complete | 0.9, 70 (0.95, 60; 0.9, 70) | 10 | x=1 |" in report_markdown(results)
+
+
 def test_seeds_of_a_trial_combine_worst_mean_or_median():
     from mmrl_cli.sweep.trial import aggregate
 

@@ -251,6 +251,8 @@ def report_markdown(results: dict) -> str:
     lines += ["## Trials", "", "| trial | state | value | steps | params |", "|---|---|---|---|---|"]
     for t in results["trials"]:
         value = ", ".join(f"{v:.4g}" for v in t["values"]) if t["values"] else ""
+        if t.get("seed_values"):  # several seeds: each one's values after the combined ones
+            value += " (" + "; ".join(", ".join(f"{v:.4g}" for v in seed) for seed in t["seed_values"]) + ")"
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
         lines.append(f"| {t['number']} | {t['state'].lower()} | {value} | {t['steps']:,} | {params} |")
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in results["plots"]), ""]
