@@ -108,8 +108,8 @@ class FirstSuccess:
 
 
 def heldout_success(run_dir: Path, overrides: list[str], episodes: int = 500, split: str = "heldout") -> float:
-    """Success (argmax actions) of a run's final weights on `episodes` levels of `split` of the task
-    `overrides` describe."""
+    """Success of a run's final weights on `episodes` levels of `split` of the task `overrides`
+    describe, with the actions its validation used (`eval.deterministic`: argmax unless set false)."""
     from mmrl_cli.builders import load_policy, pick_device
     from mmrl_cli.compose import compose_train_config
     from mmrl_cli.evaluation import evaluate
@@ -117,4 +117,4 @@ def heldout_success(run_dir: Path, overrides: list[str], episodes: int = 500, sp
     cfg = compose_train_config(overrides)
     device = pick_device(cfg.hardware)
     policy = load_policy(cfg, run_dir / "model.safetensors", device)
-    return evaluate(policy, cfg, device, split, episodes, True)["success_rate"]
+    return evaluate(policy, cfg, device, split, episodes, cfg.eval.deterministic)["success_rate"]
