@@ -2,7 +2,8 @@
 sweep's budget is used up.
 
 A trial is a normal run directory (`<sweep>/trials/<number>/`, readable by `mmrl eval` and
-TensorBoard) trained by `train()` with two callbacks: `Reporter` hands every validation
+TensorBoard; with `hpo.objective.seeds` = k > 1, one per seed in `<number>/seed<s>/`, trained one
+after another and combined by `hpo.objective.aggregate`) trained by `train()` with two callbacks: `Reporter` hands every validation
 evaluation to Optuna and stops the run when the pruner says so; `Heartbeat` stamps the trial so
 that a dead worker is noticed (see `study.py`).
 """
