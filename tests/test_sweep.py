@@ -268,16 +268,23 @@ def test_trials_never_share_a_seed_and_one_seed_per_trial_keeps_the_old_numberin
     assert drawn == list(range(1, 16))
 
 
-def test_a_trial_with_several_seeds_trains_each_and_reports_their_worst(tmp_path):
-    config = hpo_config(tmp_path)
-    config.hpo.objective.seeds = 2
-    config.hpo.objective.second = "wall_seconds"
+def one_two_objective_trial(config: SweepConfig, second: str) -> tuple[optuna.Study, Path]:
+    """Run one complete trial of `config` with `second` as its second objective (no pruner); the
+    study and the sweep directory."""
+    config.hpo.objective.second = second
     config.hpo.pruner.type = "none"
     config.hpo.check()
-    sweep = tmp_path / "sweep"
+    sweep = Path(config.sweep_dir)
     sweep.mkdir()
     study = open_study(config.hpo, sweep)
     assert run_trial(study, config, parse_space(config.hpo.space), sweep) == TrialState.COMPLETE
+    return study, sweep
+
+
+def test_a_trial_with_several_seeds_trains_each_and_reports_their_worst(tmp_path):
+    config = hpo_config(tmp_path)
+    config.hpo.objective.seeds = 2
+    study, sweep = one_two_objective_trial(config, "wall_seconds")
     trial = study.get_trials()[0]
     assert trial.user_attrs["seeds"] == [1, 2]
     per_seed = trial.user_attrs["seed_values"]
@@ -292,14 +299,7 @@ def test_a_trial_with_several_seeds_trains_each_and_reports_their_worst(tmp_path
 
 
 def test_a_second_objective_makes_a_two_objective_trial(tmp_path):
-    config = hpo_config(tmp_path)
-    config.hpo.objective.second = "parameters"
-    config.hpo.pruner.type = "none"
-    config.hpo.check()
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    study = open_study(config.hpo, sweep)
-    assert run_trial(study, config, parse_space(config.hpo.space), sweep) == TrialState.COMPLETE
+    study, _ = one_two_objective_trial(hpo_config(tmp_path), "parameters")
     values = study.get_trials()[0].values
     assert len(values) == 2 and values[1] == 2 * (4 * 64 + 64 + 64 * 64 + 64) + (64 * 2 + 2) + (64 + 1)  # SB3's 64-64 MLPs
 
