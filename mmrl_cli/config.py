@@ -467,6 +467,7 @@ class GotoDataConfig(LevelSettings):
     tile_size: int = 8
     num_walls: int = 0
     num_train_levels: int = 0
+    min_distractors: Optional[int] = None  # None: every level has num_distractors; N: each level its own count in N..num_distractors
     wordings: str = "fixed"
     sequence_steps: list[int] = field(default_factory=list)  # [] goto; step counts of sequential instructions (envs/goto_seq.py)
 
@@ -486,12 +487,22 @@ class GotoDataConfig(LevelSettings):
                 f"data.grid_size: {self.grid_size}x{self.grid_size} has no room for the agent, target, "
                 f"{self.num_distractors} distractors and {self.num_walls} walls"
             )
+        if self.min_distractors is not None:
+            between("data", self, "min_distractors", 0, self.num_distractors)
+        fewest = self.num_distractors if self.min_distractors is None else self.min_distractors
+        for distractors in sorted({fewest, self.num_distractors}):  # each count's levels are split three ways
+            self.check_layouts(distractors)
+
+    def check_layouts(self, distractors: int) -> None:
+        """Levels with `distractors` distractors (and the walls) have enough distinct layouts to keep
+        training, validation and held-out levels apart."""
         from .envs.goto import MIN_LAYOUTS, count_layouts
 
-        layouts = count_layouts(self.grid_size, self.num_distractors, self.num_walls)
+        layouts = count_layouts(self.grid_size, distractors, self.num_walls)
         if layouts < MIN_LAYOUTS:
+            key = "data.min_distractors" if distractors != self.num_distractors else "data.grid_size"
             raise ConfigError(
-                f"data.grid_size: a {self.grid_size}x{self.grid_size} grid with {self.num_distractors} distractors "
+                f"{key}: a {self.grid_size}x{self.grid_size} grid with {distractors} distractors "
                 f"and {self.num_walls} walls has only {layouts} distinct levels; at least {MIN_LAYOUTS} are needed "
                 f"to keep training, validation and held-out levels apart"
             )

@@ -142,6 +142,33 @@ def test_the_number_of_distinct_levels_is_counted_and_too_few_are_refused():
         GotoDataConfig(grid_size=2, num_distractors=0).check()
 
 
+def test_levels_of_mixed_difficulty_have_their_own_distractor_count():
+    """min_distractors: each level's count is in the range, fixed by its id (whatever the split or the env),
+    every count occurs, and a curriculum stage's lower num_distractors caps it."""
+    from mmrl_cli.config import ConfigError, GotoDataConfig
+    from mmrl_cli.envs.goto_seq import GotoSeqEnv
+
+    def distractors(cells: torch.Tensor, targets: int = 1) -> list[int]:
+        return ((cells >= OBJECT_BASE).sum((1, 2)) - targets).tolist()
+
+    ids = torch.arange(400)
+    env = GotoEnv(4, num_distractors=4, min_distractors=1)
+    counts = distractors(env.generate_levels(ids)["cells"])
+    assert set(counts) == {1, 2, 3, 4} and counts == env.distractor_counts(ids).tolist()
+    assert counts == distractors(GotoEnv(1, num_distractors=4, min_distractors=1).generate_levels(ids)["cells"])
+    heldout = SPLIT_ID_BASE["heldout"] + ids
+    assert set(distractors(GotoEnv(4, split="heldout", num_distractors=4, min_distractors=1).generate_levels(heldout)["cells"])) == {1, 2, 3, 4}
+    assert set(distractors(GotoEnv(4, num_distractors=4).generate_levels(ids)["cells"])) == {4}  # unset: all alike
+    env.set_stage({"num_distractors": 2})
+    assert set(distractors(env.generate_levels(ids)["cells"])) == {1, 2}
+    seq = GotoSeqEnv(4, sequence_steps=(2,), num_distractors=3, min_distractors=0)
+    assert set(distractors(seq.generate_levels(ids)["cells"], targets=2)) == {0, 1, 2, 3}
+    with pytest.raises(ConfigError, match=r"data.min_distractors: expected an integer in \[0, 2\], got 3"):
+        GotoDataConfig(num_distractors=2, min_distractors=3).check()
+    with pytest.raises(ConfigError, match="data.min_distractors: a 2x2 grid with 0 distractors"):
+        GotoDataConfig(grid_size=2, num_distractors=1, min_distractors=0).check()
+
+
 def test_state_dict_round_trip_continues_identically():
     env = GotoEnv(16, seed=1)
     env.reset(seed=1)

@@ -111,6 +111,7 @@ class GotoExpert:
             self.envs[num_envs] = GotoEnv(
                 num_envs, grid_size=d.grid_size, num_distractors=d.num_distractors, max_steps=d.max_steps,
                 tile_size=d.tile_size, num_walls=d.num_walls, num_train_levels=d.num_train_levels,
+                min_distractors=d.min_distractors,
                 split=self.split, device=self.device, seed=self.seed,
             )
         return self.envs[num_envs]

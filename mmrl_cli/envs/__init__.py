@@ -39,14 +39,15 @@ def make_env(data_cfg, num_envs: int, device: torch.device, seed: int, split: st
         return GotoSeqEnv(
             num_envs, sequence_steps=tuple(data_cfg.sequence_steps), grid_size=data_cfg.grid_size,
             num_distractors=data_cfg.num_distractors, max_steps=data_cfg.max_steps, tile_size=data_cfg.tile_size,
-            num_walls=data_cfg.num_walls, num_train_levels=data_cfg.num_train_levels, split=split, device=device,
+            num_walls=data_cfg.num_walls, num_train_levels=data_cfg.num_train_levels, min_distractors=data_cfg.min_distractors,
+            split=split, device=device,
             seed=seed, wordings=data_cfg.wordings, tokenizer=tokenizer,
         )
     if data_cfg.type == "goto":
         return GotoEnv(
             num_envs, grid_size=data_cfg.grid_size, num_distractors=data_cfg.num_distractors,
             max_steps=data_cfg.max_steps, tile_size=data_cfg.tile_size, num_walls=data_cfg.num_walls,
-            num_train_levels=data_cfg.num_train_levels, split=split, device=device, seed=seed,
+            num_train_levels=data_cfg.num_train_levels, min_distractors=data_cfg.min_distractors, split=split, device=device, seed=seed,
             wordings=data_cfg.wordings, tokenizer=tokenizer,
         )
     if data_cfg.type == "cartpole":

@@ -182,6 +182,7 @@ class GotoEnv:
         tile_size: int = 8,
         num_walls: int = 0,
         num_train_levels: int = 0,
+        min_distractors: int | None = None,
         split: str = "train",
         device: str | torch.device = "cpu",
         seed: int = 0,
@@ -191,10 +192,14 @@ class GotoEnv:
     ):
         if 2 + num_distractors + num_walls > grid_size * grid_size:
             raise ValueError("grid too small for the agent, target, distractors and walls")
+        if min_distractors is not None and min_distractors < 0:
+            raise ValueError(f"min_distractors must be >= 0 or None, got {min_distractors}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.num_envs, self.grid_size, self.tile_size = num_envs, grid_size, tile_size
         self.num_distractors, self.num_walls, self.max_steps = num_distractors, num_walls, max_steps
+        # None: every level has num_distractors; else each level's own count in min..num_distractors.
+        self.min_distractors = min_distractors
         self.num_train_levels, self.split, self.level_split = num_train_levels, split, LEVEL_SPLIT[split]
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
@@ -268,6 +273,17 @@ class GotoEnv:
         high = self.num_train_levels if self.num_train_levels > 0 else SPLIT_ID_BASE["validation"]
         return torch.randint(0, high, (count,), generator=self.generator, device=self.device)
 
+    def distractor_counts(self, level_ids: torch.Tensor) -> torch.Tensor:
+        """(k,) how many distractors each level has: `num_distractors`, or (with `min_distractors` set) a
+        count in min_distractors..num_distractors hashed from the level id alone, so that a level's
+        difficulty is its own whatever the attempt or the split (a curriculum stage's lower
+        `num_distractors` caps the range)."""
+        high = self.num_distractors
+        if self.min_distractors is None:
+            return torch.full_like(level_ids, high)
+        low = min(self.min_distractors, high)
+        return low + _hash32(level_ids * 0x510E527F + 0x1F83D9AB) % (high - low + 1)
+
     def layouts(self, level_ids: torch.Tensor, attempts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidate layouts of (level id, attempt) pairs: flat cells (k, g*g), agent cell (k,), target kind (k,)."""
         g, n_obj, k = self.grid_size, 1 + self.num_distractors, len(level_ids)
@@ -278,8 +294,10 @@ class GotoEnv:
         other = rand[:, 1:n_obj] % (NUM_OBJECT_KINDS - 1)
         distractor_kind = other + (other >= target_kind[:, None]).long()
         kinds = torch.cat([target_kind[:, None], distractor_kind], dim=1)
+        # Object slot j > 0 is distractor j: placed while j <= the level's distractor count.
+        placed = torch.arange(n_obj, device=self.device)[None, :] <= self.distractor_counts(level_ids)[:, None]
         cells = torch.zeros(k, g * g, dtype=torch.int64, device=self.device)
-        cells.scatter_(1, order[:, 1 : 1 + n_obj], OBJECT_BASE + kinds)
+        cells.scatter_(1, order[:, 1 : 1 + n_obj], torch.where(placed, OBJECT_BASE + kinds, EMPTY))
         if self.num_walls:
             cells.scatter_(1, order[:, 1 + n_obj : 1 + n_obj + self.num_walls], WALL)
         return cells, order[:, 0], target_kind

@@ -116,7 +116,9 @@ class GotoSeqEnv(GotoEnv):
         order = torch.argsort(rand[:, NUM_OBJECT_KINDS + 1 + slots :], dim=1)  # cells: agent, objects, walls
         steps = self.steps_of(level_ids)
         slot = torch.arange(slots, device=self.device)
-        placed = (slot[None, :] < steps[:, None]) | (slot[None, :] >= K)  # this level's targets, and its distractors
+        distractors = self.distractor_counts(level_ids)
+        placed = (slot[None, :] < steps[:, None]) | (  # this level's targets, and its distractors
+            (slot[None, :] >= K) & (slot[None, :] < K + distractors[:, None]))
         codes = torch.where(placed, OBJECT_BASE + kinds[:, :slots], EMPTY)
         cells = torch.zeros(k, g * g, dtype=torch.int64, device=self.device)
         cells.scatter_(1, order[:, 1 : 1 + slots], codes)
