@@ -26,9 +26,11 @@ beside it, and prints the tables.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -56,7 +58,8 @@ def run_arm(part: str, arm: str, overrides: list[str], seed: int, root: Path, qu
     """One training run of one arm; its curve, steps to target (or None) and held-out success."""
     full = [*overrides, f"seed={seed}", *COMMON, *(QUICK if quick else [])]
     curve = FirstSuccess(TARGET, stop=part in STOPS_AT_TARGET)
-    run_dir = root / f"{part}-{arm.replace(' ', '_')}-{seed}"
+    # Unique per invocation: a kept --runs-root gathers runs of several invocations (and variants).
+    run_dir = root / f"{part}-{arm.replace(' ', '_')}-{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     summary = train(compose_train_config(full), run_dir, callbacks=[curve])
     return {"part": part, "arm": arm, "seed": seed, "overrides": full, "steps": summary["steps"],
             "steps_to_target": curve.reached_steps if curve.stop else None,
@@ -151,6 +154,9 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge these result files into --out")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default docs/bench/curriculum[_quick].json)")
+    parser.add_argument("--runs-root", type=Path, default=None,
+                        help="train into this directory and keep the runs (default: a temporary one, deleted at the "
+                             "end); `scripts/claims.py --reuse DIR` counts runs kept here")
     args = parser.parse_args()
     out = args.out or ROOT / "docs" / "bench" / ("curriculum_quick.json" if args.quick else "curriculum.json")
     if args.merge:
@@ -162,12 +168,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     command, rows = " ".join(sys.argv), []
     with tempfile.TemporaryDirectory(prefix="mmrl-curriculum-") as tmp:
+        root = args.runs_root or Path(tmp)
         for part in args.parts:
             for seed in args.seeds:  # arms alternate within a seed, so load on the machine falls on both
                 for arm, overrides in PARTS[part]:
                     if args.arms and arm not in args.arms:
                         continue
-                    rows.append(run_arm(part, arm, [*overrides, *args.overrides], seed, Path(tmp), args.quick))
+                    rows.append(run_arm(part, arm, [*overrides, *args.overrides], seed, root, args.quick))
                     r = rows[-1]
                     print(f"{part} {arm} seed {seed}: steps to {TARGET} {r['steps_to_target']}, held-out {r['heldout']:.3f}",
                           flush=True)
