@@ -25,6 +25,7 @@ and its curve PNG in docs/img/claims/; the verdict follows from the 95% interval
 Usage:
     python scripts/claims.py --reuse-only                                  # the report from the kept runs only
     python scripts/claims.py --only actor-critic --seeds 1 2 3 4 5         # train what is missing, then report
+    python scripts/claims.py --only ppo plr --jobs 2                       # two runs at a time, one core each
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,17 +153,71 @@ def keep(path: Path, store: Path, overrides: list[str], seed: int) -> Path:
     return kept
 
 
-def arm_runs(claim: Claim, arm: str, overrides: list[str], seeds: list[int], cache: Path, roots: list[Path],
-             train: bool, store: Path) -> tuple[list[Path], list[int]]:
-    """The kept run directories of one arm (reused or trained) and the seeds still missing."""
+def arms_of(claim: Claim) -> dict[str, list[str]]:
+    """The claim's two arms: name -> `mmrl train` overrides (baseline first)."""
+    base, tech = claim.names
+    return {base: claim.base, tech: claim.tech}
+
+
+@dataclass
+class Missing:
+    """A run the study lacks: one arm of one claim, one seed."""
+
+    claim: str
+    arm: str
+    overrides: list[str]
+    seed: int
+    timed: bool  # an arm of a wall-time claim: trained alone, with every core
+
+
+def missing_runs(claims: list[Claim], seeds: list[int], roots: list[Path]) -> list[Missing]:
+    """Every (arm, seed) of `claims` with no finished run of its config below `roots` (an arm two
+    claims share is listed once, timed if either claim is about wall time)."""
+    have = [config for _, config in cached_runs(roots)]
+    todo: dict[tuple, Missing] = {}
+    for claim in claims:
+        for arm, overrides in arms_of(claim).items():
+            for seed in seeds:
+                key = (tuple(overrides), seed)
+                timed = claim.measure == "wall_seconds"
+                if key in todo:
+                    todo[key].timed |= timed
+                elif wanted_config(overrides, seed) not in have:
+                    todo[key] = Missing(claim.key, arm, overrides, seed, timed)
+    return list(todo.values())
+
+
+def train_missing(todo: list[Missing], cache: Path, jobs: int) -> None:
+    """Train the missing runs into `cache`: `jobs` at a time, each with its share of the cores (one
+    torch thread at least), then the timed ones one at a time with every core, so that no other run
+    shares the machine with a run whose wall time is the measurement."""
+    cores = os.cpu_count() or 1
+
+    def train(run: Missing, threads: int) -> None:
+        print(f"[{run.claim}] training {run.arm} seed {run.seed}: mmrl train {' '.join(run.overrides)} "
+              f"seed={run.seed}", flush=True)
+        root = cache / run.claim / run.arm.replace(" ", "-") / f"seed{run.seed}"  # one root a run: no races
+        try:
+            mmrl_train([*run.overrides, f"seed={run.seed}", f"hardware.threads={threads}"], root)
+        except RuntimeError as error:  # one failed run leaves its seed missing; the others go on
+            print(f"[{run.claim}] {run.arm} seed {run.seed} failed: {str(error).splitlines()[-1]}", flush=True)
+
+    shared = [run for run in todo if not run.timed]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(lambda run: train(run, max(1, cores // max(1, jobs))), shared))
+    for run in todo:
+        if run.timed:
+            train(run, 0)  # 0: torch's default, every core
+
+
+def arm_runs(overrides: list[str], seeds: list[int], roots: list[Path], store: Path) -> tuple[list[Path], list[int]]:
+    """The kept run directories of one arm (each found below `roots`, copied into the store) and the
+    seeds without a run."""
     runs, missing = [], []
+    found = cached_runs(roots)
     for seed in seeds:
         want = wanted_config(overrides, seed)
-        match = next((p for p, c in cached_runs(roots) if c == want), None)
-        if match is None and train:
-            print(f"[{claim.key}] training {arm} seed {seed}: mmrl train {' '.join(overrides)} seed={seed}", flush=True)
-            mmrl_train([*overrides, f"seed={seed}"], cache / claim.key / arm.replace(" ", "-"))
-            match = next((p for p, c in cached_runs(roots) if c == want), None)
+        match = next((p for p, c in found if c == want), None)
         (runs.append(keep(match, store, overrides, seed)) if match else missing.append(seed))
     return runs, missing
 
@@ -196,15 +253,15 @@ def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]
     return effect, "inconclusive at these seeds"
 
 
-def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], train: bool, store: Path) -> dict:
-    """Run (or reuse) both arms of a claim and compare them."""
+def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], store: Path) -> dict:
+    """Compare the two arms of a claim from the finished runs below `roots` (trained or not)."""
     base, tech = claim.names
-    arms = {base: claim.base, tech: claim.tech}
+    arms = arms_of(claim)
     entry = {"claim": claim.key, "seed_text": claim.seed_text, "measure": claim.measure, "see": claim.see,
              "arms": {name: {"overrides": overrides} for name, overrides in arms.items()}}
     records = []
     for name, overrides in arms.items():
-        runs, missing = arm_runs(claim, name, overrides, seeds, cache, roots, train, store)
+        runs, missing = arm_runs(overrides, seeds, roots, store)
         entry["arms"][name].update(runs=[shown(p) for p in runs], missing_seeds=missing)
         for path in runs:
             record = read_run(path)
@@ -265,22 +322,28 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, nargs="*", default=[], help="more directories of runs to reuse")
     parser.add_argument("--store", type=Path, default=STORE, help="where the runs the study uses are kept")
     parser.add_argument("--reuse-only", action="store_true", help="train nothing: report from cached runs")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="missing runs trained at once, each with cores/jobs torch threads (runs of a wall-time "
+                             "claim always train alone, with every core)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/claims.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs/bench/claims.json")
     args = parser.parse_args()
+    if args.jobs < 1:
+        sys.exit(f"claims.py: --jobs: expected at least 1, got {args.jobs}")
     unknown = set(args.only or []) - {c.key for c in CLAIMS}
     if unknown:
         sys.exit(f"claims.py: --only: unknown claim(s) {sorted(unknown)}; expected some of {[c.key for c in CLAIMS]}")
     roots = [args.store, args.cache, *args.reuse]
+    if not args.reuse_only:
+        chosen = [c for c in CLAIMS if c.measure != "none" and (args.only is None or c.key in args.only)]
+        train_missing(missing_runs(chosen, args.seeds, roots), args.cache, args.jobs)
     entries = []
     for claim in CLAIMS:
         if claim.measure == "none":
             entries.append({"claim": claim.key, "seed_text": claim.seed_text, "see": claim.see,
                             "verdict": f"not measurable here: {claim.not_here}"})
-        elif args.only is None or claim.key in args.only:
-            entries.append(measure(claim, args.seeds, args.cache, roots, train=not args.reuse_only, store=args.store))
         else:
-            entries.append(measure(claim, args.seeds, args.cache, roots, train=False, store=args.store))
+            entries.append(measure(claim, args.seeds, args.cache, roots, store=args.store))
     print_table("The seed's claims", ["claim", "effect", "verdict"],
                 [[e["claim"], e.get("effect", "-"), e["verdict"]] for e in entries])
     args.out.write_text(markdown(entries, args.seeds))

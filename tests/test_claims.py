@@ -38,7 +38,7 @@ def test_runs_are_reused_by_config_and_a_claim_is_judged(tmp_path, monkeypatch):
     claim = claims.Claim("actor-critic", "A3C", "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"],
                          names=("a2c", "a3c"))
     store = tmp_path / "docs/bench/claims_runs"
-    entry = claims.measure(claim, [1, 2, 3, 4], cache, [cache], train=False, store=store)
+    entry = claims.measure(claim, [1, 2, 3, 4], cache, [cache], store=store)
     # each run used is kept in the store (what compare reads), named by its arm and seed
     assert entry["arms"]["a3c"]["runs"] == [f"docs/bench/claims_runs/exp_goto-a3c/seed{s}" for s in (1, 2, 3)]
     for seed in (1, 2, 3):
@@ -50,19 +50,47 @@ def test_runs_are_reused_by_config_and_a_claim_is_judged(tmp_path, monkeypatch):
     assert entry["verdict"] == "holds (3 of 4 seeds)" and "a3c 20 [20, 20] vs a2c 30 [30, 30]" in entry["effect"]
     assert (tmp_path / "docs/img/claims/actor-critic.png").is_file()
     held = claims.Claim("final", "A3C", "heldout", base=["exp=goto-a2c"], tech=["exp=goto-a3c"], names=("a2c", "a3c"))
-    entry = claims.measure(held, [1, 2, 3], cache, [cache], train=False, store=store)
+    entry = claims.measure(held, [1, 2, 3], cache, [cache], store=store)
     assert entry["effect"].startswith("P(a3c > a2c) = 1.000") and entry["verdict"] == "holds"
     # the cache gone, the kept runs alone give the same judgement
     import shutil
 
     shutil.rmtree(cache)
-    again = claims.measure(claim, [1, 2, 3, 4], tmp_path / "gone", [store], train=False, store=store)
+    again = claims.measure(claim, [1, 2, 3, 4], tmp_path / "gone", [store], store=store)
     assert again["verdict"] == "holds (3 of 4 seeds)" and again["arms"]["a3c"]["runs"] == entry["arms"]["a3c"]["runs"]
 
 
 def test_a_claim_without_runs_is_not_measured(tmp_path):
     claim = claims.Claim("ppo", "PPO", "steps", base=["exp=goto-a2c"], tech=[], names=("a2c", "ppo"))
-    entry = claims.measure(claim, [1, 2], tmp_path / "cache", [tmp_path / "cache"], train=False, store=tmp_path / "store")
+    entry = claims.measure(claim, [1, 2], tmp_path / "cache", [tmp_path / "cache"], store=tmp_path / "store")
     assert entry["verdict"].startswith("not measured: 4 runs missing") and "--only ppo" in entry["verdict"]
     text = claims.markdown([entry], [1, 2])
     assert "| ppo | PPO | - | not measured" in text
+
+
+def test_missing_runs_are_listed_once_and_trained_jobs_at_a_time_with_timed_runs_alone(tmp_path, monkeypatch):
+    """An arm two claims share is trained once; runs of a wall-time claim train after the others, alone
+    and with every core; the rest share the cores; a run already in the cache is not trained again;
+    a failed run leaves its seed missing and the others go on."""
+    cache = tmp_path / "cache"
+    saved_run(cache, "ppo-1", ["seed=1"], [0.5, 0.95], 0.96)
+    steps = claims.Claim("ppo", "PPO", "steps", base=["exp=goto-a2c"], tech=[], names=("a2c", "ppo"))
+    wall = claims.Claim("actor-critic", "A3C", "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"],
+                        names=("a2c", "a3c"))
+    todo = claims.missing_runs([steps, wall], [1, 2], [cache])
+    listed = sorted((tuple(run.overrides), run.seed, run.timed) for run in todo)
+    assert listed == [((), 2, False), (("exp=goto-a2c",), 1, True), (("exp=goto-a2c",), 2, True),
+                      (("exp=goto-a3c",), 1, True), (("exp=goto-a3c",), 2, True)]
+    calls = []
+
+    def fake_train(overrides, runs_root):  # records the order and the settings of each launch
+        calls.append((overrides, runs_root))
+        if overrides[0] == "exp=goto-a3c" and "seed=2" in overrides:
+            raise RuntimeError("mmrl train failed:\nboom")
+
+    monkeypatch.setattr(claims, "mmrl_train", fake_train)
+    monkeypatch.setattr(claims.os, "cpu_count", lambda: 4)
+    claims.train_missing(todo, cache, jobs=2)
+    assert calls[0] == (["seed=2", "hardware.threads=2"], cache / "ppo" / "ppo" / "seed2")
+    assert [c[0][-1] for c in calls[1:]] == ["hardware.threads=0"] * 4  # the timed ones, after, alone
+    assert len({c[1] for c in calls}) == len(calls)  # one runs root per run
