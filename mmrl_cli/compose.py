@@ -68,6 +68,11 @@ def compose_error(e: Exception) -> str:
     not_struct = re.search(r"Could not override '([\w.]+)'", text)
     if not_struct:
         key = not_struct.group(1)
+        new_key = re.search(r"full_key: ([\w.]+)", f"{text} {e.__cause__}")
+        if new_key and new_key.group(1).startswith(key + "."):
+            # a dict value with keys the current dict lacks (e.g. data.env_kwargs={maxRoomSize: 5})
+            return (f"{key}: a dict with new keys ({new_key.group(1)}) replaces the old one with "
+                    f"++{key}={{...}}, or add one key with +{new_key.group(1)}=...")
         group = key.split(".")[0]
         hint = f" (see `mmrl train --cfg job` for the keys of this {group})" if group in GROUP_SCHEMAS else ""
         if moved_key(key):

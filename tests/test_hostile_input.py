@@ -185,6 +185,8 @@ CASES = [
     ("train", ["foo=1"], None, "foo: unknown key"),
     ("train", ["algo.lrr=1"], None, "algo.lrr"),
     ("train", ["+algo.extra=1"], None, "algo.extra: unknown key"),
+    ("train", ["data=gym", "data.env_kwargs={maxRoomSize: 5}"], None,  # a free-form dict given new keys
+     "data.env_kwargs: a dict with new keys (data.env_kwargs.maxRoomSize) replaces the old one with ++data.env_kwargs={...}"),
     ("train", ["algo.lr=abc"], None, "algo.lr"),
     ("train", ["rollout.n_envs=2.5"], None, "rollout.n_envs"),
     ("train", ["rollout.n_envs=0"], None, "rollout.n_envs: expected a finite value > 0"),
