@@ -99,6 +99,7 @@ class Monitor:
         self.skipped_reported = skipped_before
         self.latest: dict[str, float] = {}
         self.warnings: list[str] = []
+        self.warning_counts: dict[str, int] = {}  # how often each kind of problem was seen (warn)
         self.gaps: list[float] = []  # train - validation success at each evaluation (overfitting warnings)
         self.live = None
         self.last_refresh = 0.0
@@ -136,12 +137,22 @@ class Monitor:
     def _fmt(value: float) -> str:
         return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
 
-    def warn(self, message: str) -> None:
-        """Show a problem now (and keep it on screen) without stopping the run."""
-        if message not in self.warnings[-3:]:
-            self.warnings.append(message)
-            if self.live is None:
-                self.console.print(f"[yellow]warning:[/] {message}")
+    def warn(self, message: str, kind: str | None = None) -> None:
+        """Show a problem now (and keep it on screen) without stopping the run.
+
+        A problem of the same `kind` that comes back (vanishing gradients in one module at every
+        update, say) is counted and shown again only at its 10th, 100th, 1000th... occurrence, with
+        the count, so a persistent problem cannot flood the terminal or a log.
+        """
+        kind = kind or message
+        count = self.warning_counts[kind] = self.warning_counts.get(kind, 0) + 1
+        if str(count).rstrip("0") != "1":  # 1, 10, 100, ... are shown
+            return
+        if count > 1:
+            message = f"{message} ({count} times so far)"
+        self.warnings.append(message)
+        if self.live is None:
+            self.console.print(f"[yellow]warning:[/] {message}")
 
     # ------------------------------------------------------------------------ recording
     def check_gradients(self, norms: dict[str, float]) -> None:
@@ -149,9 +160,9 @@ class Monitor:
         for name, norm in norms.items():
             self.scalar(f"grad/{name}_norm", norm)
             if norm < self.cfg.grad_vanish_below:
-                self.warn(f"vanishing gradients in '{name}' (norm {norm:.2e})")
+                self.warn(f"vanishing gradients in '{name}' (norm {norm:.2e})", kind=f"vanishing {name}")
             elif norm > self.cfg.grad_explode_above or not math.isfinite(norm):
-                self.warn(f"exploding gradients in '{name}' (norm {norm:.2e})")
+                self.warn(f"exploding gradients in '{name}' (norm {norm:.2e})", kind=f"exploding {name}")
 
     def scalar(self, tag: str, value: float) -> None:
         if self.writer is not None and value is not None and value == value:  # skip undefined and NaN
@@ -170,10 +181,11 @@ class Monitor:
         self.metrics_file.flush()
         if skipped_total > self.skipped_reported:
             self.warn(f"skipped {skipped_total - self.skipped_reported} gradient step(s) with a non-finite loss or "
-                      f"gradient at update {update} ({skipped_total} in total)")
+                      f"gradient at update {update} ({skipped_total} in total)", kind="skipped")
             self.skipped_reported = skipped_total
         if metrics.get("approx_kl", 0.0) > KL_WARN_ABOVE:
-            self.warn(f"KL blow-up: approx_kl {metrics['approx_kl']:.3f} > {KL_WARN_ABOVE} (lower lr or set algo.target_kl)")
+            self.warn(f"KL blow-up: approx_kl {metrics['approx_kl']:.3f} > {KL_WARN_ABOVE} (lower lr or set algo.target_kl)",
+                      kind="kl")
         self.latest.update({"steps/s": sps, "loss": metrics.get("loss_value", float("nan"))})
         if "curriculum_stage" in metrics:  # mmrl_cli/levels: the curriculum's stage, shown live
             self.latest["stage"] = metrics["curriculum_stage"]
@@ -225,11 +237,12 @@ class Monitor:
             self.gaps.append(gap)
             if gap > GAP_WARN_ABOVE:
                 self.warn(f"overfitting to training levels: success {train['success_rate']:.2f} on training "
-                          f"vs {validation['success_rate']:.2f} on validation levels")
+                          f"vs {validation['success_rate']:.2f} on validation levels", kind="overfitting")
             elif gap_keeps_growing(self.gaps):
                 recent = " -> ".join(f"{g:.2f}" for g in self.gaps[-GAP_GROWING_EVALS - 1:])
                 self.warn(f"overfitting to training levels: the train/validation success gap keeps growing ({recent}); "
-                          f"more training levels (data.num_train_levels) or data.level_sampler=plr may help")
+                          f"more training levels (data.num_train_levels) or data.level_sampler=plr may help",
+                          kind="gap growing")
         self._refresh(force=True)
 
     def log_heldout(self, step: int, heldout: dict) -> None:

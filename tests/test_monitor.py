@@ -27,6 +27,16 @@ def test_vanishing_and_exploding_gradients_are_reported(tmp_path):
     assert "trunk" not in text
 
 
+def test_a_problem_that_persists_is_counted_not_repeated(tmp_path):
+    monitor, console = make_monitor(tmp_path)
+    for update in range(150):  # a module whose gradient vanishes at every update, its norm changing
+        monitor.check_gradients({"mission": 1e-10 * (1 + update), "heads": 1.0})
+    monitor.check_gradients({"trunk": 0.0})  # another module is another problem: shown at once
+    lines = [line for line in console.export_text().splitlines() if "warning" in line]
+    assert len(lines) == 4, lines
+    assert "(10 times so far)" in lines[1] and "(100 times so far)" in lines[2] and "'trunk'" in lines[3]
+
+
 def test_kl_blow_up_and_generalization_gap_are_reported(tmp_path):
     monitor, console = make_monitor(tmp_path)
     monitor.log_update(1, 10, {**METRICS, "approx_kl": 0.5}, [], skipped_total=0, sps=100.0, update_seconds=0.1)
