@@ -10,8 +10,8 @@
    at equal env steps: held-out success (500 levels) at the end; the probability of improvement
    P(PLR > uniform) over all seed pairs and bootstrap 95% intervals of each arm's mean.
    ``plr-minigrid``: the same on MiniGrid DoorKey-6x6 with 200 training seeds (`exp=minigrid-plr`, 300k steps).
-3. ``babyai``: `mmrl train exp=babyai-curriculum` (GoToRedBallGrey -> GoToRedBall -> GoToLocal)
-   against GoToLocal alone: env steps to the first validation success >= 0.9 on GoToLocal.
+3. ``babyai``: `mmrl train exp=babyai-curriculum` (OneRoomS8 -> S12 -> S16 -> OneRoomS20, sampled-action
+   validation) against OneRoomS20 alone: env steps to the first validation success >= 0.9 on the target.
 
 ``--arms`` runs only the named arms (e.g. one process per arm on two cores; each writes its own
 ``--out``) and ``--merge a.json b.json ... --out c.json`` makes one report of them (a later file's
