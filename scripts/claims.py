@@ -49,6 +49,8 @@ from mmrl_cli.compare.records import find_runs, read_run, task_of
 from mmrl_cli.compare.report import compare, interval, write_report
 from mmrl_cli.compare.settings import validate_compare
 from mmrl_cli.compose import compose_train_config
+from mmrl_cli.config import validate
+from mmrl_cli.errors import ConfigError
 
 # Keys that do not change what a run learns: where it writes, how it is watched and evaluated, the hardware.
 IGNORED_KEYS = ("runs_root", "run_name", "resume", "monitor", "checkpoint", "eval", "hardware")
@@ -124,6 +126,17 @@ def wanted_config(overrides: list[str], seed: int) -> dict:
     return canonical(OmegaConf.to_container(OmegaConf.structured(typed), resolve=True))
 
 
+def run_config(path: Path) -> dict | None:
+    """The canonical config of the run at `path`, read through today's schemas: a key added to mmrl
+    after the run was made takes its default (which keeps the old behaviour), so older runs still
+    match the config `wanted_config` composes. None for a config today's mmrl refuses."""
+    try:
+        typed = validate(yaml.safe_load((path / "config.yaml").read_text()))
+    except ConfigError:
+        return None
+    return canonical(OmegaConf.to_container(OmegaConf.structured(typed), resolve=True))
+
+
 def cached_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
     """(run directory, canonical config) of every finished run below `roots`."""
     found = []
@@ -131,8 +144,9 @@ def cached_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
         if not any(root.rglob("summary.json")):
             continue
         for path in find_runs([str(root)]):
-            if (path / "summary.json").is_file():
-                found.append((path, canonical(yaml.safe_load((path / "config.yaml").read_text()))))
+            config = run_config(path) if (path / "summary.json").is_file() else None
+            if config is not None:
+                found.append((path, config))
     return found
 
 

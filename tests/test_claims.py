@@ -94,3 +94,17 @@ def test_missing_runs_are_listed_once_and_trained_jobs_at_a_time_with_timed_runs
     assert calls[0] == (["seed=2", "hardware.threads=2"], cache / "ppo" / "ppo" / "seed2")
     assert [c[0][-1] for c in calls[1:]] == ["hardware.threads=0"] * 4  # the timed ones, after, alone
     assert len({c[1] for c in calls}) == len(calls)  # one runs root per run
+
+
+def test_a_run_from_before_a_key_existed_still_counts_for_its_arm(tmp_path):
+    old = saved_run(tmp_path, "old", ["exp=goto-curriculum", "seed=2"], [0.5], 0.5)
+    config = OmegaConf.load(old / "config.yaml")
+    del config.data["min_distractors"]  # a key added to mmrl after this run was made (default: as before)
+    OmegaConf.save(config, old / "config.yaml")
+    unreadable = saved_run(tmp_path, "unreadable", ["exp=goto-curriculum", "seed=3"], [0.5], 0.5)
+    (unreadable / "config.yaml").write_text((unreadable / "config.yaml").read_text() + "no_such_key: 1\n")
+    assert [path.name for path, _ in claims.cached_runs([tmp_path])] == ["old"]
+    claim = claims.Claim("curriculum", "curriculum", "steps", base=["exp=goto-curriculum", "data.curriculum=none"],
+                         tech=["exp=goto-curriculum"], names=("hard task only", "curriculum"))
+    missing = claims.missing_runs([claim], [2, 3], [tmp_path])
+    assert [(m.arm, m.seed) for m in missing] == [("hard task only", 2), ("hard task only", 3), ("curriculum", 3)]
