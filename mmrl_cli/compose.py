@@ -1,6 +1,7 @@
 """From command-line overrides to a composed config: the registry of config groups, Hydra
 composition with one-line errors (unknown options and keys, moved keys, Hydra's output
-settings), and `compose_train_config` for code that needs a train config from overrides.
+settings), and `compose_train_config` / `compose_compress_config` for code that needs a command's config
+from overrides.
 
 Imports run one way: this module sits above `config` (the schemas) and below the commands.
 """
@@ -155,23 +156,33 @@ def check_overrides(command: str, overrides: list[str], check) -> None:
             check(cfg, fixed + extra)
 
 
-def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """`mmrl train`'s config with command-line style `overrides` (``["algo=a2c", "seed=2"]``), validated.
-
-    Uses Hydra's compose API only (no Hydra app, no output directory); raises ConfigError.
-    """
+def compose_command_config(command: str, overrides: list[str] | tuple[str, ...] = ()):
+    """The raw config of `mmrl <command>` with command-line style `overrides`, composed by Hydra's
+    compose API only (no Hydra app, no output directory); raises ConfigError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     def composed():
         try:
-            return compose("train", overrides=list(overrides))
+            return compose(command, overrides=list(overrides))
         except Exception as e:  # Hydra's and OmegaConf's errors: one line naming the key or option
             raise ConfigError(compose_error(e)) from None
 
-    if GlobalHydra.instance().is_initialized():  # inside an mmrl command: its search path holds train.yaml
-        cfg = composed()
-    else:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = composed()
-    return validate(cfg)
+    if GlobalHydra.instance().is_initialized():  # inside an mmrl command: its search path holds conf/
+        return composed()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return composed()
+
+
+def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """`mmrl train`'s config with command-line style `overrides` (``["algo=a2c", "seed=2"]``), validated;
+    raises ConfigError."""
+    return validate(compose_command_config("train", overrides))
+
+
+def compose_compress_config(overrides: list[str] | tuple[str, ...] = ()):
+    """`mmrl compress`'s config with command-line style `overrides` (``["compression=prune",
+    "teacher=runs/x"]``), validated (the teacher is not opened); raises ConfigError."""
+    from .compress.settings import validate_compress
+
+    return validate_compress(compose_command_config("compress", overrides))

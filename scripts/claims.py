@@ -2,7 +2,8 @@
 directories, with rliable statistics, written to docs/claims.md (and docs/bench/claims.json).
 
 Every claim that can be measured here is a pair of arms (a baseline and a technique: `mmrl train`
-overrides) run over the same seeds. Runs are reused from cache directories when a run there has the
+overrides) run over the same seeds, or, for a compression method, the baseline's runs as teachers
+and one `mmrl compress` student of each (same seed). Runs are reused from cache directories when a run there has the
 same config (everything but where it writes, how it is monitored and evaluated, and the hardware
 keys): a benchmark's runs count for the study and the other way round. Missing runs are trained into
 `--cache` unless `--reuse-only`; a claim with missing runs is reported as "not measured" with the
@@ -10,7 +11,9 @@ command that measures it. Claims that cannot be measured on this machine say why
 
 Every run the study uses is kept in `--store` (docs/bench/claims_runs/<arm>/seed<s>/, in the
 repository): its config.yaml and summary.json, which hold everything `mmrl compare` reads (the
-config, the validation curve against env steps and wall seconds, the held-out result). Run
+config, the validation curve against env steps and wall seconds, the held-out result); a student
+also keeps its teacher's config (teacher.yaml: which run it compresses) and its row of the compress
+report (compress_row.json: parameters, non-zero parameters, file size, latency beside the teacher's). Run
 directories in caches come and go with the machine; the store stays, so the study grows across
 sessions and regenerates from it alone (`--reuse-only`).
 
@@ -20,12 +23,19 @@ and its curve PNG in docs/img/claims/; the verdict follows from the 95% interval
   technique's median interval lies wholly below the baseline's, does not hold when wholly above,
   otherwise inconclusive at this many seeds;
 - a claim about the final held-out success: holds when the interval of P(technique > baseline)
-  lies above 0.5, does not hold when below, otherwise inconclusive.
+  lies above 0.5, does not hold when below, otherwise inconclusive;
+- a compression claim (success kept with fewer weights): holds when the students' held-out IQM
+  interval lies wholly above the teachers' IQM minus KEEP_MARGIN and they have fewer non-zero
+  parameters, does not hold when the interval lies wholly below it (or nothing is saved),
+  otherwise inconclusive.
+Wall time is only compared between runs trained alone with every core (`hardware.threads=0`, as the
+study trains them): a run trained beside another counts for every other claim, not for those.
 
 Usage:
     python scripts/claims.py --reuse-only                                  # the report from the kept runs only
     python scripts/claims.py --only actor-critic --seeds 1 2 3 4 5         # train what is missing, then report
     python scripts/claims.py --only ppo plr --jobs 2                       # two runs at a time, one core each
+    python scripts/claims.py --only distillation --jobs 2                  # `mmrl compress` students of the PPO runs
 """
 
 from __future__ import annotations
@@ -42,13 +52,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from _common import ROOT, machine, mmrl_train, print_table
+from _common import ROOT, machine, mmrl_train, print_table, run_mmrl
 from omegaconf import OmegaConf
 
 from mmrl_cli.compare.records import find_runs, read_run, task_of
 from mmrl_cli.compare.report import compare, interval, write_report
 from mmrl_cli.compare.settings import validate_compare
-from mmrl_cli.compose import compose_train_config
+from mmrl_cli.compose import compose_compress_config, compose_train_config
+from mmrl_cli.compress.run import student_config
 from mmrl_cli.config import validate
 from mmrl_cli.errors import ConfigError
 
@@ -57,6 +68,8 @@ IGNORED_KEYS = ("runs_root", "run_name", "resume", "monitor", "checkpoint", "eva
 TARGET = 0.9
 STORE = ROOT / "docs/bench/claims_runs"  # the kept runs (config.yaml + summary.json each)
 KEPT_FILES = ("config.yaml", "summary.json")  # what compare reads of a finished run
+STUDENT_SOURCES = ("teacher", "init_from")  # keys naming a student's teacher run (a path: differs by machine)
+KEEP_MARGIN = 0.02  # a compressed policy "keeps success" when it loses at most this much held-out success
 
 
 @dataclass
@@ -65,9 +78,9 @@ class Claim:
 
     key: str  # short name (--only, file names)
     seed_text: str  # the claim as the seed makes it (section)
-    measure: str  # steps | wall_seconds | heldout | none
+    measure: str  # steps | wall_seconds | heldout | kept (compression) | none
     base: list[str] = field(default_factory=list)  # `mmrl train` overrides of the baseline arm
-    tech: list[str] = field(default_factory=list)  # ... of the technique arm
+    tech: list[str] = field(default_factory=list)  # ... of the technique arm (`mmrl compress` overrides when kept)
     names: tuple[str, str] = ("baseline", "technique")
     not_here: str = ""  # why it cannot be measured on this machine (measure == none)
     see: str = ""  # where else the project measures it (docs/benchmarks.md section)
@@ -93,13 +106,12 @@ CLAIMS = [
     Claim("transfer", "4.6.4 a pretrained instruction encoder helps on new wordings (held-out success)", "heldout",
           base=["exp=goto-minilm", "model.tower_weights=random", "finetune.freeze=[]"], tech=["exp=goto-minilm"],
           names=("random text encoder", "pretrained MiniLM"), see="Transfer learning"),
-    Claim("distillation", "4.6.2 policy distillation keeps success at a fraction of the size", "none",
-          not_here="a teacher-student pair, not two training arms: `mmrl compress` measures it per teacher",
-          see="Compression"),
-    Claim("pruning", "4.6.2 pruning keeps success with fewer weights", "none",
-          not_here="measured per teacher by `mmrl compress compression=prune`", see="Compression"),
-    Claim("low-rank", "4.6.2 low-rank factorisation keeps success with fewer weights", "none",
-          not_here="measured per teacher by `mmrl compress compression=lowrank`", see="Compression"),
+    Claim("distillation", "4.6.2 policy distillation keeps success at a fraction of the size (PPO teachers)",
+          "kept", base=[], tech=["compression=distill"], names=("teacher", "distilled student"), see="Compression"),
+    Claim("pruning", "4.6.2 pruning keeps success with fewer weights (90% unstructured sparsity, PPO teachers)",
+          "kept", base=[], tech=["compression=prune"], names=("teacher", "pruned"), see="Compression"),
+    Claim("low-rank", "4.6.2 low-rank factorisation keeps success with fewer weights (PPO teachers)", "kept",
+          base=[], tech=["compression=lowrank"], names=("teacher", "low-rank"), see="Compression"),
     Claim("gpu", "4.6.3 a GPU and bf16 speed training up", "none",
           not_here="this machine has no GPU, and none was lent to this study", see="GPU"),
     Claim("distributed", "4.6.3 many GPUs and machines scale training", "none",
@@ -120,21 +132,52 @@ def canonical(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in IGNORED_KEYS}
 
 
+def plain(typed) -> dict:
+    """A typed config as a plain dict (what a run's config.yaml holds)."""
+    return OmegaConf.to_container(OmegaConf.structured(typed), resolve=True)
+
+
+def without_sources(config: dict) -> dict:
+    """A student's config without the paths of its teacher (they differ from machine to machine)."""
+    return {k: v for k, v in config.items() if k not in STUDENT_SOURCES}
+
+
 def wanted_config(overrides: list[str], seed: int) -> dict:
     """The canonical config `mmrl train <overrides> seed=<seed>` composes to."""
-    typed = compose_train_config([*overrides, f"seed={seed}"])
-    return canonical(OmegaConf.to_container(OmegaConf.structured(typed), resolve=True))
+    return canonical(plain(compose_train_config([*overrides, f"seed={seed}"])))
 
 
-def run_config(path: Path) -> dict | None:
-    """The canonical config of the run at `path`, read through today's schemas: a key added to mmrl
+def read_config(path: Path) -> dict | None:
+    """The canonical config in the file `path`, read through today's schemas: a key added to mmrl
     after the run was made takes its default (which keeps the old behaviour), so older runs still
     match the config `wanted_config` composes. None for a config today's mmrl refuses."""
     try:
-        typed = validate(yaml.safe_load((path / "config.yaml").read_text()))
-    except ConfigError:
+        return canonical(plain(validate(yaml.safe_load(path.read_text()))))
+    except (ConfigError, OSError):
         return None
-    return canonical(OmegaConf.to_container(OmegaConf.structured(typed), resolve=True))
+
+
+def run_config(path: Path) -> dict | None:
+    """The canonical config of the run at `path` (see `read_config`)."""
+    return read_config(path / "config.yaml")
+
+
+def teacher_config(path: Path, config: dict) -> dict | None:
+    """The canonical config of the teacher of the student run at `path`: kept beside it in the store
+    (teacher.yaml), else read from the teacher run its config names; None when neither is there."""
+    if (path / "teacher.yaml").is_file():
+        return read_config(path / "teacher.yaml")
+    source = next((config[k] for k in STUDENT_SOURCES if config.get(k)), None)
+    return run_config(Path(source)) if source else None
+
+
+def trained_alone(path: Path) -> bool:
+    """True when the run at `path` trained with every core (`hardware.threads=0`, how the study
+    trains the runs of a wall-time claim, alone)."""
+    try:
+        return yaml.safe_load((path / "config.yaml").read_text())["hardware"]["threads"] == 0
+    except (OSError, KeyError, TypeError):
+        return False
 
 
 def cached_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
@@ -150,27 +193,88 @@ def cached_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
     return found
 
 
-def arm_slug(overrides: list[str]) -> str:
+def arm_slug(overrides: list[str] | tuple[str, ...]) -> str:
     """A directory name for an arm's overrides (``exp=goto-a2c`` -> ``exp_goto-a2c``)."""
     return "+".join(re.sub(r"[^A-Za-z0-9.-]+", "_", o) for o in overrides) or "defaults"
 
 
-def keep(path: Path, store: Path, overrides: list[str], seed: int) -> Path:
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a claim: `mmrl train` runs, or `mmrl compress` students of the teacher arm's runs."""
+
+    overrides: tuple[str, ...]  # `mmrl train` overrides (a student arm: `mmrl compress` overrides)
+    teacher: tuple[str, ...] | None = None  # a student arm: the `mmrl train` overrides of its teachers
+    timed: bool = False  # its wall time is measured: only runs trained alone with every core count
+
+    @property
+    def slug(self) -> str:
+        """Its directory name in the store."""
+        return arm_slug(self.overrides) if self.teacher is None else arm_slug(("compress", *self.overrides))
+
+    @property
+    def command(self) -> str:
+        """How a user makes one of its runs."""
+        if self.teacher is None:
+            return f"mmrl train {' '.join(self.overrides) or '(defaults)'}"
+        return f"mmrl compress {' '.join(self.overrides)} teacher=<the teacher arm's run of the same seed>"
+
+    def teacher_arm(self) -> Arm:
+        """A student arm's teachers, as an arm."""
+        return Arm(self.teacher or ())
+
+    def wanted(self, seed: int) -> dict:
+        """The canonical config of its run of `seed` (a student's without its teacher's path)."""
+        if self.teacher is None:
+            return wanted_config(list(self.overrides), seed)
+        cfg = compose_compress_config([*self.overrides, f"seed={seed}", "teacher=teacher"])
+        teacher = compose_train_config([*self.teacher, f"seed={seed}"])
+        return without_sources(canonical(plain(student_config(cfg, teacher, Path("teacher")))))
+
+    def matcher(self, seed: int):
+        """A test (run directory, canonical config) -> bool: is it this arm's run of `seed`?"""
+        want = self.wanted(seed)
+        if self.teacher is None:
+            return lambda path, config: config == want and (not self.timed or trained_alone(path))
+        want_teacher = self.teacher_arm().wanted(seed)
+        return lambda path, config: (without_sources(config) == want
+                                     and teacher_config(path, config) == want_teacher)
+
+
+def keep(path: Path, store: Path, arm: Arm, seed: int) -> Path:
     """Copy what compare reads of the run at `path` into the store (the summary last: a record
-    without it is no run); the kept record's directory."""
-    kept = store / arm_slug(overrides) / f"seed{seed}"
-    if kept.resolve() != path.resolve():
-        kept.mkdir(parents=True, exist_ok=True)
-        for name in KEPT_FILES:
-            shutil.copyfile(path / name, kept / f".{name}.tmp")
-            (kept / f".{name}.tmp").replace(kept / name)
+    without it is no run), with a student's teacher config and compress-report row; the kept
+    record's directory."""
+    kept = store / arm.slug / f"seed{seed}"
+    if kept.resolve() == path.resolve():
+        return kept
+    kept.mkdir(parents=True, exist_ok=True)
+    files = {name: path / name for name in KEPT_FILES}
+    if arm.teacher is not None:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        source = Path(next(config[k] for k in STUDENT_SOURCES if config.get(k)))
+        files["teacher.yaml"] = path / "teacher.yaml" if (path / "teacher.yaml").is_file() else source / "config.yaml"
+        row = path / "compress_row.json" if (path / "compress_row.json").is_file() else None
+        if row is None and (path.parent / "report.json").is_file():  # mmrl compress's report beside the student
+            rows = json.loads((path.parent / "report.json").read_text())["rows"]
+            mine = [r for r in rows if Path(r["run"]).resolve() == path.resolve()]
+            if mine:
+                (kept / ".compress_row.json.tmp").write_text(json.dumps({"teacher": rows[0], "student": mine[0]}))
+                (kept / ".compress_row.json.tmp").replace(kept / "compress_row.json")
+        elif row is not None:
+            files["compress_row.json"] = row
+    for name in sorted(files, key=lambda n: n == "summary.json"):  # the summary last
+        shutil.copyfile(files[name], kept / f".{name}.tmp")
+        (kept / f".{name}.tmp").replace(kept / name)
     return kept
 
 
-def arms_of(claim: Claim) -> dict[str, list[str]]:
-    """The claim's two arms: name -> `mmrl train` overrides (baseline first)."""
+def arms_of(claim: Claim) -> dict[str, Arm]:
+    """The claim's two arms: name -> Arm (baseline first)."""
     base, tech = claim.names
-    return {base: claim.base, tech: claim.tech}
+    timed = claim.measure == "wall_seconds"
+    if claim.measure == "kept":
+        return {base: Arm(tuple(claim.base)), tech: Arm(tuple(claim.tech), teacher=tuple(claim.base))}
+    return {base: Arm(tuple(claim.base), timed=timed), tech: Arm(tuple(claim.tech), timed=timed)}
 
 
 @dataclass
@@ -178,61 +282,89 @@ class Missing:
     """A run the study lacks: one arm of one claim, one seed."""
 
     claim: str
-    arm: str
-    overrides: list[str]
+    arm: str  # the arm's name in the claim
+    spec: Arm
     seed: int
     timed: bool  # an arm of a wall-time claim: trained alone, with every core
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The arm's `mmrl train` (or `mmrl compress`) overrides."""
+        return self.spec.overrides
+
+
+def find_run(arm: Arm, seed: int, found: list[tuple[Path, dict]]) -> Path | None:
+    """The run of `arm` and `seed` among `found`; one trained alone with every core first (it counts
+    for wall-time claims too), then one with its checkpoints (a teacher must have them)."""
+    test = arm.matcher(seed)
+    matches = [path for path, config in found if test(path, config)]
+    matches.sort(key=lambda p: (not trained_alone(p), not (p / "checkpoints").is_dir()))
+    return matches[0] if matches else None
 
 
 def missing_runs(claims: list[Claim], seeds: list[int], roots: list[Path]) -> list[Missing]:
     """Every (arm, seed) of `claims` with no finished run of its config below `roots` (an arm two
     claims share is listed once, timed if either claim is about wall time)."""
-    have = [config for _, config in cached_runs(roots)]
+    found = cached_runs(roots)
     todo: dict[tuple, Missing] = {}
     for claim in claims:
-        for arm, overrides in arms_of(claim).items():
+        for name, arm in arms_of(claim).items():
             for seed in seeds:
-                key = (tuple(overrides), seed)
-                timed = claim.measure == "wall_seconds"
+                key = (arm.overrides, arm.teacher, seed)
                 if key in todo:
-                    todo[key].timed |= timed
-                elif wanted_config(overrides, seed) not in have:
-                    todo[key] = Missing(claim.key, arm, overrides, seed, timed)
+                    todo[key].timed |= arm.timed
+                    todo[key].spec = Arm(arm.overrides, arm.teacher, todo[key].timed)
+                elif find_run(arm, seed, found) is None:
+                    todo[key] = Missing(claim.key, name, arm, seed, arm.timed)
     return list(todo.values())
 
 
-def train_missing(todo: list[Missing], cache: Path, jobs: int) -> None:
+def train_missing(todo: list[Missing], cache: Path, jobs: int, roots: list[Path] | None = None) -> None:
     """Train the missing runs into `cache`: `jobs` at a time, each with its share of the cores (one
-    torch thread at least), then the timed ones one at a time with every core, so that no other run
-    shares the machine with a run whose wall time is the measurement."""
+    torch thread at least), then the students of compression claims (their teachers trained by
+    then, found below `roots` with their checkpoints), then the timed ones one at a time with every
+    core, so that no other run shares the machine with a run whose wall time is the measurement."""
     cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, jobs))
+    roots = [cache, *(roots or [])]
 
     def train(run: Missing, threads: int) -> None:
-        print(f"[{run.claim}] training {run.arm} seed {run.seed}: mmrl train {' '.join(run.overrides)} "
-              f"seed={run.seed}", flush=True)
         root = cache / run.claim / run.arm.replace(" ", "-") / f"seed{run.seed}"  # one root a run: no races
         try:
-            mmrl_train([*run.overrides, f"seed={run.seed}", f"hardware.threads={threads}"], root)
+            if run.spec.teacher is None:
+                print(f"[{run.claim}] training {run.arm} seed {run.seed}: mmrl train {' '.join(run.overrides)} "
+                      f"seed={run.seed}", flush=True)
+                mmrl_train([*run.overrides, f"seed={run.seed}", f"hardware.threads={threads}"], root)
+                return
+            teacher = find_run(run.spec.teacher_arm(), run.seed, cached_runs(roots))
+            if teacher is None or not (teacher / "checkpoints").is_dir():
+                print(f"[{run.claim}] {run.arm} seed {run.seed}: no teacher run with its checkpoints (`mmrl train "
+                      f"{' '.join(run.spec.teacher) or '(defaults)'} seed={run.seed}` makes one)", flush=True)
+                return
+            print(f"[{run.claim}] compressing {teacher}: mmrl compress {' '.join(run.overrides)} seed={run.seed}",
+                  flush=True)
+            run_mmrl("compress", *run.overrides, f"teacher={teacher}", f"seed={run.seed}", f"out_dir={root}",
+                     f"hardware.threads={threads}")
         except RuntimeError as error:  # one failed run leaves its seed missing; the others go on
             print(f"[{run.claim}] {run.arm} seed {run.seed} failed: {str(error).splitlines()[-1]}", flush=True)
 
-    shared = [run for run in todo if not run.timed]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(lambda run: train(run, max(1, cores // max(1, jobs))), shared))
+    students = [r for r in todo if r.spec.teacher is not None]
+    for batch in ([r for r in todo if not r.timed and r.spec.teacher is None], students):
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(lambda run: train(run, threads), batch))
     for run in todo:
         if run.timed:
             train(run, 0)  # 0: torch's default, every core
 
 
-def arm_runs(overrides: list[str], seeds: list[int], roots: list[Path], store: Path) -> tuple[list[Path], list[int]]:
+def arm_runs(arm: Arm, seeds: list[int], roots: list[Path], store: Path) -> tuple[list[Path], list[int]]:
     """The kept run directories of one arm (each found below `roots`, copied into the store) and the
     seeds without a run."""
     runs, missing = [], []
     found = cached_runs(roots)
     for seed in seeds:
-        want = wanted_config(overrides, seed)
-        match = next((p for p, c in found if c == want), None)
-        (runs.append(keep(match, store, overrides, seed)) if match else missing.append(seed))
+        match = find_run(arm, seed, found)
+        (runs.append(keep(match, store, arm, seed)) if match else missing.append(seed))
     return runs, missing
 
 
@@ -242,8 +374,33 @@ def shown(path: Path | str) -> str:
     return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
 
 
+def size_ratio(student_runs: list[Path]) -> float:
+    """Mean ratio of the teachers' non-zero parameters to their students' (from the compress report
+    rows kept beside the students); NaN when no student has its row."""
+    ratios = []
+    for path in student_runs:
+        if (path / "compress_row.json").is_file():
+            row = json.loads((path / "compress_row.json").read_text())
+            ratios.append(row["teacher"]["nonzero_parameters"] / max(row["student"]["nonzero_parameters"], 1))
+    return sum(ratios) / len(ratios) if ratios else math.nan
+
+
+def kept_verdict(result: dict, base: str, tech: str, ratio: float) -> tuple[str, str]:
+    """(effect, verdict) of a compression claim: the students' held-out IQM interval against the
+    teachers' IQM minus KEEP_MARGIN, and the non-zero parameters saved."""
+    teacher, student = (result["groups"][g]["aggregates"]["IQM"] for g in (base, tech))
+    effect = (f"held-out IQM: {tech} {interval(student)} vs {base} {interval(teacher)}; "
+              f"{ratio:.1f}x fewer non-zero parameters")
+    floor = teacher[0] - KEEP_MARGIN
+    if not ratio > 1:
+        return effect, "does not hold (no fewer non-zero parameters)" if ratio <= 1 else "inconclusive (sizes unknown)"
+    if student[1] >= floor:
+        return effect, "holds"
+    return effect, "does not hold" if student[2] < floor else "inconclusive at these seeds"
+
+
 def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]:
-    """(effect, verdict) from the comparison of the two arms."""
+    """(effect, verdict) from the comparison of the two arms (a compression claim: `kept_verdict`)."""
     groups = result["groups"]
     if claim.measure == "heldout":
         if f"{tech} > {base}" in result["improvement"]:
@@ -272,10 +429,11 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
     base, tech = claim.names
     arms = arms_of(claim)
     entry = {"claim": claim.key, "seed_text": claim.seed_text, "measure": claim.measure, "see": claim.see,
-             "arms": {name: {"overrides": overrides} for name, overrides in arms.items()}}
-    records = []
-    for name, overrides in arms.items():
-        runs, missing = arm_runs(overrides, seeds, roots, store)
+             "arms": {name: {"overrides": list(arm.overrides), "command": arm.command} for name, arm in arms.items()}}
+    records, kept = [], {}
+    for name, arm in arms.items():
+        runs, missing = arm_runs(arm, seeds, roots, store)
+        kept[name] = runs
         entry["arms"][name].update(runs=[shown(p) for p in runs], missing_seeds=missing)
         for path in runs:
             record = read_run(path)
@@ -293,8 +451,12 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
     write_report(result, out)
     figure = ROOT / "docs/img/claims" / f"{claim.key}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / ("curves_wall.png" if claim.measure == "wall_seconds" else "curves_steps.png"), figure)
-    effect, word = verdict(claim, result, base, tech)
+    shown_figure = {"wall_seconds": "curves_wall.png", "kept": "aggregates.png"}.get(claim.measure, "curves_steps.png")
+    shutil.copyfile(out / shown_figure, figure)
+    if claim.measure == "kept":
+        effect, word = kept_verdict(result, base, tech, size_ratio(kept[tech]))
+    else:
+        effect, word = verdict(claim, result, base, tech)
     note = f" ({min(counts)} of {len(seeds)} seeds)" if min(counts) < len(seeds) else ""
     entry.update(effect=effect, verdict=word + note, figure=str(figure.relative_to(ROOT)), report=str(out),
                  aggregates={g: result["groups"][g]["aggregates"] for g in arms},
@@ -308,7 +470,9 @@ def markdown(entries: list[dict], seeds: list[int]) -> str:
              "Generated by `python scripts/claims.py` (do not edit by hand): every measured figure comes from the",
              "run directories listed under each claim, through `mmrl compare`'s statistics (IQM, 95% stratified",
              "bootstrap intervals, median time to 0.9 validation success with runs that never get there counted as",
-             "infinite). Verdicts follow from the intervals: see the script's docstring.", "",
+             "infinite). A compression claim compares each `mmrl compress` student with its teacher (held-out IQM,",
+             f"at most {KEEP_MARGIN} lost, and the non-zero parameters saved, from the compress report). Verdicts",
+             "follow from the intervals: see the script's docstring.", "",
              f"Seeds asked: {', '.join(map(str, seeds))}. Machine: 2 CPU cores, no GPU.", "",
              "| claim | seed says | measured effect | verdict | also in docs/benchmarks.md |", "|---|---|---|---|---|"]
     for e in entries:
@@ -320,7 +484,7 @@ def markdown(entries: list[dict], seeds: list[int]) -> str:
         for name, arm in e["arms"].items():
             agg = e.get("aggregates", {}).get(name)
             iqm = f"; final held-out IQM {interval(agg['IQM'])}" if agg else ""
-            lines.append(f"- **{name}** (`mmrl train {' '.join(arm['overrides']) or '(defaults)'}`): "
+            lines.append(f"- **{name}** (`{arm['command']}`): "
                          f"{len(arm['runs'])} runs{iqm}; missing seeds: {arm['missing_seeds'] or 'none'}")
             lines += [f"  - `{p}`" for p in arm["runs"]]
         if e.get("figure"):
@@ -350,7 +514,7 @@ def main() -> None:
     roots = [args.store, args.cache, *args.reuse]
     if not args.reuse_only:
         chosen = [c for c in CLAIMS if c.measure != "none" and (args.only is None or c.key in args.only)]
-        train_missing(missing_runs(chosen, args.seeds, roots), args.cache, args.jobs)
+        train_missing(missing_runs(chosen, args.seeds, roots), args.cache, args.jobs, roots)
     entries = []
     for claim in CLAIMS:
         if claim.measure == "none":

@@ -108,3 +108,80 @@ def test_a_run_from_before_a_key_existed_still_counts_for_its_arm(tmp_path):
                          tech=["exp=goto-curriculum"], names=("hard task only", "curriculum"))
     missing = claims.missing_runs([claim], [2, 3], [tmp_path])
     assert [(m.arm, m.seed) for m in missing] == [("hard task only", 2), ("hard task only", 3), ("curriculum", 3)]
+
+
+def test_a_wall_time_claim_counts_only_runs_trained_alone_with_every_core(tmp_path):
+    """A run trained beside another (`hardware.threads=1`) counts for an env-steps claim, not for a
+    wall-time one; where both exist, the one trained alone is kept (it serves both)."""
+    cache = tmp_path / "cache"
+    for seed in (1, 2):
+        saved_run(cache, f"a2c-shared-{seed}", ["exp=goto-a2c", f"seed={seed}", "hardware.threads=1"], [0.95], 0.95)
+    alone = saved_run(cache, "a2c-alone-1", ["exp=goto-a2c", "seed=1"], [0.95], 0.95)  # threads=0: every core
+    steps = claims.arms_of(claims.Claim("ppo", "PPO", "steps", base=["exp=goto-a2c"], names=("a2c", "ppo")))["a2c"]
+    wall = claims.arms_of(claims.Claim("ac", "A3C", "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"],
+                                       names=("a2c", "a3c")))["a2c"]
+    found = claims.cached_runs([cache])
+    assert claims.find_run(steps, 1, found) == alone and claims.find_run(steps, 2, found).name == "a2c-shared-2"
+    assert claims.find_run(wall, 1, found) == alone and claims.find_run(wall, 2, found) is None
+
+
+def student_run(out_dir: Path, teacher: Path, method: str, seed: int, heldout: float, nonzero: int) -> Path:
+    """A finished `mmrl compress` student of `teacher` as the command leaves it: the run directory
+    (config.yaml, summary.json) and its row in the report beside it."""
+    from mmrl_cli.compose import compose_compress_config
+    from mmrl_cli.compress.run import student_config
+
+    cfg = compose_compress_config([f"compression={method}", f"seed={seed}", f"teacher={teacher}"])
+    typed = student_config(cfg, compose_train_config([f"seed={seed}"]), teacher)
+    run = out_dir / f"{method}-s{seed}"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(typed)))
+    evaluations = [{"step": 100, "wall_seconds": 10.0, "validation": {"success_rate": heldout}}]
+    (run / "summary.json").write_text(json.dumps({"heldout_success_rate": heldout, "evaluations": evaluations}))
+    rows = [{"run": str(teacher), "nonzero_parameters": 1000}, {"run": str(run), "nonzero_parameters": nonzero}]
+    (out_dir / "report.json").write_text(json.dumps({"teacher": str(teacher), "rows": rows}))
+    return run
+
+
+def test_a_compression_claim_compares_students_with_their_teachers(tmp_path, monkeypatch):
+    """A student counts for its method's arm when its teacher is the teacher arm's run of the same
+    seed; the store keeps its teacher's config and report row, so the verdict (success kept within
+    the margin, with fewer weights) comes back from the store alone; a missing student is made by
+    `mmrl compress` from its teacher's run."""
+    monkeypatch.setattr(claims, "ROOT", tmp_path)
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    teachers = {}
+    for seed in (1, 2, 3):
+        teachers[seed] = saved_run(cache, f"ppo-{seed}", [f"seed={seed}"], [0.5, 0.95], 0.97 + seed / 1000)
+        (teachers[seed] / "checkpoints").mkdir()
+        student_run(cache / "compress" / f"t{seed}", teachers[seed], "distill", seed, 0.965 + seed / 1000, 100)
+    other = saved_run(cache, "ppo-lr", ["seed=3", "algo.lr=0.5"], [0.1], 0.1)  # another teacher config
+    student_run(cache / "compress" / "other", other, "prune", 3, 0.99, 100)
+    claim = claims.Claim("distillation", "distil", "kept", base=[], tech=["compression=distill"],
+                         names=("teacher", "student"))
+    entry = claims.measure(claim, [1, 2, 3], cache, [cache], store=store)
+    assert entry["arms"]["student"]["runs"] == [f"store/compress+compression_distill/seed{s}" for s in (1, 2, 3)]
+    kept = store / "compress+compression_distill" / "seed2"
+    assert sorted(p.name for p in kept.iterdir()) == ["compress_row.json", "config.yaml", "summary.json",
+                                                      "teacher.yaml"]
+    assert entry["verdict"] == "holds" and "10.0x fewer non-zero parameters" in entry["effect"]
+    prune = claims.Claim("pruning", "prune", "kept", base=[], tech=["compression=prune"], names=("teacher", "pruned"))
+    missing = claims.missing_runs([prune], [3], [cache])  # the only pruned run compresses another teacher
+    assert [(m.arm, m.seed) for m in missing] == [("pruned", 3)]
+    calls = []
+    monkeypatch.setattr(claims, "run_mmrl", lambda *args: calls.append(args))
+    claims.train_missing(missing, tmp_path / "new", jobs=1, roots=[cache])
+    assert calls == [("compress", "compression=prune", f"teacher={teachers[3]}", "seed=3",
+                      f"out_dir={tmp_path / 'new' / 'pruning' / 'pruned' / 'seed3'}",
+                      f"hardware.threads={claims.os.cpu_count()}")]
+    import shutil
+
+    shutil.rmtree(cache)  # the store alone: the same runs and verdict
+    again = claims.measure(claim, [1, 2, 3], tmp_path / "gone", [store], store=store)
+    assert again["arms"]["student"]["runs"] == entry["arms"]["student"]["runs"] and again["verdict"] == "holds"
+    # students that lose more than the margin do not keep success
+    worse = json.loads((kept / "summary.json").read_text())
+    for seed in (1, 2, 3):
+        path = store / "compress+compression_distill" / f"seed{seed}" / "summary.json"
+        path.write_text(json.dumps({**worse, "heldout_success_rate": 0.8}))
+    assert claims.measure(claim, [1, 2, 3], tmp_path / "gone", [store], store=store)["verdict"] == "does not hold"
