@@ -84,6 +84,7 @@ class Claim:
     names: tuple[str, str] = ("baseline", "technique")
     not_here: str = ""  # why it cannot be measured on this machine (measure == none)
     see: str = ""  # where else the project measures it (docs/benchmarks.md section)
+    cost: str = ""  # what one run costs on this machine, where that is why runs are missing
 
 
 CLAIMS = [
@@ -93,10 +94,12 @@ CLAIMS = [
           "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"], names=("a2c", "a3c"), see="A3C"),
     Claim("model-based", "4.6.1 model-based RL with a learned world model is sample-efficient (env steps to 0.9 "
           "beside PPO)", "steps", base=[], tech=["exp=goto-dreamer"], names=("ppo", "dreamer"),
-          see="Model-based RL: Dreamer vs PPO"),
+          see="Model-based RL: Dreamer vs PPO",
+          cost="a goto Dreamer run takes hours here, ~2 s a world-model update on one CPU thread: a GPU's job"),
     Claim("curriculum", "4.6.1 a curriculum from easy to hard tasks speeds learning of the hard task (env steps "
           "to 0.9)", "steps", base=["exp=goto-curriculum", "data.curriculum=none"], tech=["exp=goto-curriculum"],
-          names=("hard task only", "curriculum"), see="Curriculum learning and prioritised level replay"),
+          names=("hard task only", "curriculum"), see="Curriculum learning and prioritised level replay",
+          cost="each run goes to 1.2M env steps, ~25 min on one CPU thread"),
     Claim("hierarchy", "4.6.1 hierarchical RL solves multi-step instructions sooner (held-out success at equal "
           "steps)", "heldout", base=["data=goto-seq", "total_steps=1000000"], tech=["exp=goto-seq-hierarchical"],
           names=("flat ppo", "hierarchical"), see="Hierarchical RL on the sequential task"),
@@ -442,8 +445,9 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
     counts = [len(entry["arms"][n]["runs"]) for n in arms]
     if min(counts) < 2:
         missing = sum(len(a["missing_seeds"]) for a in entry["arms"].values())
+        cost = f"; {claim.cost}" if claim.cost else ""
         entry.update(effect="-", verdict=f"not measured: {missing} runs missing "
-                                         f"(`python scripts/claims.py --only {claim.key}` trains them)")
+                                         f"(`python scripts/claims.py --only {claim.key}` trains them{cost})")
         return entry
     out = cache / "compare" / claim.key
     typed = validate_compare({"runs": [str(cache)], "runs_root": str(cache), "out": str(out), "target": TARGET})
