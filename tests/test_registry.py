@@ -4,6 +4,7 @@ states that schema's defaults (defaults are written once and checked here), and 
 registry of config groups matches each command's defaults list."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -64,3 +65,14 @@ def test_the_group_registry_matches_each_commands_defaults_list():
         listed = [g for g in listed if not g.startswith("override ")]
         assert sorted(listed) == sorted(groups), f"conf/{command}.yaml lists {listed}, COMMAND_GROUPS {groups}"
     assert all(group_options(group) for group in ALL_GROUPS)
+
+
+def test_the_readme_names_every_option_of_every_group():
+    """README's table of config groups lists each group's options: a new YAML file is named there."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {line.split("|")[1].strip().split()[0].strip("`"): line.split("|")[2]
+            for line in readme.splitlines() if line.startswith("| `")}
+    for group in ALL_GROUPS:
+        assert group in rows, f"README's table of config groups has no row for {group}"
+        unnamed = [o for o in group_options(group) if f"`{o}`" not in rows[group]]
+        assert not unnamed, f"README's {group} row does not name {unnamed}"
