@@ -1,7 +1,7 @@
 """From command-line overrides to a composed config: the registry of config groups, Hydra
 composition with one-line errors (unknown options and keys, moved keys, Hydra's output
-settings), and `compose_train_config` / `compose_compress_config` for code that needs a command's config
-from overrides.
+settings), and `compose_train_config` (`compose_command_config` for any command) for code that
+needs a command's config from overrides.
 
 Imports run one way: this module sits above `config` (the schemas) and below the commands.
 """
@@ -178,11 +178,3 @@ def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainCo
     """`mmrl train`'s config with command-line style `overrides` (``["algo=a2c", "seed=2"]``), validated;
     raises ConfigError."""
     return validate(compose_command_config("train", overrides))
-
-
-def compose_compress_config(overrides: list[str] | tuple[str, ...] = ()):
-    """`mmrl compress`'s config with command-line style `overrides` (``["compression=prune",
-    "teacher=runs/x"]``), validated (the teacher is not opened); raises ConfigError."""
-    from .compress.settings import validate_compress
-
-    return validate_compress(compose_command_config("compress", overrides))

@@ -58,8 +58,9 @@ from omegaconf import OmegaConf
 from mmrl_cli.compare.records import find_runs, read_run, task_of
 from mmrl_cli.compare.report import compare, interval, write_report
 from mmrl_cli.compare.settings import validate_compare
-from mmrl_cli.compose import compose_compress_config, compose_train_config
+from mmrl_cli.compose import compose_train_config
 from mmrl_cli.compress.run import student_config
+from mmrl_cli.compress.settings import compose_compress_config
 from mmrl_cli.config import validate
 from mmrl_cli.errors import ConfigError
 

@@ -128,7 +128,7 @@ def test_a_wall_time_claim_counts_only_runs_trained_alone_with_every_core(tmp_pa
 def student_run(out_dir: Path, teacher: Path, method: str, seed: int, heldout: float, nonzero: int) -> Path:
     """A finished `mmrl compress` student of `teacher` as the command leaves it: the run directory
     (config.yaml, summary.json) and its row in the report beside it."""
-    from mmrl_cli.compose import compose_compress_config
+    from mmrl_cli.compress.settings import compose_compress_config
     from mmrl_cli.compress.run import student_config
 
     cfg = compose_compress_config([f"compression={method}", f"seed={seed}", f"teacher={teacher}"])

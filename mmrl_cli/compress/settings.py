@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig
 
+from ..compose import compose_command_config
 from ..config import SEED_MAX, ConfigError, HardwareConfig, _merge, between, merge_group, positive, plain_config
 
 METHODS = ("distill", "prune", "lowrank")  # what mmrl compress runs (kickstart is a way to train: mmrl train)
@@ -70,3 +71,9 @@ def validate_compress(cfg: DictConfig | dict) -> CompressCommandConfig:
         raise ConfigError(f"compression: required (one of {', '.join(METHODS)})")
     typed.check()
     return typed
+
+
+def compose_compress_config(overrides: list[str] | tuple[str, ...] = ()) -> CompressCommandConfig:
+    """`mmrl compress`'s config with command-line style `overrides` (``["compression=prune",
+    "teacher=runs/x"]``), validated (the teacher is not opened); raises ConfigError."""
+    return validate_compress(compose_command_config("compress", overrides))
