@@ -41,6 +41,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -147,17 +148,35 @@ def without_sources(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in STUDENT_SOURCES}
 
 
-def wanted_config(overrides: list[str], seed: int) -> dict:
-    """The canonical config `mmrl train <overrides> seed=<seed>` composes to."""
+def wanted_config(overrides: list[str] | tuple[str, ...], seed: int) -> dict:
+    """The canonical config `mmrl train <overrides> seed=<seed>` composes to (composed once: do not
+    change the dict returned)."""
+    return composed_config(tuple(overrides), seed)
+
+
+@functools.lru_cache(maxsize=None)
+def composed_config(overrides: tuple[str, ...], seed: int) -> dict:
+    """`wanted_config`, cached: Hydra's composition is the slow part of matching runs."""
     return canonical(plain(compose_train_config([*overrides, f"seed={seed}"])))
 
 
 def read_config(path: Path) -> dict | None:
     """The canonical config in the file `path`, read through today's schemas: a key added to mmrl
     after the run was made takes its default (which keeps the old behaviour), so older runs still
-    match the config `wanted_config` composes. None for a config today's mmrl refuses."""
+    match the config `wanted_config` composes. None for a config today's mmrl refuses. Read once
+    per version of the file (do not change the dict returned)."""
     try:
-        return canonical(plain(validate(yaml.safe_load(path.read_text()))))
+        stat = path.stat()
+    except OSError:
+        return None
+    return parsed_config(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def parsed_config(path: str, mtime_ns: int, size: int) -> dict | None:
+    """`read_config` of one version of a file (its modification time and size are the cache key)."""
+    try:
+        return canonical(plain(validate(yaml.safe_load(Path(path).read_text()))))
     except (ConfigError, OSError):
         return None
 
@@ -227,6 +246,7 @@ class Arm:
         """A student arm's teachers, as an arm."""
         return Arm(self.teacher or ())
 
+    @functools.lru_cache(maxsize=None)  # noqa: B019 (a handful of arms a study, kept for its life)
     def wanted(self, seed: int) -> dict:
         """The canonical config of its run of `seed` (a student's without its teacher's path)."""
         if self.teacher is None:
