@@ -77,6 +77,7 @@ def test_a2c_trains_through_the_cli_with_the_same_run_directory(run_mmrl):
     assert (run_dir / "checkpoints" / "latest").is_file() and (run_dir / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # a learning check (~12 s): run with -m slow; the adapter itself is tested in process
 def test_gymnasium_cartpole_learns_through_the_gym_adapter(run_mmrl):
     """gymnasium's own CartPole-v1 (numpy, SyncVectorEnv) through `data=gym`: it must learn, not only run.
 
