@@ -50,7 +50,7 @@ import re
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ from omegaconf import OmegaConf
 from mmrl_cli.compare.records import find_runs, read_run, task_of
 from mmrl_cli.compare.report import compare, interval, write_report
 from mmrl_cli.compare.settings import validate_compare
+from mmrl_cli.compare.stats import mean_band
 from mmrl_cli.compose import compose_train_config
 from mmrl_cli.compress.run import student_config
 from mmrl_cli.compress.settings import compose_compress_config
@@ -150,15 +151,10 @@ def without_sources(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in STUDENT_SOURCES}
 
 
-def wanted_config(overrides: list[str] | tuple[str, ...], seed: int) -> dict:
+@functools.lru_cache(maxsize=None)  # Hydra's composition is the slow part of matching runs
+def wanted_config(overrides: tuple[str, ...], seed: int) -> dict:
     """The canonical config `mmrl train <overrides> seed=<seed>` composes to (composed once: do not
     change the dict returned)."""
-    return composed_config(tuple(overrides), seed)
-
-
-@functools.lru_cache(maxsize=None)
-def composed_config(overrides: tuple[str, ...], seed: int) -> dict:
-    """`wanted_config`, cached: Hydra's composition is the slow part of matching runs."""
     return canonical(plain(compose_train_config([*overrides, f"seed={seed}"])))
 
 
@@ -188,13 +184,32 @@ def run_config(path: Path) -> dict | None:
     return read_config(path / "config.yaml")
 
 
-def teacher_config(path: Path, config: dict) -> dict | None:
-    """The canonical config of the teacher of the student run at `path`: kept beside it in the store
-    (teacher.yaml), else read from the teacher run its config names; None when neither is there."""
+def teacher_file(path: Path, config: dict) -> Path | None:
+    """The config file of the teacher of the student run at `path` (whose config is `config`): kept
+    beside it in the store (teacher.yaml), else that of the teacher run its config names."""
     if (path / "teacher.yaml").is_file():
-        return read_config(path / "teacher.yaml")
+        return path / "teacher.yaml"
     source = next((config[k] for k in STUDENT_SOURCES if config.get(k)), None)
-    return run_config(Path(source)) if source else None
+    return Path(source) / "config.yaml" if source else None
+
+
+def teacher_config(path: Path, config: dict) -> dict | None:
+    """The canonical config of the teacher of the student run at `path`; None when it is not there."""
+    file = teacher_file(path, config)
+    return read_config(file) if file else None
+
+
+def student_row(path: Path) -> dict | None:
+    """{"teacher": row, "student": row} of the student run at `path` in `mmrl compress`'s report
+    (both scored on the same held-out episodes): kept beside it in the store, else read from the
+    report beside the student; None when neither is there."""
+    if (path / "compress_row.json").is_file():
+        return json.loads((path / "compress_row.json").read_text())
+    if not (path.parent / "report.json").is_file():
+        return None
+    rows = json.loads((path.parent / "report.json").read_text())["rows"]
+    mine = [r for r in rows if Path(r["run"]).resolve() == path.resolve()]
+    return {"teacher": rows[0], "student": mine[0]} if mine else None
 
 
 def trained_alone(path: Path) -> bool:
@@ -252,7 +267,7 @@ class Arm:
     def wanted(self, seed: int) -> dict:
         """The canonical config of its run of `seed` (a student's without its teacher's path)."""
         if self.teacher is None:
-            return wanted_config(list(self.overrides), seed)
+            return wanted_config(self.overrides, seed)
         cfg = compose_compress_config([*self.overrides, f"seed={seed}", "teacher=teacher"])
         teacher = compose_train_config([*self.teacher, f"seed={seed}"])
         return without_sources(canonical(plain(student_config(cfg, teacher, Path("teacher")))))
@@ -275,22 +290,14 @@ def keep(path: Path, store: Path, arm: Arm, seed: int) -> Path:
     if kept.resolve() == path.resolve():
         return kept
     kept.mkdir(parents=True, exist_ok=True)
-    files = {name: path / name for name in KEPT_FILES}
+    texts = {name: (path / name).read_text() for name in KEPT_FILES}
     if arm.teacher is not None:
-        config = yaml.safe_load((path / "config.yaml").read_text())
-        source = Path(next(config[k] for k in STUDENT_SOURCES if config.get(k)))
-        files["teacher.yaml"] = path / "teacher.yaml" if (path / "teacher.yaml").is_file() else source / "config.yaml"
-        row = path / "compress_row.json" if (path / "compress_row.json").is_file() else None
-        if row is None and (path.parent / "report.json").is_file():  # mmrl compress's report beside the student
-            rows = json.loads((path.parent / "report.json").read_text())["rows"]
-            mine = [r for r in rows if Path(r["run"]).resolve() == path.resolve()]
-            if mine:
-                (kept / ".compress_row.json.tmp").write_text(json.dumps({"teacher": rows[0], "student": mine[0]}))
-                (kept / ".compress_row.json.tmp").replace(kept / "compress_row.json")
-        elif row is not None:
-            files["compress_row.json"] = row
-    for name in sorted(files, key=lambda n: n == "summary.json"):  # the summary last
-        shutil.copyfile(files[name], kept / f".{name}.tmp")
+        texts["teacher.yaml"] = teacher_file(path, yaml.safe_load(texts["config.yaml"])).read_text()
+        row = student_row(path)
+        if row is not None:
+            texts["compress_row.json"] = json.dumps(row)
+    for name in sorted(texts, key=lambda n: n == "summary.json"):  # the summary last
+        (kept / f".{name}.tmp").write_text(texts[name])
         (kept / f".{name}.tmp").replace(kept / name)
     return kept
 
@@ -310,9 +317,13 @@ class Missing:
 
     claim: str
     arm: str  # the arm's name in the claim
-    spec: Arm
+    spec: Arm  # timed when any claim it serves is about wall time
     seed: int
-    timed: bool  # an arm of a wall-time claim: trained alone, with every core
+
+    @property
+    def timed(self) -> bool:
+        """An arm of a wall-time claim: trained alone, with every core."""
+        return self.spec.timed
 
     @property
     def overrides(self) -> tuple[str, ...]:
@@ -339,10 +350,9 @@ def missing_runs(claims: list[Claim], seeds: list[int], roots: list[Path]) -> li
             for seed in seeds:
                 key = (arm.overrides, arm.teacher, seed)
                 if key in todo:
-                    todo[key].timed |= arm.timed
-                    todo[key].spec = Arm(arm.overrides, arm.teacher, todo[key].timed)
+                    todo[key].spec = replace(todo[key].spec, timed=todo[key].timed or arm.timed)
                 elif find_run(arm, seed, found) is None:
-                    todo[key] = Missing(claim.key, name, arm, seed, arm.timed)
+                    todo[key] = Missing(claim.key, name, arm, seed)
     return list(todo.values())
 
 
@@ -401,20 +411,6 @@ def shown(path: Path | str) -> str:
     return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
 
 
-def compress_rows(student_runs: list[Path]) -> list[dict]:
-    """The compress report rows kept beside the students: {"teacher": row, "student": row} each
-    (both models scored on the same held-out episodes)."""
-    return [json.loads((path / "compress_row.json").read_text()) for path in student_runs
-            if (path / "compress_row.json").is_file()]
-
-
-def mean_interval(values: list[float], reps: int = 10_000, seed: int = 0) -> list[float]:
-    """[mean, low, high]: the mean of `values` and its 95% percentile-bootstrap interval."""
-    values = np.asarray(values, dtype=float)
-    means = np.random.default_rng(seed).choice(values, (reps, len(values))).mean(axis=1)
-    return [float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def kept_verdict(result: dict, base: str, tech: str, rows: list[dict]) -> tuple[str, str]:
     """(effect, verdict) of a compression claim from each student paired with its own teacher on the
     same held-out episodes (the compress report): the interval of the mean success difference
@@ -425,7 +421,8 @@ def kept_verdict(result: dict, base: str, tech: str, rows: list[dict]) -> tuple[
               and r["teacher"].get("success_rate") is not None]
     if len(scored) < 2:
         return iqm, "inconclusive (fewer than 2 students with their compress report row)"
-    diff = mean_interval([r["student"]["success_rate"] - r["teacher"]["success_rate"] for r in scored])
+    diffs = np.array([[r["student"]["success_rate"] - r["teacher"]["success_rate"]] for r in scored])
+    diff = [float(v[0]) for v in mean_band(diffs, reps=10_000, rng=np.random.default_rng(0))]  # mean, 95% interval
     ratio = float(np.mean([r["teacher"]["nonzero_parameters"] / max(r["student"]["nonzero_parameters"], 1)
                            for r in scored]))
     effect = (f"success {tech} - {base} (paired, same held-out episodes): {diff[0]:+.3f} "
@@ -493,7 +490,7 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
     shown_figure = {"wall_seconds": "curves_wall.png", "kept": "aggregates.png"}.get(claim.measure, "curves_steps.png")
     shutil.copyfile(out / shown_figure, figure)
     if claim.measure == "kept":
-        effect, word = kept_verdict(result, base, tech, compress_rows(kept[tech]))
+        effect, word = kept_verdict(result, base, tech, [r for r in map(student_row, kept[tech]) if r])
     else:
         effect, word = verdict(claim, result, base, tech)
     note = f" ({min(counts)} of {len(seeds)} seeds)" if min(counts) < len(seeds) else ""
