@@ -49,13 +49,14 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
-from _common import ROOT, machine, mmrl_train, print_table, run_mmrl
+from _common import ROOT, mmrl_train, print_table, run_mmrl, write_json
 from omegaconf import OmegaConf
 
 from mmrl_cli.compare.records import find_runs, read_run, task_of
@@ -529,6 +530,32 @@ def markdown(entries: list[dict], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def writable(path: Path) -> bool:
+    """True when `path` can be made: a file can be created in its nearest existing directory
+    (tried, then removed: permission bits alone do not say so for root or special file systems)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing if existing.is_dir() else existing.parent):
+            return True
+    except OSError:
+        return False
+
+
+def bad_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, in one line naming the option (None: nothing), checked
+    before anything trains or is written."""
+    if args.jobs < 1:
+        return f"--jobs: expected at least 1, got {args.jobs}"
+    unknown = set(args.only or []) - {c.key for c in CLAIMS}
+    if unknown:
+        return f"--only: unknown claim(s) {sorted(unknown)}; expected some of {[c.key for c in CLAIMS]}"
+    for flag, path in (("--out", args.out), ("--json", args.json), ("--store", args.store), ("--cache", args.cache)):
+        if flag in ("--out", "--json") and path.is_dir() or not writable(path):
+            return f"{flag}: {path} cannot be written"
+    missing = [str(p) for p in args.reuse if not p.is_dir()]
+    return f"--reuse: not a directory: {', '.join(missing)}" if missing else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -543,11 +570,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs/claims.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs/bench/claims.json")
     args = parser.parse_args()
-    if args.jobs < 1:
-        sys.exit(f"claims.py: --jobs: expected at least 1, got {args.jobs}")
-    unknown = set(args.only or []) - {c.key for c in CLAIMS}
-    if unknown:
-        sys.exit(f"claims.py: --only: unknown claim(s) {sorted(unknown)}; expected some of {[c.key for c in CLAIMS]}")
+    problem = bad_arguments(args)
+    if problem:
+        print(f"claims.py: {problem}", file=sys.stderr)
+        sys.exit(2)
     roots = [args.store, args.cache, *args.reuse]
     if not args.reuse_only:
         chosen = [c for c in CLAIMS if c.measure != "none" and (args.only is None or c.key in args.only)]
@@ -561,9 +587,10 @@ def main() -> None:
             entries.append(measure(claim, args.seeds, args.cache, roots, store=args.store))
     print_table("The seed's claims", ["claim", "effect", "verdict"],
                 [[e["claim"], e.get("effect", "-"), e["verdict"]] for e in entries])
-    args.out.write_text(markdown(entries, args.seeds))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "seeds": args.seeds, "claims": entries}, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    (args.out.parent / f".{args.out.name}.tmp").write_text(markdown(entries, args.seeds))
+    (args.out.parent / f".{args.out.name}.tmp").replace(args.out)
+    write_json(args.json, {"seeds": args.seeds, "claims": entries})
     print(f"wrote {args.out} and {args.json}")
 
 

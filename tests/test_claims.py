@@ -186,3 +186,17 @@ def test_a_compression_claim_compares_students_with_their_teachers(tmp_path, mon
         row = json.loads(path.read_text())
         path.write_text(json.dumps({**row, "student": {**row["student"], "success_rate": 0.9}}))
     assert claims.measure(claim, [1, 2, 3], tmp_path / "gone", [store], store=store)["verdict"] == "does not hold"
+
+
+def test_bad_arguments_are_one_line_exit_2_and_write_nothing(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "claims.py"
+    out = tmp_path / "claims.md"
+    for args, key in ((["--jobs", "0"], "--jobs"), (["--json", str(tmp_path)], "--json"),
+                      (["--reuse", str(tmp_path / "none")], "--reuse"), (["--cache", "/proc/claims"], "--cache")):
+        result = subprocess.run([sys.executable, str(script), "--reuse-only", "--out", str(out), *args],
+                                capture_output=True, text=True)
+        lines = [line for line in result.stderr.splitlines() if "Warn" not in line]
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"claims.py: {key}:"), result.stderr
+        assert not out.exists() and result.stdout == ""
