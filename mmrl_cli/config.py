@@ -721,9 +721,12 @@ class EvalConfig:
     every_steps: int = 200_000
     episodes: int = 500
     deterministic: bool = True
+    stop_at: Optional[float] = None  # stop at the first validation success rate >= this (None: run to total_steps)
 
     def check(self) -> None:
         positive("eval", self, "every_steps", "episodes")
+        if self.stop_at is not None:
+            between("eval", self, "stop_at", 0.0, 1.0)
 
 
 @dataclass

@@ -193,8 +193,9 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
                 results = run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed, position(progress, algo))
                 progress.eval_seconds += time.perf_counter() - eval_start
                 reason = notify(callbacks, "on_evaluation", progress, results)  # every callback sees every evaluation
-                stopped_by = stopped_by or reason
-            if last:  # the final report: held-out levels, once per run (or per extension of it)
+                reached = target_reached(cfg.eval.stop_at, results)  # eval.stop_at: the run ends as at its last update
+                stopped_by, last = stopped_by or reason or reached, last or reached is not None
+            if last:  # the final report: held-out levels, once per run (or per extension of it), or at eval.stop_at
                 eval_start = time.perf_counter()
                 progress.heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic,
                                             autocast)
@@ -232,6 +233,15 @@ def stop_reason(stop: StopRequests, stopping: bool, stopped_by: str | None) -> s
     if stopping:
         return "SIGTERM"  # another rank was signalled (torchrun passes a stop to every rank)
     return stopped_by
+
+
+def target_reached(stop_at: float | None, results: dict) -> str | None:
+    """The reason to stop when the validation success rate of `results` reached `eval.stop_at`
+    (the run then ends as at its last update: held-out levels, checkpoint); None otherwise."""
+    rate = (results.get("validation") or {}).get("success_rate")
+    if stop_at is None or rate is None or not rate >= stop_at:  # NaN (no success signal) never stops
+        return None
+    return f"eval.stop_at: validation success {rate:.3f} >= {stop_at}"
 
 
 def position(progress: Progress, algo) -> int:

@@ -3,7 +3,8 @@ directories, with rliable statistics, written to docs/claims.md (and docs/bench/
 
 Every claim that can be measured here is a pair of arms (a baseline and a technique: `mmrl train`
 overrides) run over the same seeds, or, for a compression method, the baseline's runs as teachers
-and one `mmrl compress` student of each (same seed). Runs are reused from cache directories when a run there has the
+and one `mmrl compress` student of each (same seed); an arm's runs may start from runs of another
+arm of the same seed (synthetic data: `mmrl demos`, then BC on them, then RL from the BC run). Runs are reused from cache directories when a run there has the
 same config (everything but where it writes, how it is monitored and evaluated, and the hardware
 keys): a benchmark's runs count for the study and the other way round. Missing runs are trained into
 `--cache` unless `--reuse-only`; a claim with missing runs is reported as "not measured" with the
@@ -11,9 +12,11 @@ command that measures it. Claims that cannot be measured on this machine say why
 
 Every run the study uses is kept in `--store` (docs/bench/claims_runs/<arm>/seed<s>/, in the
 repository): its config.yaml and summary.json, which hold everything `mmrl compare` reads (the
-config, the validation curve against env steps and wall seconds, the held-out result); a student
-also keeps its teacher's config (teacher.yaml: which run it compresses) and its row of the compress
-report (compress_row.json: parameters, non-zero parameters, file size, latency beside the teacher's). Run
+config, the validation curve against env steps and wall seconds, the held-out result); a run that
+started from another keeps what it started from (source.yaml: a student's teacher config, an RL
+run's BC run config; source.source.json: that BC run's demonstration manifest), and a student its
+row of the compress report (compress_row.json: parameters, non-zero parameters, file size, latency
+beside the teacher's). Run
 directories in caches come and go with the machine; the store stays, so the study grows across
 sessions and regenerates from it alone (`--reuse-only`).
 
@@ -29,6 +32,8 @@ and its curve PNG in docs/img/claims/; the verdict follows from the 95% interval
   95% bootstrap interval of the mean success difference (student - teacher) lies wholly above
   -KEEP_MARGIN and the students have fewer non-zero parameters, does not hold when it lies wholly
   below (or nothing is saved), otherwise inconclusive.
+Runs of an arm whose every claim is about the time to 0.9 stop there (`eval.stop_at=0.9`, held-out
+levels scored at that point); the others train to their total_steps.
 Wall time is only compared between runs trained alone with every core (`hardware.threads=0`, as the
 study trains them): a run trained beside another counts for every other claim, not for those.
 
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import os
@@ -63,10 +69,13 @@ from mmrl_cli.compare.records import find_runs, read_run, task_of
 from mmrl_cli.compare.report import compare, interval, write_report
 from mmrl_cli.compare.settings import validate_compare
 from mmrl_cli.compare.stats import mean_band
-from mmrl_cli.compose import compose_train_config
+from mmrl_cli.compose import compose_command_config, compose_train_config
 from mmrl_cli.compress.run import student_config
 from mmrl_cli.compress.settings import compose_compress_config
 from mmrl_cli.config import validate
+from mmrl_cli.demos.command import dataset_identity, make_expert
+from mmrl_cli.demos.dataset import IDENTITY_KEYS
+from mmrl_cli.demos.settings import validate_demos
 from mmrl_cli.errors import ConfigError
 
 # Keys that do not change what a run learns: where it writes, how it is watched and evaluated, the hardware.
@@ -75,7 +84,99 @@ TARGET = 0.9
 STORE = ROOT / "docs/bench/claims_runs"  # the kept runs (config.yaml + summary.json each)
 KEPT_FILES = ("config.yaml", "summary.json")  # what compare reads of a finished run
 STUDENT_SOURCES = ("teacher", "init_from")  # keys naming a student's teacher run (a path: differs by machine)
-KEEP_MARGIN = 0.02  # a compressed policy "keeps success" when it loses at most this much held-out success
+MAX_SLUG = 160  # an arm's directory name in the store at most (file systems allow 255 bytes)
+DEMO_SEED_STRIDE = 100_000  # a dataset of study seed s plays levels from s * this on: disjoint across seeds
+KEEP_MARGIN = 0.02
+# The synthetic-data arm's RL stage: A2C from a BC policy, with a gentler step than from scratch (a
+# scratch-sized step undoes most of what BC learned: docs/benchmarks.md, synthetic data)
+SYNTHETIC_RL = ("exp=goto-a2c", "algo.lr=2e-4", "algo.ent_coef=0.001")  # a compressed policy "keeps success" when it loses at most this much held-out success
+
+
+def arm_slug(overrides: list[str] | tuple[str, ...]) -> str:
+    """A directory name for an arm's overrides (``exp=goto-a2c`` -> ``exp_goto-a2c``)."""
+    return "+".join(re.sub(r"[^A-Za-z0-9.-]+", "_", o) for o in overrides) or "defaults"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a claim: the runs one mmrl command makes with these overrides, each started from a
+    run of its source arm of the same seed when it has one (a compress student from its teacher, an
+    RL run from a BC run with `init_from`, a BC run from a demonstration dataset)."""
+
+    overrides: tuple[str, ...]  # the command's overrides (seed and the source's path aside)
+    command: str = "train"  # train | compress | demos
+    source: Arm | None = None  # the arm of the run its runs start from
+    source_key: str = ""  # the config key naming that run's directory (teacher, init_from, algo.demos)
+    timed: bool = False  # its wall time is measured: only runs trained alone with every core count
+
+    def sources(self):
+        """Its source arm, that arm's source, ... (nearest first)."""
+        arm = self.source
+        while arm is not None:
+            yield arm
+            arm = arm.source
+
+    @property
+    def slug(self) -> str:
+        """Its directory name in the store (a long one cut, with a digest of the whole: names have a limit)."""
+        own = arm_slug(self.overrides) if self.command == "train" else arm_slug((self.command, *self.overrides))
+        slug = own if self.source is None or self.command == "compress" else f"{own}+from+{self.source.slug}"
+        return slug if len(slug) <= MAX_SLUG else f"{slug[:MAX_SLUG - 13]}+{hashlib.sha256(slug.encode()).hexdigest()[:12]}"
+
+    @property
+    def command_line(self) -> str:
+        """How a user makes one of its runs (its sources first)."""
+        own = f"mmrl {self.command} {' '.join(self.overrides) or '(defaults)'}"
+        if self.source is None:
+            return own
+        return f"{self.source.command_line}, then {own} {self.source_key}=<that run>"
+
+    def seed_overrides(self, seed: int) -> list[str]:
+        """The overrides that give its run of study seed `seed` (a dataset's seed is its first level:
+        datasets of different seeds play disjoint levels)."""
+        return [f"seed={seed * DEMO_SEED_STRIDE if self.command == 'demos' else seed}"]
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 (a handful of arms a study, kept for its life)
+    def wanted(self, seed: int) -> dict:
+        """The canonical record of its run of `seed` (without its source's path)."""
+        if self.command == "demos":
+            typed = validate_demos(compose_command_config("demos", [*self.overrides, *self.seed_overrides(seed)]))
+            expert = make_expert(typed)
+            try:
+                record = demos_record({**dataset_identity(typed, expert), "episodes": typed.episodes})
+                return json.loads(json.dumps(record))  # as read back from a manifest (lists, not tuples)
+            finally:
+                expert.close()
+        if self.command == "compress":
+            cfg = compose_compress_config([*self.overrides, f"seed={seed}", "teacher=teacher"])
+            teacher = compose_train_config([*self.source.overrides, f"seed={seed}"])
+            return without_sources(canonical(plain(student_config(cfg, teacher, Path("teacher")))))
+        if self.source is None:
+            return wanted_config(self.overrides, seed)
+        return self.own(canonical(plain(compose_train_config([*self.overrides, f"seed={seed}",
+                                                               f"{self.source_key}=source"]))))
+
+    def own(self, record: dict) -> dict:
+        """A run's record without the path of its source (it differs from machine to machine)."""
+        if self.command == "compress":
+            return without_sources(record)
+        return without_key(record, self.source_key) if self.source is not None else record
+
+    def matcher(self, seed: int):
+        """A test (run directory, canonical config) -> bool: is it this arm's run of `seed`, started
+        from its source arms' runs of `seed`?"""
+        want = self.wanted(seed)
+
+        def test(path: Path, config: dict) -> bool:
+            if self.own(config) != want or (self.timed and not trained_alone(path)):
+                return False
+            for depth, source in enumerate(self.sources(), start=1):
+                file = source_file(path, config, self, depth)
+                record = read_record(file) if file else None
+                if record is None or source.own(record) != source.wanted(seed):
+                    return False
+            return True
+        return test
 
 
 @dataclass
@@ -91,6 +192,7 @@ class Claim:
     not_here: str = ""  # why it cannot be measured on this machine (measure == none)
     see: str = ""  # where else the project measures it (docs/benchmarks.md section)
     cost: str = ""  # what one run costs on this machine, where that is why runs are missing
+    tech_arm: Arm | None = None  # the technique arm, where its runs start from other runs (else `tech`)
 
 
 CLAIMS = [
@@ -105,7 +207,7 @@ CLAIMS = [
     Claim("curriculum", "4.6.1 a curriculum from easy to hard tasks speeds learning of the hard task (env steps "
           "to 0.9)", "steps", base=["exp=goto-curriculum", "data.curriculum=none"], tech=["exp=goto-curriculum"],
           names=("hard task only", "curriculum"), see="Curriculum learning and prioritised level replay",
-          cost="each run goes to 1.2M env steps, ~25 min on one CPU thread"),
+          cost="a run without the curriculum trains 1.2M env steps, ~40 min on one CPU thread (most never reach 0.9)"),
     Claim("hierarchy", "4.6.1 hierarchical RL solves multi-step instructions sooner (held-out success at equal "
           "steps)", "heldout", base=["data=goto-seq", "total_steps=1000000"], tech=["exp=goto-seq-hierarchical"],
           names=("flat ppo", "hierarchical"), see="Hierarchical RL on the sequential task"),
@@ -126,9 +228,12 @@ CLAIMS = [
           not_here="this machine has no GPU, and none was lent to this study", see="GPU"),
     Claim("distributed", "4.6.3 many GPUs and machines scale training", "none",
           not_here="2 CPU cores: several ranks here measure core sharing, not scaling", see="Several ranks"),
-    Claim("synthetic", "4.6.4 synthetic data (generated demonstrations) cuts RL steps", "none",
-          not_here="an arm starts from a behaviour-cloning run: a three-stage pipeline, not a pair of train configs",
-          see="Synthetic data: demos + BC + RL vs RL from scratch"),
+    Claim("synthetic", "4.6.4 synthetic data (generated demonstrations) cuts RL steps (here: A2C env steps to 0.9 "
+          "after behaviour cloning on 2,000 planner demonstrations, beside A2C from scratch)", "steps",
+          base=["exp=goto-a2c"], names=("a2c from scratch", "demos + bc + a2c"),
+          see="Synthetic data: demos + BC + RL vs RL from scratch",
+          tech_arm=Arm(SYNTHETIC_RL, source_key="init_from", source=Arm(
+              ("algo=bc", "algo.updates=300"), source_key="algo.demos", source=Arm(("episodes=2000",), "demos")))),
     Claim("hpo", "4.6.5 Bayesian HPO finds better settings than random search", "none",
           not_here="a sweep, not a train config: `scripts/bench_sweep.py` compares samplers", see="mmrl sweep"),
     Claim("monitoring", "4.6.5 monitoring surfaces problems early", "none",
@@ -185,19 +290,60 @@ def run_config(path: Path) -> dict | None:
     return read_config(path / "config.yaml")
 
 
-def teacher_file(path: Path, config: dict) -> Path | None:
-    """The config file of the teacher of the student run at `path` (whose config is `config`): kept
-    beside it in the store (teacher.yaml), else that of the teacher run its config names."""
-    if (path / "teacher.yaml").is_file():
-        return path / "teacher.yaml"
-    source = next((config[k] for k in STUDENT_SOURCES if config.get(k)), None)
-    return Path(source) / "config.yaml" if source else None
+def dotted(config: dict, key: str):
+    """The value of a dotted key (``algo.demos``) in a nested config dict; None when absent."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
-def teacher_config(path: Path, config: dict) -> dict | None:
-    """The canonical config of the teacher of the student run at `path`; None when it is not there."""
-    file = teacher_file(path, config)
-    return read_config(file) if file else None
+def without_key(config: dict, key: str) -> dict:
+    """A copy of a nested config dict without the dotted `key`."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return {k: v for k, v in config.items() if k != head}
+    return {**config, head: without_key(config.get(head) or {}, rest)}
+
+
+def demos_record(manifest: dict) -> dict:
+    """What makes a demonstration dataset what it is: its identity (env, expert, observation spec,
+    actions, levels) and its planned episodes, from its manifest.json."""
+    return {**{k: manifest.get(k) for k in IDENTITY_KEYS}, "episodes": manifest.get("episodes")}
+
+
+def read_record(file: Path) -> dict | None:
+    """The canonical record of a stage's file: a run's config (`read_config`) or a demonstration
+    dataset's manifest (`demos_record`); None when it is not there or not readable."""
+    if file.suffix != ".json":
+        return read_config(file)
+    try:
+        return demos_record(json.loads(file.read_text()))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def source_name(depth: int, arm: Arm) -> str:
+    """The file a stored record keeps of its source `depth` stages up, whose arm is `arm`:
+    ``source.yaml`` (a run's config), ``source.source.json`` (a dataset's manifest), ..."""
+    return "source." * depth + ("json" if arm.command == "demos" else "yaml")
+
+
+def source_file(path: Path, config: dict, arm: Arm, depth: int) -> Path | None:
+    """The file of the run (or dataset) `depth` stages up the source chain of run `path` of `arm`
+    (whose canonical config is `config`): kept beside it in the store, else found by following each
+    stage's source key (a teacher, an init_from run, a BC run's demos) to its directory."""
+    stages = list(arm.sources())[:depth]
+    kept = path / source_name(depth, stages[-1])
+    if kept.is_file():
+        return kept
+    here, current = config, arm
+    for stage in stages:
+        directory = dotted(here or {}, current.source_key)
+        if not directory:
+            return None
+        file = Path(directory) / ("manifest.json" if stage.command == "demos" else "config.yaml")
+        here, current = (read_config(file) if stage.command != "demos" else None), stage
+    return file
 
 
 def student_row(path: Path) -> dict | None:
@@ -235,65 +381,20 @@ def cached_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
     return found
 
 
-def arm_slug(overrides: list[str] | tuple[str, ...]) -> str:
-    """A directory name for an arm's overrides (``exp=goto-a2c`` -> ``exp_goto-a2c``)."""
-    return "+".join(re.sub(r"[^A-Za-z0-9.-]+", "_", o) for o in overrides) or "defaults"
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One arm of a claim: `mmrl train` runs, or `mmrl compress` students of the teacher arm's runs."""
-
-    overrides: tuple[str, ...]  # `mmrl train` overrides (a student arm: `mmrl compress` overrides)
-    teacher: tuple[str, ...] | None = None  # a student arm: the `mmrl train` overrides of its teachers
-    timed: bool = False  # its wall time is measured: only runs trained alone with every core count
-
-    @property
-    def slug(self) -> str:
-        """Its directory name in the store."""
-        return arm_slug(self.overrides) if self.teacher is None else arm_slug(("compress", *self.overrides))
-
-    @property
-    def command(self) -> str:
-        """How a user makes one of its runs."""
-        if self.teacher is None:
-            return f"mmrl train {' '.join(self.overrides) or '(defaults)'}"
-        return f"mmrl compress {' '.join(self.overrides)} teacher=<the teacher arm's run of the same seed>"
-
-    def teacher_arm(self) -> Arm:
-        """A student arm's teachers, as an arm."""
-        return Arm(self.teacher or ())
-
-    @functools.lru_cache(maxsize=None)  # noqa: B019 (a handful of arms a study, kept for its life)
-    def wanted(self, seed: int) -> dict:
-        """The canonical config of its run of `seed` (a student's without its teacher's path)."""
-        if self.teacher is None:
-            return wanted_config(self.overrides, seed)
-        cfg = compose_compress_config([*self.overrides, f"seed={seed}", "teacher=teacher"])
-        teacher = compose_train_config([*self.teacher, f"seed={seed}"])
-        return without_sources(canonical(plain(student_config(cfg, teacher, Path("teacher")))))
-
-    def matcher(self, seed: int):
-        """A test (run directory, canonical config) -> bool: is it this arm's run of `seed`?"""
-        want = self.wanted(seed)
-        if self.teacher is None:
-            return lambda path, config: config == want and (not self.timed or trained_alone(path))
-        want_teacher = self.teacher_arm().wanted(seed)
-        return lambda path, config: (without_sources(config) == want
-                                     and teacher_config(path, config) == want_teacher)
-
-
 def keep(path: Path, store: Path, arm: Arm, seed: int) -> Path:
     """Copy what compare reads of the run at `path` into the store (the summary last: a record
-    without it is no run), with a student's teacher config and compress-report row; the kept
+    without it is no run), with the files of its sources (a student's teacher config) and a
+    student's compress-report row; the kept
     record's directory."""
     kept = store / arm.slug / f"seed{seed}"
     if kept.resolve() == path.resolve():
         return kept
     kept.mkdir(parents=True, exist_ok=True)
     texts = {name: (path / name).read_text() for name in KEPT_FILES}
-    if arm.teacher is not None:
-        texts["teacher.yaml"] = teacher_file(path, yaml.safe_load(texts["config.yaml"])).read_text()
+    config = read_config(path / "config.yaml")
+    for depth, source in enumerate(arm.sources(), start=1):
+        texts[source_name(depth, source)] = source_file(path, config, arm, depth).read_text()
+    if arm.command == "compress":
         row = student_row(path)
         if row is not None:
             texts["compress_row.json"] = json.dumps(row)
@@ -303,13 +404,25 @@ def keep(path: Path, store: Path, arm: Arm, seed: int) -> Path:
     return kept
 
 
+def stops_at_target(arm: Arm) -> bool:
+    """True when the study has claims with this arm and every one is about the time to TARGET: its
+    runs may end there (`eval.stop_at`; the held-out levels are scored then) instead of training on
+    to total_steps. A teacher arm's runs train to the end (their students are compared with them);
+    so do the runs an arm starts from (a BC run)."""
+    uses = [claim.measure for claim in CLAIMS for other in arms_of(claim).values()
+            if (other.overrides, other.command, other.source) == (arm.overrides, arm.command, arm.source)]
+    return bool(uses) and all(measure in ("steps", "wall_seconds") for measure in uses)
+
+
 def arms_of(claim: Claim) -> dict[str, Arm]:
     """The claim's two arms: name -> Arm (baseline first)."""
     base, tech = claim.names
     timed = claim.measure == "wall_seconds"
     if claim.measure == "kept":
-        return {base: Arm(tuple(claim.base)), tech: Arm(tuple(claim.tech), teacher=tuple(claim.base))}
-    return {base: Arm(tuple(claim.base), timed=timed), tech: Arm(tuple(claim.tech), timed=timed)}
+        return {base: Arm(tuple(claim.base)),
+                tech: Arm(tuple(claim.tech), "compress", source=Arm(tuple(claim.base)), source_key="teacher")}
+    tech_arm = replace(claim.tech_arm, timed=timed) if claim.tech_arm else Arm(tuple(claim.tech), timed=timed)
+    return {base: Arm(tuple(claim.base), timed=timed), tech: tech_arm}
 
 
 @dataclass
@@ -349,7 +462,7 @@ def missing_runs(claims: list[Claim], seeds: list[int], roots: list[Path]) -> li
     for claim in claims:
         for name, arm in arms_of(claim).items():
             for seed in seeds:
-                key = (arm.overrides, arm.teacher, seed)
+                key = (arm.overrides, arm.command, arm.source, seed)
                 if key in todo:
                     todo[key].spec = replace(todo[key].spec, timed=todo[key].timed or arm.timed)
                 elif find_run(arm, seed, found) is None:
@@ -357,42 +470,66 @@ def missing_runs(claims: list[Claim], seeds: list[int], roots: list[Path]) -> li
     return list(todo.values())
 
 
+def find_source(arm: Arm, seed: int, roots: list[Path]) -> Path | None:
+    """A run (or dataset) of `arm` and `seed` below `roots` that another run can start from: a run
+    with its weights and checkpoints (not a stored record), a complete demonstration dataset."""
+    if arm.command == "demos":
+        want = arm.wanted(seed)
+        for manifest in (m for root in roots for m in sorted(root.rglob("manifest.json"))):
+            if json.loads(manifest.read_text()).get("complete") and read_record(manifest) == want:
+                return manifest.parent
+        return None
+    usable = [(path, config) for path, config in cached_runs(roots)
+              if (path / "model.safetensors").is_file() and (path / "checkpoints").is_dir()]
+    return find_run(arm, seed, usable)
+
+
+def make_run(arm: Arm, seed: int, root: Path, threads: int, roots: list[Path], label: str) -> Path:
+    """Make `arm`'s run of `seed` below `root` (a fresh directory), its sources first (reused from
+    `roots` when there); the directory of the run (or dataset). Raises RuntimeError when a command fails."""
+    source = None
+    if arm.source is not None:
+        source = find_source(arm.source, seed, roots) or make_run(arm.source, seed, root / "source", threads, roots,
+                                                                   label)
+    from_source = [f"{arm.source_key}={source}"] if source is not None else []
+    print(f"[{label}] mmrl {arm.command} {' '.join([*arm.overrides, *from_source, *arm.seed_overrides(seed)])}",
+          flush=True)
+    if arm.command == "demos":
+        run_mmrl("demos", *arm.overrides, *arm.seed_overrides(seed), f"runs_root={root}", f"out={root / 'demos'}",
+                 "progress=false")
+        return root / "demos"
+    if arm.command == "compress":
+        run_mmrl("compress", *arm.overrides, *from_source, f"seed={seed}", f"out_dir={root}", f"hardware.threads={threads}")
+        return root
+    stop = [f"eval.stop_at={TARGET}"] if stops_at_target(arm) else []
+    summary = mmrl_train([*arm.overrides, *from_source, f"seed={seed}", *stop, f"hardware.threads={threads}"], root)
+    return Path(summary["run_dir"])
+
+
 def train_missing(todo: list[Missing], cache: Path, jobs: int, roots: list[Path] | None = None) -> None:
-    """Train the missing runs into `cache`: `jobs` at a time, each with its share of the cores (one
-    torch thread at least), then the students of compression claims (their teachers trained by
-    then, found below `roots` with their checkpoints), then the timed ones one at a time with every
-    core, so that no other run shares the machine with a run whose wall time is the measurement."""
+    """Make the missing runs in `cache`: `jobs` at a time, each with its share of the cores (one
+    torch thread at least), first the runs that start from nothing, then those that start from
+    another run (compress students, RL from a BC run: their sources found below `roots`, or made
+    first), then the timed ones one at a time with every core, so that no other run shares the
+    machine with a run whose wall time is the measurement."""
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, jobs))
     roots = [cache, *(roots or [])]
 
-    def train(run: Missing, threads: int) -> None:
+    def make(run: Missing, threads: int) -> None:
         root = cache / run.claim / run.arm.replace(" ", "-") / f"seed{run.seed}"  # one root a run: no races
         try:
-            if run.spec.teacher is None:
-                print(f"[{run.claim}] training {run.arm} seed {run.seed}: mmrl train {' '.join(run.overrides)} "
-                      f"seed={run.seed}", flush=True)
-                mmrl_train([*run.overrides, f"seed={run.seed}", f"hardware.threads={threads}"], root)
-                return
-            teacher = find_run(run.spec.teacher_arm(), run.seed, cached_runs(roots))
-            if teacher is None or not (teacher / "checkpoints").is_dir():
-                print(f"[{run.claim}] {run.arm} seed {run.seed}: no teacher run with its checkpoints (`mmrl train "
-                      f"{' '.join(run.spec.teacher) or '(defaults)'} seed={run.seed}` makes one)", flush=True)
-                return
-            print(f"[{run.claim}] compressing {teacher}: mmrl compress {' '.join(run.overrides)} seed={run.seed}",
-                  flush=True)
-            run_mmrl("compress", *run.overrides, f"teacher={teacher}", f"seed={run.seed}", f"out_dir={root}",
-                     f"hardware.threads={threads}")
+            make_run(run.spec, run.seed, root, threads, roots, f"{run.claim}: {run.arm}, seed {run.seed}")
         except RuntimeError as error:  # one failed run leaves its seed missing; the others go on
             print(f"[{run.claim}] {run.arm} seed {run.seed} failed: {str(error).splitlines()[-1]}", flush=True)
 
-    students = [r for r in todo if r.spec.teacher is not None]
-    for batch in ([r for r in todo if not r.timed and r.spec.teacher is None], students):
+    untimed = [r for r in todo if not r.timed]
+    for batch in ([r for r in untimed if r.spec.source is None], [r for r in untimed if r.spec.source is not None]):
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            list(pool.map(lambda run: train(run, threads), batch))
+            list(pool.map(lambda run: make(run, threads), batch))
     for run in todo:
         if run.timed:
-            train(run, 0)  # 0: torch's default, every core
+            make(run, 0)  # 0: torch's default, every core
 
 
 def arm_runs(arm: Arm, seeds: list[int], roots: list[Path], store: Path) -> tuple[list[Path], list[int]]:
@@ -465,7 +602,7 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
     base, tech = claim.names
     arms = arms_of(claim)
     entry = {"claim": claim.key, "seed_text": claim.seed_text, "measure": claim.measure, "see": claim.see,
-             "arms": {name: {"overrides": list(arm.overrides), "command": arm.command} for name, arm in arms.items()}}
+             "arms": {name: {"overrides": list(arm.overrides), "command": arm.command_line} for name, arm in arms.items()}}
     records, kept = [], {}
     for name, arm in arms.items():
         runs, missing = arm_runs(arm, seeds, roots, store)

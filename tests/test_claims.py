@@ -87,12 +87,14 @@ def test_missing_runs_are_listed_once_and_trained_jobs_at_a_time_with_timed_runs
         calls.append((overrides, runs_root))
         if overrides[0] == "exp=goto-a3c" and "seed=2" in overrides:
             raise RuntimeError("mmrl train failed:\nboom")
+        return {"run_dir": str(runs_root / "run")}
 
     monkeypatch.setattr(claims, "mmrl_train", fake_train)
     monkeypatch.setattr(claims.os, "cpu_count", lambda: 4)
     claims.train_missing(todo, cache, jobs=2)
-    assert calls[0] == (["seed=2", "hardware.threads=2"], cache / "ppo" / "ppo" / "seed2")
+    assert calls[0] == (["seed=2", "hardware.threads=2"], cache / "ppo" / "ppo" / "seed2")  # a teacher too: to the end
     assert [c[0][-1] for c in calls[1:]] == ["hardware.threads=0"] * 4  # the timed ones, after, alone
+    assert all(f"eval.stop_at={claims.TARGET}" in c[0] for c in calls[1:])  # time to 0.9 only: they stop there
     assert len({c[1] for c in calls}) == len(calls)  # one runs root per run
 
 
@@ -163,8 +165,8 @@ def test_a_compression_claim_compares_students_with_their_teachers(tmp_path, mon
     entry = claims.measure(claim, [1, 2, 3], cache, [cache], store=store)
     assert entry["arms"]["student"]["runs"] == [f"store/compress+compression_distill/seed{s}" for s in (1, 2, 3)]
     kept = store / "compress+compression_distill" / "seed2"
-    assert sorted(p.name for p in kept.iterdir()) == ["compress_row.json", "config.yaml", "summary.json",
-                                                      "teacher.yaml"]
+    assert sorted(p.name for p in kept.iterdir()) == ["compress_row.json", "config.yaml", "source.yaml",
+                                                      "summary.json"]
     assert entry["verdict"] == "holds" and "10.0x fewer non-zero parameters" in entry["effect"]
     prune = claims.Claim("pruning", "prune", "kept", base=[], tech=["compression=prune"], names=("teacher", "pruned"))
     missing = claims.missing_runs([prune], [3], [cache])  # the only pruned run compresses another teacher
@@ -200,3 +202,51 @@ def test_bad_arguments_are_one_line_exit_2_and_write_nothing(tmp_path):
         lines = [line for line in result.stderr.splitlines() if "Warn" not in line]
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"claims.py: {key}:"), result.stderr
         assert not out.exists() and result.stdout == ""
+
+
+def test_an_arm_made_in_stages_is_matched_through_its_sources_and_kept_with_them(tmp_path, monkeypatch):
+    """Synthetic data's arm: demos, then BC on them, then RL from the BC run. `make_run` makes the
+    stages in order (reusing those already made), the RL run counts for the arm only when its BC run
+    and that run's dataset are the arm's of the same seed, and the store keeps both sources' files,
+    so the match holds from the store alone."""
+    from mmrl_cli import trainer
+    from mmrl_cli.compose import compose_command_config
+    from mmrl_cli.demos.command import run_demos
+    from mmrl_cli.demos.settings import validate_demos
+
+    launched = []
+
+    def run_mmrl(command, *args):  # the real commands, in this process
+        launched.append(command)
+        assert command == "demos"
+        run_demos(validate_demos(compose_command_config("demos", list(args))))
+
+    def mmrl_train(overrides, runs_root):
+        launched.append("train")
+        return trainer.train(compose_train_config(overrides), runs_root / "run")
+
+    monkeypatch.setattr(claims, "run_mmrl", run_mmrl)
+    monkeypatch.setattr(claims, "mmrl_train", mmrl_train)
+    quiet = ["model=cnn", "eval.episodes=4", "monitor.progress=false", "monitor.tensorboard=false"]
+    demos = claims.Arm(("episodes=16",), "demos")
+    bc = claims.Arm(("algo=bc", "algo.updates=3", "algo.batch_size=16", *quiet), source=demos, source_key="algo.demos")
+    rl = claims.Arm(("algo=a2c", "total_steps=32", "rollout.n_envs=4", "rollout.n_steps=4", "eval.every_steps=32",
+                     *quiet), source=bc, source_key="init_from")
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    made = claims.make_run(rl, 1, cache / "a", 1, [cache], "test")
+    assert launched == ["demos", "train", "train"]
+    again = claims.make_run(rl, 1, cache / "b", 1, [cache], "test")
+    assert launched[3:] == ["train"]  # its demos and BC run are reused
+    found = claims.cached_runs([cache])
+    assert claims.find_run(rl, 1, found) in (made, again) and claims.find_run(rl, 2, found) is None
+    assert claims.find_run(bc, 1, found).parent == cache / "a" / "source"  # the BC run: its arm's, not RL's
+    kept = claims.keep(made, store, rl, 1)
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "source.source.json", "source.yaml", "summary.json"]
+    import shutil
+
+    shutil.rmtree(cache)  # the store alone: the sources come from the kept files
+    assert claims.find_run(rl, 1, claims.cached_runs([store])) == kept
+    manifest = json.loads((kept / "source.source.json").read_text())
+    manifest["levels"]["seed"] += 1  # BC on another seed's demonstrations: not this arm's run
+    (kept / "source.source.json").write_text(json.dumps(manifest))
+    assert claims.find_run(rl, 1, claims.cached_runs([store])) is None
