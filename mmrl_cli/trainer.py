@@ -162,9 +162,9 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
                         state, config_yaml, cfg.checkpoint.keep_last, structures={POLICY: structure_note(policy)})
 
     stop = StopRequests()
-    stopped_by, stopping = None, False
+    stopped_by, stopping, reached = None, False, False
     with monitor, stop, contextlib.closing(algo):  # closing: the algorithm stops what it runs (A3C's workers) however the run ends
-        while progress.update < total_updates and not stopping and stopped_by is None:
+        while progress.update < total_updates and not reached and not stopping and stopped_by is None:
             update_start = time.perf_counter()
             # 1-2. One step of the algorithm: whatever it is (on-policy: collect a rollout with the current
             #      policy, callbacks may label it, then the losses, backward, optimiser steps).
@@ -193,8 +193,10 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
                 results = run_evaluations(policy, cfg, device, autocast, monitor, progress, elapsed, position(progress, algo))
                 progress.eval_seconds += time.perf_counter() - eval_start
                 reason = notify(callbacks, "on_evaluation", progress, results)  # every callback sees every evaluation
-                reached = target_reached(cfg.eval.stop_at, results)  # eval.stop_at: the run ends as at its last update
-                stopped_by, last = stopped_by or reason or reached, last or reached is not None
+                stopped_by = stopped_by or reason
+                if cfg.eval.stop_at is not None:  # every rank decides alike (ranks stop at the same update)
+                    reached = dist.any(results["validation"].get("success_rate", math.nan) >= cfg.eval.stop_at)
+                last = last or reached  # eval.stop_at reached: the run is done, it ends here as at its last update
             if last:  # the final report: held-out levels, once per run (or per extension of it), or at eval.stop_at
                 eval_start = time.perf_counter()
                 progress.heldout = evaluate(policy, cfg, device, "heldout", cfg.eval.episodes, cfg.eval.deterministic,
@@ -212,7 +214,7 @@ def train(cfg: TrainConfig | DictConfig | dict, run_dir: str | Path, callbacks: 
         if saved_update != progress.update:  # stopped by a signal between checkpoints
             checkpoint()
 
-    summary = make_summary(progress, algo, device, run_dir, stop_reason(stop, stopping, stopped_by))
+    summary = make_summary(progress, algo, device, run_dir, stop_reason(stop, stopping, stopped_by), reached)
     if dist.is_main:
         save_weights(policy.state_dict(), run_dir / "model.safetensors", structure_note(policy))
         if cfg.finetune.lora_merge and has_lora(policy):  # a plain policy beside the adapters' checkpoints
@@ -233,15 +235,6 @@ def stop_reason(stop: StopRequests, stopping: bool, stopped_by: str | None) -> s
     if stopping:
         return "SIGTERM"  # another rank was signalled (torchrun passes a stop to every rank)
     return stopped_by
-
-
-def target_reached(stop_at: float | None, results: dict) -> str | None:
-    """The reason to stop when the validation success rate of `results` reached `eval.stop_at`
-    (the run then ends as at its last update: held-out levels, checkpoint); None otherwise."""
-    rate = (results.get("validation") or {}).get("success_rate")
-    if stop_at is None or rate is None or not rate >= stop_at:  # NaN (no success signal) never stops
-        return None
-    return f"eval.stop_at: validation success {rate:.3f} >= {stop_at}"
 
 
 def position(progress: Progress, algo) -> int:
@@ -271,7 +264,8 @@ def notify(callbacks: list, event: str, *args) -> str | None:
     return None
 
 
-def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, stopped_by: str | None) -> dict:
+def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, stopped_by: str | None,
+                 reached_stop_at: bool) -> dict:
     """The run's final figures: held-out results (if the run got to its end), speed, evaluations."""
     wall = progress.wall_seconds
     heldout = progress.heldout
@@ -300,6 +294,7 @@ def make_summary(progress: Progress, algo, device: torch.device, run_dir: Path, 
         "device": str(device),
         "run_dir": str(run_dir),
         "stopped_by": stopped_by,
+        "reached_stop_at": reached_stop_at,  # ended early because validation success reached eval.stop_at: done
         "evaluations": progress.evaluations,
     }
 

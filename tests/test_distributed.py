@@ -209,6 +209,16 @@ def test_two_ranks_train_through_the_cli_and_rank_0_alone_writes(run_mmrl):
     assert summary["steps"] == 10240 and summary["updates"] == 16 + 8  # then 8 envs x 32 steps per update
 
 
+@pytest.mark.slow  # ~20 s: two ranks through torchrun
+def test_eval_stop_at_stops_every_rank_at_the_same_update(run_mmrl):
+    result = run_mmrl("train", *DDP_CARTPOLE, "eval.stop_at=0.0", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = [p for p in (run_mmrl.cwd / "runs").glob("20*/*") if p.is_dir()]
+    summary = __import__("json").loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4096 and summary["reached_stop_at"]  # at the first evaluation, on both ranks
+    assert "reached eval.stop_at=0.0 after 4,096 steps: done" in result.stdout
+
+
 @pytest.mark.slow  # ~15 s, and needs the optional launcher plugin (pip install -e '.[cluster]')
 def test_a_hydra_launcher_job_starts_its_own_ranks(run_mmrl):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")

@@ -119,6 +119,9 @@ def train_task(cfg: DictConfig) -> float:
                   file=sys.stderr)
         raise SystemExit(143 if summary["stopped_by"] == "SIGTERM" else 130)
     if main_rank:
+        if summary["reached_stop_at"]:
+            print(f"mmrl train: validation success {summary['validation_success_rate']:.3f} reached "
+                  f"eval.stop_at={typed.eval.stop_at} after {summary['steps']:,} steps: done")
         print_summary(summary)
     return summary["heldout_success_rate"]
 
