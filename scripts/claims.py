@@ -572,6 +572,20 @@ def kept_verdict(result: dict, base: str, tech: str, rows: list[dict]) -> tuple[
     return effect, "does not hold" if diff[2] < -KEEP_MARGIN else "inconclusive at these seeds"
 
 
+def demos_note(arm: Arm, runs: list[Path]) -> str:
+    """What the arm's runs learned from besides their own env steps (the demonstration datasets of
+    their sources, from the kept manifests), as a clause of the effect; empty when nothing."""
+    for depth, source in enumerate(arm.sources(), start=1):
+        if source.command != "demos" or not runs:
+            continue
+        totals = [json.loads((run / source_name(depth, source)).read_text()).get("totals", {}) for run in runs]
+        episodes = np.mean([t.get("episodes", 0) for t in totals])
+        transitions = np.mean([t.get("transitions", 0) for t in totals])
+        return (f"; plus, per run, {episodes:,.0f} planner demonstrations ({transitions:,.0f} transitions) "
+                f"cloned before RL, not counted in env steps")
+    return ""
+
+
 def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]:
     """(effect, verdict) from the comparison of the two arms (a compression claim: `kept_verdict`)."""
     groups = result["groups"]
@@ -631,6 +645,7 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
         effect, word = kept_verdict(result, base, tech, [r for r in map(student_row, kept[tech]) if r])
     else:
         effect, word = verdict(claim, result, base, tech)
+    effect += demos_note(arms[tech], kept[tech])
     note = f" ({min(counts)} of {len(seeds)} seeds)" if min(counts) < len(seeds) else ""
     entry.update(effect=effect, verdict=word + note, figure=str(figure.relative_to(ROOT)), report=str(out),
                  aggregates={g: result["groups"][g]["aggregates"] for g in arms},

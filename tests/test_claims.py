@@ -227,7 +227,7 @@ def test_an_arm_made_in_stages_is_matched_through_its_sources_and_kept_with_them
 
     monkeypatch.setattr(claims, "run_mmrl", run_mmrl)
     monkeypatch.setattr(claims, "mmrl_train", mmrl_train)
-    quiet = ["model=cnn", "eval.episodes=4", "monitor.progress=false", "monitor.tensorboard=false"]
+    quiet = ["eval.episodes=4", "monitor.progress=false", "monitor.tensorboard=false"]
     demos = claims.Arm(("episodes=16",), "demos")
     bc = claims.Arm(("algo=bc", "algo.updates=3", "algo.batch_size=16", *quiet), source=demos, source_key="algo.demos")
     rl = claims.Arm(("algo=a2c", "total_steps=32", "rollout.n_envs=4", "rollout.n_steps=4", "eval.every_steps=32",
@@ -242,6 +242,7 @@ def test_an_arm_made_in_stages_is_matched_through_its_sources_and_kept_with_them
     assert claims.find_run(bc, 1, found).parent == cache / "a" / "source"  # the BC run: its arm's, not RL's
     kept = claims.keep(made, store, rl, 1)
     assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "source.source.json", "source.yaml", "summary.json"]
+    assert "16 planner demonstrations" in claims.demos_note(rl, [kept])  # what the runs learned from besides env steps
     import shutil
 
     shutil.rmtree(cache)  # the store alone: the sources come from the kept files
