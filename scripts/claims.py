@@ -199,7 +199,9 @@ CLAIMS = [
     Claim("ppo", "4.6.1 PPO: clipped updates are stable and cheap (here: env steps to 0.9 beside A2C)", "steps",
           base=["exp=goto-a2c"], tech=[], names=("a2c", "ppo"), see="The built-in goto task"),
     Claim("actor-critic", "4.6.1 A3C: asynchronous workers use every core (here: wall time to 0.9 beside A2C)",
-          "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"], names=("a2c", "a3c"), see="A3C"),
+          "wall_seconds", base=["exp=goto-a2c"], tech=["exp=goto-a3c"], names=("a2c", "a3c"), see="A3C",
+          cost="each run trains alone on the whole machine, ~4-7 min to 0.9 here: about an hour with nothing "
+               "else running"),
     Claim("model-based", "4.6.1 model-based RL with a learned world model is sample-efficient (env steps to 0.9 "
           "beside PPO)", "steps", base=[], tech=["exp=goto-dreamer"], names=("ppo", "dreamer"),
           see="Model-based RL: Dreamer vs PPO",
