@@ -27,6 +27,9 @@ and its curve PNG in docs/img/claims/; the verdict follows from the 95% interval
   otherwise inconclusive at this many seeds;
 - a claim about the final held-out success: holds when the interval of P(technique > baseline)
   lies above 0.5, does not hold when below, otherwise inconclusive;
+- the sampler claim (Bayesian HPO vs random search) reads the studies `scripts/bench_sweep.py --parts
+  samplers` keeps in docs/bench/sweep.json (every trial's validation value, 5 sweeps a sampler): the
+  median trials until a study first reaches the target, judged as a time claim;
 - a compression claim (success kept with fewer weights): each student is paired with its own
   teacher, both scored on the same held-out episodes by `mmrl compress`'s report; holds when the
   95% bootstrap interval of the mean success difference (student - teacher) lies wholly above
@@ -68,7 +71,7 @@ from omegaconf import OmegaConf
 from mmrl_cli.compare.records import find_runs, read_run, task_of
 from mmrl_cli.compare.report import compare, interval, write_report
 from mmrl_cli.compare.settings import validate_compare
-from mmrl_cli.compare.stats import mean_band
+from mmrl_cli.compare.stats import mean_band, median_interval
 from mmrl_cli.compose import compose_command_config, compose_train_config
 from mmrl_cli.compress.run import student_config
 from mmrl_cli.compress.settings import compose_compress_config
@@ -87,6 +90,7 @@ STUDENT_SOURCES = ("teacher", "init_from")  # keys naming a student's teacher ru
 MAX_SLUG = 160  # an arm's directory name in the store at most (file systems allow 255 bytes)
 DEMO_SEED_STRIDE = 100_000  # a dataset of study seed s plays levels from s * this on: disjoint across seeds
 KEEP_MARGIN = 0.02
+SWEEPS = ROOT / "docs/bench/sweep.json"  # scripts/bench_sweep.py's studies: every trial's value, sweeps per sampler
 # The synthetic-data arm's RL stage: A2C from a BC policy, with a gentler step than from scratch (a
 # scratch-sized step undoes most of what BC learned: docs/benchmarks.md, synthetic data)
 SYNTHETIC_RL = ("exp=goto-a2c", "algo.lr=2e-4", "algo.ent_coef=0.001")  # a compressed policy "keeps success" when it loses at most this much held-out success
@@ -185,7 +189,7 @@ class Claim:
 
     key: str  # short name (--only, file names)
     seed_text: str  # the claim as the seed makes it (section)
-    measure: str  # steps | wall_seconds | heldout | kept (compression) | none
+    measure: str  # steps | wall_seconds | heldout | kept (compression) | sweeps (SWEEPS' studies) | none
     base: list[str] = field(default_factory=list)  # `mmrl train` overrides of the baseline arm
     tech: list[str] = field(default_factory=list)  # ... of the technique arm (`mmrl compress` overrides when kept)
     names: tuple[str, str] = ("baseline", "technique")
@@ -236,8 +240,9 @@ CLAIMS = [
           see="Synthetic data: demos + BC + RL vs RL from scratch",
           tech_arm=Arm(SYNTHETIC_RL, source_key="init_from", source=Arm(
               ("algo=bc", "algo.updates=300"), source_key="algo.demos", source=Arm(("episodes=2000",), "demos")))),
-    Claim("hpo", "4.6.5 Bayesian HPO finds better settings than random search", "none",
-          not_here="a sweep, not a train config: `scripts/bench_sweep.py` compares samplers", see="mmrl sweep"),
+    Claim("hpo", "4.6.5 Bayesian HPO finds better settings than random search (here: trials until one reaches "
+          "validation return 475, CartPole PPO over 7 keys, 8k env steps a trial)", "sweeps", names=("random", "tpe"),
+          see="mmrl sweep: Bayesian samplers vs random search, pruning, workers"),
     Claim("monitoring", "4.6.5 monitoring surfaces problems early", "none",
           not_here="a property of the tools (TensorBoard, the live view), not an effect with a number",
           see="Faults"),
@@ -655,6 +660,37 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
     return entry
 
 
+def measure_sweeps(claim: Claim, path: Path) -> dict:
+    """A sampler claim from the studies `scripts/bench_sweep.py --parts samplers` kept (every trial's
+    validation value, several sweeps a sampler): the median number of trials until one reaches the
+    target, with its 95% bootstrap interval (a sweep that never gets there counts as infinite), the
+    technique's against the baseline's, judged as a time claim."""
+    base, tech = claim.names
+    entry = {"claim": claim.key, "seed_text": claim.seed_text, "measure": claim.measure, "see": claim.see,
+             "source": shown(path)}
+    try:
+        part = json.loads(path.read_text())["samplers"]
+        studies = [s for s in part["studies"] if s.get("pruner") == "none"]
+    except (OSError, ValueError, KeyError):
+        return {**entry, "effect": "-", "verdict": f"not measured: no sampler studies in {shown(path)} "
+                                                    "(`python scripts/bench_sweep.py --parts samplers` makes them)"}
+    rng = np.random.default_rng(0)
+    needed = {}
+    for study in studies:
+        first = next((i + 1 for i, v in enumerate(study["values"]) if v is not None and v >= part["target"]), math.inf)
+        needed.setdefault(study["sampler"], []).append(first)
+    medians = {name: median_interval(values, 10_000, rng) for name, values in needed.items()}
+    if base not in medians or tech not in medians or min(len(needed[base]), len(needed[tech])) < 2:
+        return {**entry, "effect": "-", "verdict": f"not measured: fewer than 2 sweeps of {base} or {tech} in {shown(path)}"}
+    b, t = medians[base], medians[tech]
+    others = "; ".join(f"{name} {interval(m, 0)}" for name, m in medians.items() if name not in (base, tech))
+    effect = (f"median trials to {part['target']:g}: {tech} {interval(t, 0)} vs {base} {interval(b, 0)} "
+              f"({t[0] / b[0]:.2f}x){'; ' + others if others else ''}; {len(needed[tech])} sweeps each "
+              f"of {part['trials']} trials ({shown(path)})")
+    word = "holds" if t[2] < b[1] else "does not hold" if t[1] > b[2] else "inconclusive at these seeds"
+    return {**entry, "effect": effect, "verdict": word, "trials_to_target": needed, "medians": medians}
+
+
 def markdown(entries: list[dict], seeds: list[int]) -> str:
     """docs/claims.md."""
     lines = ["# The seed's efficiency claims, measured", "",
@@ -730,13 +766,15 @@ def main() -> None:
         sys.exit(2)
     roots = [args.store, args.cache, *args.reuse]
     if not args.reuse_only:
-        chosen = [c for c in CLAIMS if c.measure != "none" and (args.only is None or c.key in args.only)]
+        chosen = [c for c in CLAIMS if c.measure not in ("none", "sweeps") and (args.only is None or c.key in args.only)]
         train_missing(missing_runs(chosen, args.seeds, roots), args.cache, args.jobs, roots)
     entries = []
     for claim in CLAIMS:
         if claim.measure == "none":
             entries.append({"claim": claim.key, "seed_text": claim.seed_text, "see": claim.see,
                             "verdict": f"not measurable here: {claim.not_here}"})
+        elif claim.measure == "sweeps":
+            entries.append(measure_sweeps(claim, SWEEPS))
         else:
             entries.append(measure(claim, args.seeds, args.cache, roots, store=args.store))
     print_table("The seed's claims", ["claim", "effect", "verdict"],

@@ -251,3 +251,20 @@ def test_an_arm_made_in_stages_is_matched_through_its_sources_and_kept_with_them
     manifest["levels"]["seed"] += 1  # BC on another seed's demonstrations: not this arm's run
     (kept / "source.source.json").write_text(json.dumps(manifest))
     assert claims.find_run(rl, 1, claims.cached_runs([store])) is None
+
+
+def test_the_sampler_claim_is_judged_from_the_kept_sweep_studies(tmp_path):
+    """Trials until a study first reaches the target, per sweep (never: infinite), medians with
+    bootstrap intervals, judged as a time claim; no studies: not measured, with the command."""
+    def study(sampler, seed, first):  # values below the target until trial `first` (None: never)
+        values = [100.0] * 30 if first is None else [100.0] * (first - 1) + [480.0] * (31 - first)
+        return {"name": f"{sampler}-{seed}", "sampler": sampler, "seed": seed, "pruner": "none", "values": values}
+
+    studies = [study("tpe", s, 3) for s in range(5)] + [study("random", s, f) for s, f in enumerate([20, 22, 25, 28, None])]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"samplers": {"target": 475.0, "trials": 30, "studies": studies}}))
+    claim = next(c for c in claims.CLAIMS if c.key == "hpo")
+    entry = claims.measure_sweeps(claim, path)
+    assert entry["trials_to_target"] == {"tpe": [3] * 5, "random": [20, 22, 25, 28, float("inf")]}
+    assert entry["verdict"] == "holds" and entry["effect"].startswith("median trials to 475: tpe 3 [3, 3] vs random 25 [")
+    assert claims.measure_sweeps(claim, tmp_path / "none.json")["verdict"].startswith("not measured")
