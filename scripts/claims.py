@@ -610,7 +610,8 @@ def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]
     b, t = groups[base]["to_target"][key], groups[tech]["to_target"][key]
     ratio = t[0] / b[0] if math.isfinite(t[0]) and math.isfinite(b[0]) and b[0] > 0 else math.nan
     unit = "env steps" if claim.measure == "steps" else "wall s"
-    effect = f"median {unit} to {TARGET}: {tech} {interval(t, 0)} vs {base} {interval(b, 0)} ({ratio:.2f}x)"
+    effect = f"median {unit} to {TARGET}: {tech} {interval(t, 0)} vs {base} {interval(b, 0)}"
+    effect += f" ({ratio:.2f}x)" if math.isfinite(ratio) else ""
     if t[2] < b[1]:
         return effect, "holds"
     if t[1] > b[2]:

@@ -157,6 +157,7 @@ def test_a_compression_claim_compares_students_with_their_teachers(tmp_path, mon
     for seed in (1, 2, 3):
         teachers[seed] = saved_run(cache, f"ppo-{seed}", [f"seed={seed}"], [0.5, 0.95], 0.97 + seed / 1000)
         (teachers[seed] / "checkpoints").mkdir()
+        (teachers[seed] / "model.safetensors").write_bytes(b"")  # a finished run's weights: it can teach
         student_run(cache / "compress" / f"t{seed}", teachers[seed], "distill", seed, 0.965 + seed / 1000, 100)
     other = saved_run(cache, "ppo-lr", ["seed=3", "algo.lr=0.5"], [0.1], 0.1)  # another teacher config
     student_run(cache / "compress" / "other", other, "prune", 3, 0.99, 100)
