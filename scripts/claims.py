@@ -483,7 +483,8 @@ def find_source(arm: Arm, seed: int, roots: list[Path]) -> Path | None:
     if arm.command == "demos":
         want = arm.wanted(seed)
         for manifest in (m for root in roots for m in sorted(root.rglob("manifest.json"))):
-            if json.loads(manifest.read_text()).get("complete") and read_record(manifest) == want:
+            content = json.loads(manifest.read_text())
+            if content.get("complete") and demos_record(content) == want:
                 return manifest.parent
         return None
     usable = [(path, config) for path, config in cached_runs(roots)
@@ -612,11 +613,15 @@ def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]
     unit = "env steps" if claim.measure == "steps" else "wall s"
     effect = f"median {unit} to {TARGET}: {tech} {interval(t, 0)} vs {base} {interval(b, 0)}"
     effect += f" ({ratio:.2f}x)" if math.isfinite(ratio) else ""
-    if t[2] < b[1]:
-        return effect, "holds"
-    if t[1] > b[2]:
-        return effect, "does not hold"
-    return effect, "inconclusive at these seeds"
+    return effect, time_verdict(t, b)
+
+
+def time_verdict(tech: list[float], base: list[float]) -> str:
+    """The verdict on a time to the target from the two medians' [point, low, high] intervals: holds
+    when the technique's lies wholly below the baseline's, does not hold when wholly above."""
+    if tech[2] < base[1]:
+        return "holds"
+    return "does not hold" if tech[1] > base[2] else "inconclusive at these seeds"
 
 
 def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], store: Path) -> dict:
@@ -688,8 +693,7 @@ def measure_sweeps(claim: Claim, path: Path) -> dict:
     effect = (f"median trials to {part['target']:g}: {tech} {interval(t, 0)} vs {base} {interval(b, 0)} "
               f"({t[0] / b[0]:.2f}x){'; ' + others if others else ''}; {len(needed[tech])} sweeps each "
               f"of {part['trials']} trials ({shown(path)})")
-    word = "holds" if t[2] < b[1] else "does not hold" if t[1] > b[2] else "inconclusive at these seeds"
-    return {**entry, "effect": effect, "verdict": word, "trials_to_target": needed, "medians": medians}
+    return {**entry, "effect": effect, "verdict": time_verdict(t, b), "trials_to_target": needed, "medians": medians}
 
 
 def markdown(entries: list[dict], seeds: list[int]) -> str:
