@@ -27,14 +27,15 @@ TINY = ["data=cartpole", "model=mlp", "total_steps=256", "rollout.n_envs=4", "ro
 
 
 def fake_run(root: Path, name: str, algo: str, curve: list[tuple[int, float, float]], heldout: float | None,
-             data: dict | None = None) -> Path:
+             data: dict | None = None, reached_stop_at: bool = False) -> Path:
     """A run directory as the trainer leaves it: config.yaml and summary.json with its evaluations."""
     run = root / name
     run.mkdir(parents=True)
     config = {"algo": {"type": algo}, "data": data or {"type": "goto"}, "seed": 1}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     evaluations = [{"step": s, "wall_seconds": w, "validation": {"success_rate": v, "return_mean": v}} for s, w, v in curve]
-    summary = {"heldout_success_rate": heldout, "heldout_return": heldout, "evaluations": evaluations}
+    summary = {"heldout_success_rate": heldout, "heldout_return": heldout, "evaluations": evaluations,
+               "reached_stop_at": reached_stop_at}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 
@@ -137,6 +138,9 @@ def test_curves_on_different_step_grids_are_aligned():
     complete = ~np.isnan(mean)
     assert grid[complete].tolist() == [10, 20, 30, 40, 60]  # where both runs have a value
     assert np.allclose(mean[complete], grid[complete] / 100) and np.allclose(low[complete], high[complete])
+    # A run that ended at its eval.stop_at target is done: it holds its last value to the grid's end.
+    _, held = align([a, b], hold=[True, False])
+    assert held[0, 6] == pytest.approx(0.6) and math.isnan(held[1, 0])  # held after its end, not before its start
 
 
 def test_grouping_time_to_target_and_unfinished_runs(tmp_path):
@@ -154,6 +158,17 @@ def test_grouping_time_to_target_and_unfinished_runs(tmp_path):
     assert a2c["scored_runs"] == 1 and any("slow-2" in note for note in result["notes"])
     assert result["improvement"] == {}  # a2c has one scored run: no interval to compare
     assert ppo["aggregates"]["mean"][0] == pytest.approx(0.955)
+
+
+def test_runs_that_reached_eval_stop_at_keep_their_last_value_in_the_group_curve(tmp_path):
+    root = tmp_path / "runs"
+    fake_run(root, "early", "ppo", [(0, 0, 0.1), (50, 5, 0.92)], 0.93, reached_stop_at=True)  # done at 50
+    fake_run(root, "late", "ppo", [(0, 0, 0.1), (50, 5, 0.5), (100, 10, 0.9)], 0.9, reached_stop_at=True)
+    typed = settings(root)
+    result = compare(typed, load_records(typed.runs, typed.by))
+    steps = result["groups"]["ppo"]["curves"]["steps"]
+    assert steps["x"] == [0, 50, 100] and steps["mean"][-1] == pytest.approx((0.92 + 0.9) / 2)
+    assert any("eval.stop_at" in note for note in result["notes"])
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, run_mmrl, monkeypatch, capsys):

@@ -31,6 +31,7 @@ class RunRecord:
     evaluations: list  # periodic validation evaluations: dicts with step, wall_seconds, validation
     heldout: dict  # the final held-out evaluation ({} if the run has none yet)
     finished: bool  # summary.json exists
+    reached_stop_at: bool = False  # it ended at its eval.stop_at target (done, not cut short)
     group: str = ""
     task: str = ""
     extra: dict = field(default_factory=dict)
@@ -96,7 +97,8 @@ def read_run(path: Path) -> RunRecord:
             isinstance(e, dict) and isinstance(e.get("validation"), dict) and "step" in e and "wall_seconds" in e
             for e in evaluations):
         raise ConfigError(f"runs: {path}: its evaluations are not a list of {{step, wall_seconds, validation}} records")
-    return RunRecord(path, config, evaluations, {k: v for k, v in heldout.items() if v is not None}, finished)
+    return RunRecord(path, config, evaluations, {k: v for k, v in heldout.items() if v is not None}, finished,
+                     reached_stop_at=finished and progress.get("reached_stop_at") is True)
 
 
 def read_json(path: Path) -> dict:

@@ -49,7 +49,7 @@ def compare(typed: CompareConfig, records: list[RunRecord]) -> dict:
         entry = {"runs": len(members), "curves": {}}
         curves = [r.curve(metric) for r in members]
         for axis, index in (("steps", 0), ("wall_seconds", 1)):
-            grid, values = align([(c[index], c[2]) for c in curves])
+            grid, values = align([(c[index], c[2]) for c in curves], [r.reached_stop_at for r in members])
             mean, low, high = mean_band(values, typed.reps, rng)
             keep = ~np.isnan(mean)
             entry["curves"][axis] = {"x": grid[keep].tolist(), "mean": mean[keep].tolist(), "low": low[keep].tolist(),
@@ -60,6 +60,10 @@ def compare(typed: CompareConfig, records: list[RunRecord]) -> dict:
             entry["to_target"] = {"reached": sum(math.isfinite(s) for s in steps_to),
                                   "steps_median": median_interval(steps_to, typed.reps, rng),
                                   "wall_seconds_median": median_interval(wall_to, typed.reps, rng)}
+        held = sum(r.reached_stop_at for r in members)
+        if held:
+            result["notes"].append(f"{group}: {held} run(s) ended at their eval.stop_at target; their curves hold "
+                                   "the last value from there on")
         values = [r.score(metric, typed.score) for r in members]
         missing = [str(r.path) for r, v in zip(members, values) if not math.isfinite(v)]
         if missing:

@@ -2,8 +2,10 @@
 aggregate metrics with stratified bootstrap intervals, and steps and wall time to a target.
 
 Curves: each run's validation curve is interpolated linearly onto the union of its group's
-evaluation points, only inside the run's own range (no extrapolation); a group's curve is the mean
-over its runs where every run has a value, with a 95% percentile bootstrap band over runs.
+evaluation points, only inside the run's own range (no extrapolation), except that a run which
+ended at its target (`eval.stop_at`: done, not cut short) holds its last value to the end of the
+grid; a group's curve is the mean over its runs where every run has a value, with a 95%
+percentile bootstrap band over runs.
 Aggregates (Agarwal et al. 2021): IQM, mean and optimality gap of the runs' final scores,
 probability of improvement between groups, and performance profiles: points from `rliable.metrics`,
 95% intervals from a vectorised stratified bootstrap that resamples as rliable's does (a test checks
@@ -22,9 +24,10 @@ NAN = float("nan")
 AGGREGATES = ("IQM", "mean", "optimality gap")
 
 
-def align(curves: list[tuple[list[float], list[float]]]) -> tuple[np.ndarray, np.ndarray]:
+def align(curves: list[tuple[list[float], list[float]]], hold: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(grid, values): the union of the curves' x positions, and each curve interpolated onto it
-    (a runs x grid matrix, NaN outside a curve's own first..last x)."""
+    (a runs x grid matrix, NaN outside a curve's own first..last x; after its last x, a curve with
+    `hold[i]` keeps its last value)."""
     grid = np.unique(np.concatenate([np.asarray(x, dtype=float) for x, _ in curves if len(x)] or [np.zeros(0)]))
     values = np.full((len(curves), len(grid)), np.nan)
     for i, (x, y) in enumerate(curves):
@@ -35,6 +38,8 @@ def align(curves: list[tuple[list[float], list[float]]]) -> tuple[np.ndarray, np
         x, y = x[order], y[order]
         inside = (grid >= x[0]) & (grid <= x[-1])
         values[i, inside] = np.interp(grid[inside], x, y)
+        if hold is not None and hold[i]:
+            values[i, grid > x[-1]] = y[-1]
     return grid, values
 
 
