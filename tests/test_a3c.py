@@ -183,6 +183,7 @@ def workers_of(process: subprocess.Popen) -> list[psutil.Process]:
 LONG = [*CARTPOLE, "total_steps=10000000", "checkpoint.every_updates=1000"]
 
 
+@pytest.mark.slow  # ~26 s (a CLI run interrupted, then resumed); a worker's death is checked in the default suite below
 def test_ctrl_c_stops_every_worker_leaves_a_checkpoint_then_resume_continues(tmp_path):
     process = start(tmp_path, *LONG)
     run_dir = wait_for(tmp_path, process, lambda rows: len(rows) >= 3)

@@ -344,6 +344,7 @@ TINY_RUN = ["total_steps=512", "rollout.n_envs=16", "rollout.n_steps=16", "algo.
 
 
 @needs_peft
+@pytest.mark.slow  # ~29 s (three CLI processes); LoRA's parameter count and merge are checked in process above
 def test_a_lora_run_checkpoints_resumes_and_evaluates(run_mmrl):
     result = run_mmrl("train", *TINY_RUN, "finetune.lora_rank=2", "finetune.lora_merge=true", "run_name=lora")
     assert result.returncode == 0, result.stderr
