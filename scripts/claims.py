@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from _common import ROOT, mmrl_train, print_table, run_mmrl, write_json
+from bench_hierarchical import FLAT_WIDTH
 from omegaconf import OmegaConf
 
 from mmrl_cli.compare.records import find_runs, read_run, task_of
@@ -200,7 +201,7 @@ class Claim:
 
 
 # both hierarchy arms: 400k env steps, validation every 50k (the hierarchical preset's grid); flat PPO is
-# widened to the two levels' parameter count (model.head_hidden=508, as scripts/bench_hierarchical.py)
+# widened to the two levels' parameter count (scripts/bench_hierarchical.py's FLAT_WIDTH)
 HIERARCHY_BUDGET = ["total_steps=400000", "eval.every_steps=50000", "eval.episodes=200"]
 
 CLAIMS = [
@@ -220,7 +221,7 @@ CLAIMS = [
           cost="a run without the curriculum trains 1.2M env steps, ~40 min on one CPU thread (most never reach 0.9)"),
     Claim("hierarchy", "4.6.1 hierarchical RL solves multi-step instructions sooner (held-out success at equal "
           "steps: 400k, where the hierarchical agent has passed 0.8 and flat PPO of the same size has not started)",
-          "heldout", base=["data=goto-seq", "model.head_hidden=508", *HIERARCHY_BUDGET],
+          "heldout", base=["data=goto-seq", *FLAT_WIDTH, *HIERARCHY_BUDGET],
           tech=["exp=goto-seq-hierarchical", *HIERARCHY_BUDGET], names=("flat ppo", "hierarchical"),
           see="Hierarchical RL on the sequential task"),
     Claim("plr", "4.6.4 prioritised level sampling over a level subset generalises better (held-out success at "
