@@ -26,7 +26,9 @@ and its curve PNG in docs/img/claims/; the verdict follows from the 95% interval
   technique's median interval lies wholly below the baseline's, does not hold when wholly above,
   otherwise inconclusive at this many seeds;
 - a claim about the final held-out success: holds when the interval of P(technique > baseline)
-  lies above 0.5, does not hold when below, otherwise inconclusive;
+  lies above 0.5, does not hold when below, otherwise inconclusive (a claim about other levels,
+  such as transfer's held-out words, scores each run with `mmrl eval split=<split>` once trained,
+  kept beside the run as eval_<split>.json);
 - the sampler claim (Bayesian HPO vs random search) reads the studies `scripts/bench_sweep.py --parts
   samplers` keeps in docs/bench/sweep.json (every trial's validation value, 5 sweeps a sampler): the
   median trials until a study first reaches the target, judged as a time claim;
@@ -91,6 +93,7 @@ STUDENT_SOURCES = ("teacher", "init_from")  # keys naming a student's teacher ru
 MAX_SLUG = 160  # an arm's directory name in the store at most (file systems allow 255 bytes)
 DEMO_SEED_STRIDE = 100_000  # a dataset of study seed s plays levels from s * this on: disjoint across seeds
 KEEP_MARGIN = 0.02
+SPLIT_EPISODES = 500  # episodes a run plays on its claim's `mmrl eval` split (argmax actions), as its own held-out
 SWEEPS = ROOT / "docs/bench/sweep.json"  # scripts/bench_sweep.py's studies: every trial's value, sweeps per sampler
 # The synthetic-data arm's RL stage: A2C from a BC policy, with a gentler step than from scratch (a
 # scratch-sized step undoes most of what BC learned: docs/benchmarks.md, synthetic data)
@@ -113,6 +116,12 @@ class Arm:
     source: Arm | None = None  # the arm of the run its runs start from
     source_key: str = ""  # the config key naming that run's directory (teacher, init_from, algo.demos)
     timed: bool = False  # its wall time is measured: only runs trained alone with every core count
+    split: str = "heldout"  # the levels its runs are scored on: their own held-out ones, or an `mmrl eval` split
+
+    @property
+    def split_file(self) -> str:
+        """The file beside a run holding its `mmrl eval` results on `split` (none for its own held-out levels)."""
+        return "" if self.split == "heldout" else f"eval_{self.split}.json"
 
     def sources(self):
         """Its source arm, that arm's source, ... (nearest first)."""
@@ -198,11 +207,17 @@ class Claim:
     see: str = ""  # where else the project measures it (docs/benchmarks.md section)
     cost: str = ""  # what one run costs on this machine, where that is why runs are missing
     tech_arm: Arm | None = None  # the technique arm, where its runs start from other runs (else `tech`)
+    split: str = "heldout"  # the levels a heldout claim scores: heldout (the run's own) or an `mmrl eval` split
 
 
 # both hierarchy arms: 400k env steps, validation every 50k (the hierarchical preset's grid); flat PPO is
 # widened to the two levels' parameter count (scripts/bench_hierarchical.py's FLAT_WIDTH)
 HIERARCHY_BUDGET = ["total_steps=400000", "eval.every_steps=50000", "eval.episodes=200"]
+# both transfer arms (scripts/bench_transfer.py --part wordings --wordings synonyms --distractors 2, its -names
+# arms): every held-out instruction in held-out words only, two distractors (each instruction needs both its
+# words), the policy reading the target's colour and object as named by classifiers on the sentence vector
+TRANSFER_TASK = ["model.text_readout=names", "data.wordings=synonyms", "data.num_distractors=2",
+                 "eval.every_steps=100000", "eval.episodes=200"]
 
 CLAIMS = [
     Claim("ppo", "4.6.1 PPO: clipped updates are stable and cheap (here: env steps to 0.9 beside A2C)", "steps",
@@ -227,11 +242,12 @@ CLAIMS = [
     Claim("plr", "4.6.4 prioritised level sampling over a level subset generalises better (held-out success at "
           "equal steps)", "heldout", base=["exp=goto-plr", "data.level_sampler=uniform"], tech=["exp=goto-plr"],
           names=("uniform", "plr"), see="Curriculum learning and prioritised level replay"),
-    Claim("transfer", "4.6.4 a pretrained instruction encoder helps on new wordings (held-out success)", "heldout",
-          base=["exp=goto-minilm", "model.tower_weights=random", "finetune.freeze=[]"], tech=["exp=goto-minilm"],
-          names=("random text encoder", "pretrained MiniLM"), see="Transfer learning",
-          cost="the random arm fine-tunes all 22.9M parameters of the text tower: 164 env steps/s alone on the 2 "
-               "cores against the frozen pretrained arm's 1,563, ~41 min a run, ~3.5 h for its 5 seeds"),
+    Claim("transfer", "4.6.4 a pretrained instruction encoder helps on new wordings (success on held-out levels "
+          "whose instructions name colour and object only by words no training instruction has, e.g. \"touch the "
+          "latchkey that is navy\"; both text towers frozen, the baseline's the same architecture with random "
+          "weights)", "heldout", base=["exp=goto-minilm", "model.tower_weights=random", *TRANSFER_TASK],
+          tech=["exp=goto-minilm", *TRANSFER_TASK], names=("random text encoder", "pretrained MiniLM"),
+          split="new-wordings", see="Transfer learning"),
     Claim("distillation", "4.6.2 policy distillation keeps success at a fraction of the size (PPO teachers)",
           "kept", base=[], tech=["compression=distill"], names=("teacher", "distilled student"), see="Compression"),
     Claim("pruning", "4.6.2 pruning keeps success with fewer weights (90% unstructured sparsity, PPO teachers)",
@@ -406,7 +422,7 @@ def keep(path: Path, store: Path, arm: Arm, seed: int) -> Path:
     if kept.resolve() == path.resolve():
         return kept
     kept.mkdir(parents=True, exist_ok=True)
-    texts = {name: (path / name).read_text() for name in KEPT_FILES}
+    texts = {name: (path / name).read_text() for name in (*KEPT_FILES, arm.split_file) if name}
     config = read_config(path / "config.yaml")
     for depth, source in enumerate(arm.sources(), start=1):
         texts[source_name(depth, source)] = source_file(path, config, arm, depth).read_text()
@@ -437,8 +453,9 @@ def arms_of(claim: Claim) -> dict[str, Arm]:
     if claim.measure == "kept":
         return {base: Arm(tuple(claim.base)),
                 tech: Arm(tuple(claim.tech), "compress", source=Arm(tuple(claim.base)), source_key="teacher")}
-    tech_arm = replace(claim.tech_arm, timed=timed) if claim.tech_arm else Arm(tuple(claim.tech), timed=timed)
-    return {base: Arm(tuple(claim.base), timed=timed), tech: tech_arm}
+    tech_arm = (replace(claim.tech_arm, timed=timed, split=claim.split) if claim.tech_arm
+                else Arm(tuple(claim.tech), timed=timed, split=claim.split))
+    return {base: Arm(tuple(claim.base), timed=timed, split=claim.split), tech: tech_arm}
 
 
 @dataclass
@@ -520,7 +537,28 @@ def make_run(arm: Arm, seed: int, root: Path, threads: int, roots: list[Path], l
         return root
     stop = [f"eval.stop_at={TARGET}"] if stops_at_target(arm) else []
     summary = mmrl_train([*arm.overrides, *from_source, f"seed={seed}", *stop, f"hardware.threads={threads}"], root)
-    return Path(summary["run_dir"])
+    run_dir = Path(summary["run_dir"])
+    split_results(run_dir, arm, threads)
+    return run_dir
+
+
+def split_results(path: Path, arm: Arm, threads: int = 0) -> dict | None:
+    """The `mmrl eval` results of the run at `path` on its arm's split (SPLIT_EPISODES episodes, argmax
+    actions; {} for an arm scored on its runs' own held-out levels), kept beside the run in
+    `arm.split_file`; evaluated now when the run has its checkpoints; None when it cannot be."""
+    if not arm.split_file:
+        return {}
+    file = path / arm.split_file
+    if file.is_file():
+        return json.loads(file.read_text())
+    if not (path / "checkpoints").is_dir():
+        return None
+    run_mmrl("eval", f"run={path}", f"split={arm.split}", f"episodes={SPLIT_EPISODES}", "deterministic=true",
+             "gif.episodes=0", f"hardware.threads={threads}")
+    results = json.loads((path / "eval" / "results.json").read_text())
+    (path / f".{file.name}.tmp").write_text(json.dumps(results, indent=2))
+    (path / f".{file.name}.tmp").replace(file)
+    return results
 
 
 def train_missing(todo: list[Missing], cache: Path, jobs: int, roots: list[Path] | None = None) -> None:
@@ -553,9 +591,13 @@ def arm_runs(arm: Arm, seeds: list[int], roots: list[Path], store: Path) -> tupl
     """The kept run directories of one arm (each found below `roots`, copied into the store) and the
     seeds without a run."""
     runs, missing = [], []
-    found = cached_runs(roots)
+    # a run scored on another split needs its results there, or the weights to play them
+    found = [(path, config) for path, config in cached_runs(roots)
+             if not arm.split_file or (path / arm.split_file).is_file() or (path / "checkpoints").is_dir()]
     for seed in seeds:
         match = find_run(arm, seed, found)
+        if match is not None:
+            split_results(match, arm)
         (runs.append(keep(match, store, arm, seed)) if match else missing.append(seed))
     return runs, missing
 
@@ -638,6 +680,7 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
     base, tech = claim.names
     arms = arms_of(claim)
     entry = {"claim": claim.key, "seed_text": claim.seed_text, "measure": claim.measure, "see": claim.see,
+             "split": claim.split,
              "arms": {name: {"overrides": list(arm.overrides), "command": arm.command_line} for name, arm in arms.items()}}
     records, kept = [], {}
     for name, arm in arms.items():
@@ -647,6 +690,8 @@ def measure(claim: Claim, seeds: list[int], cache: Path, roots: list[Path], stor
         for path in runs:
             record = read_run(path)
             record.group, record.task = name, task_of(record)
+            if arm.split_file:  # scored on another split: its `mmrl eval` results stand for the held-out ones
+                record.heldout = split_results(path, arm)
             records.append(record)
     counts = [len(entry["arms"][n]["runs"]) for n in arms]
     if min(counts) < 2:
@@ -725,7 +770,8 @@ def markdown(entries: list[dict], seeds: list[int]) -> str:
         lines += ["", f"## {e['claim']}", ""]
         for name, arm in e["arms"].items():
             agg = e.get("aggregates", {}).get(name)
-            iqm = f"; final held-out IQM {interval(agg['IQM'])}" if agg else ""
+            levels = "held-out" if e.get("split", "heldout") == "heldout" else f"`{e['split']}` split"
+            iqm = f"; final {levels} IQM {interval(agg['IQM'])}" if agg else ""
             lines.append(f"- **{name}** (`{arm['command']}`): "
                          f"{len(arm['runs'])} runs{iqm}; missing seeds: {arm['missing_seeds'] or 'none'}")
             lines += [f"  - `{p}`" for p in arm["runs"]]

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from mmrl_cli.compose import compose_train_config
@@ -269,3 +270,51 @@ def test_the_sampler_claim_is_judged_from_the_kept_sweep_studies(tmp_path):
     assert entry["trials_to_target"] == {"tpe": [3] * 5, "random": [20, 22, 25, 28, float("inf")]}
     assert entry["verdict"] == "holds" and entry["effect"].startswith("median trials to 475: tpe 3 [3, 3] vs random 25 [")
     assert claims.measure_sweeps(claim, tmp_path / "none.json")["verdict"].startswith("not measured")
+
+
+def with_split_results(run: Path, success: float) -> Path:
+    """A run with its `mmrl eval split=new-wordings` results beside it, as the study keeps them."""
+    results = {"split": "new-wordings", "episodes": 500, "success_rate": success, "return_mean": success}
+    (run / "eval_new-wordings.json").write_text(json.dumps(results))
+    return run
+
+
+def test_a_claim_on_another_split_scores_each_run_there(tmp_path, monkeypatch):
+    """A heldout claim on the new-wordings split judges the runs by their results there (not by the
+    held-out levels of their own summaries), keeps those results with each run, and counts a run
+    that has neither those results nor the weights to play them as missing."""
+    monkeypatch.setattr(claims, "ROOT", tmp_path)
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    base, tech = ["data.wordings=paraphrase", "algo.lr=1e-4"], ["data.wordings=paraphrase"]
+    for seed in (1, 2, 3):  # own held-out levels: base ahead; held-out wordings: tech ahead
+        with_split_results(saved_run(cache, f"base-{seed}", [*base, f"seed={seed}"], [0.9], 0.95), 0.2 + seed / 100)
+        with_split_results(saved_run(cache, f"tech-{seed}", [*tech, f"seed={seed}"], [0.9], 0.40), 0.8 + seed / 100)
+    saved_run(cache, "base-4", [*base, "seed=4"], [0.9], 0.95)  # no split results, no checkpoints
+    with_split_results(saved_run(cache, "tech-4", [*tech, "seed=4"], [0.9], 0.40), 0.85)
+    claim = claims.Claim("transfer", "new words", "heldout", base=base, tech=tech, names=("base", "tech"),
+                         split="new-wordings")
+    entry = claims.measure(claim, [1, 2, 3, 4], cache, [cache], store=store)
+    assert entry["arms"]["base"]["missing_seeds"] == [4] and entry["arms"]["tech"]["missing_seeds"] == []
+    assert entry["effect"].startswith("P(tech > base) = 1.000") and entry["verdict"] == "holds (3 of 4 seeds)"
+    kept = store / claims.arm_slug(tech) / "seed1"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "eval_new-wordings.json", "summary.json"]
+    assert "final `new-wordings` split IQM" in claims.markdown([entry], [1, 2, 3, 4])
+
+
+@pytest.mark.slow  # ~15 s: a tiny real run, then `mmrl eval split=new-wordings` on it
+def test_a_run_is_evaluated_on_its_claims_split_once(tmp_path, monkeypatch):
+    from mmrl_cli.trainer import train
+
+    monkeypatch.setattr(claims, "SPLIT_EPISODES", 6)
+    overrides = ["data.wordings=paraphrase", "total_steps=128", "rollout.n_envs=4", "rollout.n_steps=16",
+                 "algo.batch_size=32", "algo.n_epochs=1", "eval.episodes=2", "monitor.progress=false",
+                 "monitor.tensorboard=false"]
+    train(compose_train_config(overrides), tmp_path / "run")
+    arm = claims.Arm(tuple(overrides), split="new-wordings")
+    results = claims.split_results(tmp_path / "run", arm, threads=1)
+    assert results["split"] == "new-wordings" and results["episodes"] == 6 and 0 <= results["success_rate"] <= 1
+    kept = json.loads((tmp_path / "run" / "eval_new-wordings.json").read_text())
+    assert kept == results
+    (tmp_path / "run" / "eval").rename(tmp_path / "moved")  # the kept results are read back, not re-evaluated
+    assert claims.split_results(tmp_path / "run", arm) == results and not (tmp_path / "run" / "eval").exists()
+    assert claims.split_results(tmp_path / "run", claims.Arm(tuple(overrides))) == {}  # its own held-out levels
