@@ -654,7 +654,9 @@ def verdict(claim: Claim, result: dict, base: str, tech: str) -> tuple[str, str]
         else:  # P(tech > base) = 1 - P(base > tech) (ties count half on both sides)
             point, low, high = result["improvement"].get(f"{base} > {tech}", [math.nan] * 3)
             pair = [1 - point, 1 - high, 1 - low]
-        effect = f"P({tech} > {base}) = {interval(pair)}"
+        iqm = {g: interval(groups[g]["aggregates"]["IQM"]) for g in (base, tech)}
+        levels = "held-out" if claim.split == "heldout" else f"`{claim.split}`"
+        effect = f"P({tech} > {base}) = {interval(pair)}; {levels} IQM {tech} {iqm[tech]} vs {base} {iqm[base]}"
         if math.isnan(pair[1]):
             return effect, "inconclusive (fewer than 2 scored runs an arm)"
         return effect, "holds" if pair[1] > 0.5 else "does not hold" if pair[2] < 0.5 else "inconclusive at these seeds"

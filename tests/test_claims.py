@@ -296,6 +296,7 @@ def test_a_claim_on_another_split_scores_each_run_there(tmp_path, monkeypatch):
     entry = claims.measure(claim, [1, 2, 3, 4], cache, [cache], store=store)
     assert entry["arms"]["base"]["missing_seeds"] == [4] and entry["arms"]["tech"]["missing_seeds"] == []
     assert entry["effect"].startswith("P(tech > base) = 1.000") and entry["verdict"] == "holds (3 of 4 seeds)"
+    assert "; `new-wordings` IQM tech 0.825 [" in entry["effect"] and " vs base 0.22" in entry["effect"]
     kept = store / claims.arm_slug(tech) / "seed1"
     assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "eval_new-wordings.json", "summary.json"]
     assert "final `new-wordings` split IQM" in claims.markdown([entry], [1, 2, 3, 4])
