@@ -401,14 +401,25 @@ def trained_alone(path: Path) -> bool:
         return False
 
 
+def cut_short(path: Path) -> bool:
+    """True when the run at `path` was stopped by a signal (Ctrl-C, SIGTERM): its summary is that of
+    a paused run (resumable), not of a finished one, so it counts for no arm. A run a callback ended
+    (a target reached, a pruner) is finished."""
+    try:
+        stopped_by = json.loads((path / "summary.json").read_text()).get("stopped_by")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return isinstance(stopped_by, str) and stopped_by.startswith("SIG")
+
+
 def cached_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
-    """(run directory, canonical config) of every finished run below `roots`."""
+    """(run directory, canonical config) of every finished run below `roots` (not one cut short)."""
     found = []
     for root in roots:
         if not any(root.rglob("summary.json")):
             continue
         for path in find_runs([str(root)]):
-            config = run_config(path) if (path / "summary.json").is_file() else None
+            config = run_config(path) if (path / "summary.json").is_file() and not cut_short(path) else None
             if config is not None:
                 found.append((path, config))
     return found

@@ -107,6 +107,10 @@ def test_a_run_from_before_a_key_existed_still_counts_for_its_arm(tmp_path):
     unreadable = saved_run(tmp_path, "unreadable", ["exp=goto-curriculum", "seed=3"], [0.5], 0.5)
     (unreadable / "config.yaml").write_text((unreadable / "config.yaml").read_text() + "no_such_key: 1\n")
     assert [path.name for path, _ in claims.cached_runs([tmp_path])] == ["old"]
+    stopped = saved_run(tmp_path, "stopped", ["exp=goto-curriculum", "seed=3"], [0.5], float("nan"))
+    (stopped / "summary.json").write_text(json.dumps({**json.loads((stopped / "summary.json").read_text()),
+                                                      "stopped_by": "SIGTERM"}))  # cut short: paused, not finished
+    assert [path.name for path, _ in claims.cached_runs([tmp_path])] == ["old"]
     claim = claims.Claim("curriculum", "curriculum", "steps", base=["exp=goto-curriculum", "data.curriculum=none"],
                          tech=["exp=goto-curriculum"], names=("hard task only", "curriculum"))
     missing = claims.missing_runs([claim], [2, 3], [tmp_path])
