@@ -71,6 +71,7 @@ from _common import ROOT, mmrl_train, print_table, run_mmrl, write_json
 from bench_hierarchical import FLAT_WIDTH
 from omegaconf import OmegaConf
 
+from mmrl_cli.checkpoint import write_text_atomic
 from mmrl_cli.compare.records import find_runs, read_run, task_of
 from mmrl_cli.compare.report import compare, interval, write_report
 from mmrl_cli.compare.settings import validate_compare
@@ -443,8 +444,7 @@ def keep(path: Path, store: Path, arm: Arm, seed: int) -> Path:
         if row is not None:
             texts["compress_row.json"] = json.dumps(row)
     for name in sorted(texts, key=lambda n: n == "summary.json"):  # the summary last
-        (kept / f".{name}.tmp").write_text(texts[name])
-        (kept / f".{name}.tmp").replace(kept / name)
+        write_text_atomic(kept / name, texts[name])
     return kept
 
 
@@ -568,8 +568,7 @@ def split_results(path: Path, arm: Arm, threads: int = 0) -> dict | None:
     run_mmrl("eval", f"run={path}", f"split={arm.split}", f"episodes={SPLIT_EPISODES}", "deterministic=true",
              "gif.episodes=0", f"hardware.threads={threads}")
     results = json.loads((path / "eval" / "results.json").read_text())
-    (path / f".{file.name}.tmp").write_text(json.dumps(results, indent=2))
-    (path / f".{file.name}.tmp").replace(file)
+    write_text_atomic(file, json.dumps(results, indent=2))
     return results
 
 
@@ -854,8 +853,7 @@ def main() -> None:
     print_table("The seed's claims", ["claim", "effect", "verdict"],
                 [[e["claim"], e.get("effect", "-"), e["verdict"]] for e in entries])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    (args.out.parent / f".{args.out.name}.tmp").write_text(markdown(entries, args.seeds))
-    (args.out.parent / f".{args.out.name}.tmp").replace(args.out)
+    write_text_atomic(args.out, markdown(entries, args.seeds))
     write_json(args.json, {"seeds": args.seeds, "claims": entries})
     print(f"wrote {args.out} and {args.json}")
 
