@@ -123,12 +123,20 @@ def plot(rows: list[dict], parts: list[str], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def steps_cell(row: dict) -> str | int:
+    """A run's steps to the target as the table shows them: "-" for a part compared at equal steps
+    (PLR), which does not track them; "missed" where a part that does track them never got there."""
+    if row["part"] not in STOPS_AT_TARGET:
+        return "-"
+    return row["steps_to_target"] or "missed"
+
+
 def report(rows: list[dict], out: Path, command: str, quick: bool, **extra) -> None:
     """The tables, the PNG of the curves and the JSON of every run and each comparison's summary."""
     parts = [part for part in PARTS if any(r["part"] == part for r in rows)]
     summaries = {part: summarise(part, rows) for part in parts}
     print_table("curriculum and level sampling: every run", ["part", "arm", "seed", "steps", f"steps to {TARGET}", "held-out"],
-                [[r["part"], r["arm"], r["seed"], r["steps"], r["steps_to_target"] or "missed", r["heldout"]] for r in rows])
+                [[r["part"], r["arm"], r["seed"], r["steps"], steps_cell(r), r["heldout"]] for r in rows])
     for part, summary in summaries.items():
         print(part, summary)
     plot(rows, parts, out.with_suffix(".png"))
@@ -176,7 +184,7 @@ def main() -> None:
                         continue
                     rows.append(run_arm(part, arm, [*overrides, *args.overrides], seed, root, args.quick))
                     r = rows[-1]
-                    print(f"{part} {arm} seed {seed}: steps to {TARGET} {r['steps_to_target']}, held-out {r['heldout']:.3f}",
+                    print(f"{part} {arm} seed {seed}: steps to {TARGET} {steps_cell(r)}, held-out {r['heldout']:.3f}",
                           flush=True)
                     report(rows, out, command, args.quick)
 
