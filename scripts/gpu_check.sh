@@ -11,8 +11,9 @@
 #            scripts/claims.py makes them) on the GPU, all seeds at once, each stopped after
 #            $DREAMER_SECONDS at the latest (a run stopped so counts for no claim). Run records
 #            (config, summary, metrics, TensorBoard; no weights) -> $OUT/dreamer_runs.tar.gz, to
-#            unpack into the claims cache here (runs_root=<cache>/model-based/dreamer/seedS), and a
-#            table of steps and wall time to 0.9 in the log.
+#            unpack into the claims cache here (runs_root=<cache>/model-based/dreamer/seedS), and
+#            each run's own summary in $OUT/dreamer_seedS.log. Steps and wall time to 0.9, here:
+#            `mmrl compare runs=<cache>/model-based by=seed` (or scripts/claims.py --reuse-only).
 #
 # Environment: OUT; DREAMER_SEEDS (default "1 2 3 4 5"); DREAMER_SECONDS (default 360);
 # DREAMER_OVERRIDES (extra `key=value`s, e.g. a higher algo.train_ratio; they change which claim a
@@ -65,18 +66,6 @@ for part in "${PARTS[@]}"; do
         pids+=($!)
       done
       for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-      python3 - "$runs" <<'EOF'
-import json, sys
-from pathlib import Path
-print("| seed | env steps | first validation >= 0.9 at (steps, wall s) | held-out | updates/s | stopped by |")
-print("|---|---|---|---|---|---|")
-for summary in sorted(Path(sys.argv[1]).glob("seed*/*/*/summary.json")):
-    s = json.loads(summary.read_text())
-    first = next(((e["step"], round(e["wall_seconds"])) for e in s["evaluations"]
-                  if e["validation"]["success_rate"] >= 0.9), "not reached")
-    print(f"| {summary.parts[-4]} | {s['steps']:,} | {first} | {s['heldout_success_rate']:.3f} | "
-          f"{s['updates_per_second']:.2f} | {s['stopped_by'] or 'finished'} |")
-EOF
       tar -czf "$OUT/dreamer_runs.tar.gz" -C /tmp/gpu_check_runs --exclude=checkpoints --exclude=model.safetensors --exclude=.lock model-based \
         || status=1 ;;
     *) echo "gpu_check: unknown part '$part' (expected tests, bench or dreamer)"; exit 2 ;;
