@@ -27,7 +27,12 @@ SEEDS=${DREAMER_SEEDS:-1 2 3 4 5}
 SECONDS_CAP=${DREAMER_SECONDS:-360}
 PARTS=("$@")
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(tests bench dreamer)
-mkdir -p "$OUT"
+for part in "${PARTS[@]}"; do
+  case $part in tests|bench|dreamer) ;; *) echo "gpu_check: unknown part '$part' (expected tests, bench or dreamer)"; exit 2 ;; esac
+done
+[[ $SECONDS_CAP =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check: DREAMER_SECONDS must be a whole number of seconds > 0, got '$SECONDS_CAP'"; exit 2; }
+[[ $DEVICE == cuda || $DEVICE == cpu ]] || { echo "gpu_check: GPU_CHECK_DEVICE must be cuda or cpu, got '$DEVICE'"; exit 2; }
+mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || { echo "gpu_check: OUT=$OUT cannot be created or written"; exit 2; }
 export PYTHONUNBUFFERED=1
 
 # The packages the machine's image lacks, from the carried wheels (none needed in CPU mode: the
@@ -68,7 +73,6 @@ for part in "${PARTS[@]}"; do
       for pid in "${pids[@]}"; do wait "$pid" || status=1; done
       tar -czf "$OUT/dreamer_runs.tar.gz" -C /tmp/gpu_check_runs --exclude=checkpoints --exclude=model.safetensors --exclude=.lock model-based \
         || status=1 ;;
-    *) echo "gpu_check: unknown part '$part' (expected tests, bench or dreamer)"; exit 2 ;;
   esac
 done
 echo "== done ($(date -u +%T)), status $status"
