@@ -16,35 +16,57 @@ from pathlib import Path
 
 import hydra
 
-from .commands.compress import check_compress, compress_task
-from .compare.command import check_compare, compare_task
-from .commands.eval import check_eval, data_change_args, eval_task
-from .commands.sweep import check_sweep, sweep_task
-from .commands.train import check_train, train_task
-from .compose import ALL_GROUPS, COMMAND_GROUPS, CONF_DIR, check_hydra_flags, check_overrides, group_options
+from .compose import (ALL_GROUPS, COMMAND_GROUPS, CONF_DIR, INFO_FLAGS, MULTIRUN_FLAGS, check_hydra_flags,
+                      check_overrides, data_change_args, group_options)
 from .config import ConfigError
-from .demos.command import check_demos, demos_task
 from .exits import SIGNAL_NAMES, STOP_SIGNAL, fail, interrupted_status, signals_interrupt
-from .launcher import INFO_FLAGS, MULTIRUN_FLAGS, distributed_launch_config, launch_distributed
+
+
+def command_parts(command: str) -> tuple:
+    """(Hydra task, pre-flight check of its config) of `command`, imported when the command runs: they
+    load torch (~2 s), which `mmrl --help`, `mmrl <command> --help` and tab completion do without."""
+    if command == "train":
+        from .commands.train import check_train as check, train_task as task
+    elif command == "eval":
+        from .commands.eval import check_eval as check, eval_task as task
+    elif command == "sweep":
+        from .commands.sweep import check_sweep as check, sweep_task as task
+    elif command == "compress":
+        from .commands.compress import check_compress as check, compress_task as task
+    elif command == "demos":
+        from .demos.command import check_demos as check, demos_task as task
+    else:
+        from .compare.command import check_compare as check, compare_task as task
+    return task, check
 
 
 @dataclass
 class Command:
-    """A subcommand: its Hydra task, the pre-flight check of its config, its help line."""
+    """A subcommand: its name and help line; its Hydra task and the pre-flight check of its config
+    (`command_parts`, imported on first use)."""
 
-    task: object
-    check: object
+    name: str
     help: str
 
+    @property
+    def task(self):
+        """The Hydra task function that runs the command."""
+        return command_parts(self.name)[0]
 
-COMMANDS = {
-    "train": Command(train_task, check_train, "train a policy with RL (PPO by default); resume=<run dir> continues one"),
-    "eval": Command(eval_task, check_eval, "evaluate a run's checkpoint: success rate, return (95% CIs), GIF of episodes"),
-    "sweep": Command(sweep_task, check_sweep, "Optuna hyperparameter search over train runs (hpo=<preset>); re-run to resume"),
-    "compress": Command(compress_task, check_compress, "distill, prune or factorise a trained run (teacher=<run>); trade-off report"),
-    "demos": Command(demos_task, check_demos, "record expert demonstrations (goto planner, BabyAI bot) as a resumable dataset"),
-    "compare": Command(compare_task, check_compare, "compare runs: curves with bootstrap bands, IQM and other rliable statistics, time to a target"),
-}
+    @property
+    def check(self):
+        """The pre-flight check of the command's composed config (`check(cfg, overrides)`)."""
+        return command_parts(self.name)[1]
+
+
+COMMANDS = {command.name: command for command in [
+    Command("train", "train a policy with RL (PPO by default); resume=<run dir> continues one"),
+    Command("eval", "evaluate a run's checkpoint: success rate, return (95% CIs), GIF of episodes"),
+    Command("sweep", "Optuna hyperparameter search over train runs (hpo=<preset>); re-run to resume"),
+    Command("compress", "distill, prune or factorise a trained run (teacher=<run>); trade-off report"),
+    Command("demos", "record expert demonstrations (goto planner, BabyAI bot) as a resumable dataset"),
+    Command("compare", "compare runs: curves with bootstrap bands, IQM and other rliable statistics, time to a target"),
+]}
 
 
 def print_help() -> None:
@@ -125,7 +147,10 @@ def help_page(command: str) -> str:
 
 def run_hydra(command: str, args: list[str]) -> None:
     """Run the Hydra app of `command` with `args` as its command line."""
-    task = COMMANDS[command].task
+
+    def task(cfg):  # imported only when Hydra calls it: help, --cfg and tab completion never do
+        return COMMANDS[command].task(cfg)
+
     if {"--help", "-h"}.intersection(args):
         from omegaconf import OmegaConf
 
@@ -166,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_command(command: str, args: list[str]) -> None:
     """Check the overrides, then run `mmrl <command>` (under torchrun when it asks for ranks)."""
-    if not INFO_FLAGS.intersection(args):
+    if not INFO_FLAGS.intersection(args):  # a run (not help, --cfg or completion): checks and launch load torch
+        from .launcher import distributed_launch_config, launch_distributed
+
         overrides = [a for a in args if a not in MULTIRUN_FLAGS]
         bad_flag = next((a for a in overrides if a.startswith("-")), None)
         if bad_flag:

@@ -25,6 +25,16 @@ COMMAND_GROUPS = {
     "compare": (),
 }
 ALL_GROUPS = tuple(dict.fromkeys(g for groups in COMMAND_GROUPS.values() for g in groups))
+# Hydra's flags that print something and exit (no run, no pre-flight check), and its multirun flags.
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve", "-p",
+              "--package"}
+MULTIRUN_FLAGS = {"-m", "--multirun"}
+
+
+def data_change_args(args: list[str]) -> list[str]:
+    """`mmrl eval`'s command line with ``data.<key>=...`` written ``+data.<key>=...``: the eval config's
+    ``data`` section starts empty, and Hydra adds a key there only with ``+``."""
+    return [f"+{a}" if a.startswith("data.") else a for a in args]
 
 
 def group_options(group: str) -> list[str]:

@@ -13,6 +13,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -1069,12 +1070,19 @@ def one_of(section: str, obj: Any, name: str, choices: tuple[str, ...]) -> None:
 
 
 # --------------------------------------------------------------------------- validation
+@lru_cache(maxsize=None)
+def _schema_defaults(schema: type) -> DictConfig:
+    """A schema's typed defaults as an OmegaConf node, built once per schema (a third of a validation's
+    time otherwise). Never modified: `OmegaConf.merge` copies its first argument."""
+    return OmegaConf.structured(schema)
+
+
 def _merge(schema: type, values: Any, prefix: str) -> Any:
     """Merge `values` onto a schema's defaults; turn OmegaConf errors into one line."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping, got {values!r}")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        merged = OmegaConf.merge(_schema_defaults(schema), values)
         return OmegaConf.to_object(merged)
     except MissingMandatoryValue as e:
         raise ConfigError(f"{prefix}{e.full_key}: required (set it on the command line, e.g. {prefix}{e.full_key}=...)") from None

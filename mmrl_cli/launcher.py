@@ -12,14 +12,10 @@ import signal
 import sys
 from pathlib import Path
 
-from .compose import compose_train_config
+from .compose import INFO_FLAGS, MULTIRUN_FLAGS, compose_train_config
 from .config import ConfigError, TrainConfig
 from .exits import STOP_SIGNAL, fail
 from .runs import RUN_DIR_VARIABLE, new_run_dir, resumed_run
-
-INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve", "-p", "--package"}
-MULTIRUN_FLAGS = {"-m", "--multirun"}
-
 
 RENDEZVOUS_TIMEOUT_S = 5  # how long a node > 0 waits for node 0's rendezvous before saying it is not there
 

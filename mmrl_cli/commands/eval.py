@@ -14,12 +14,6 @@ from ..tables import print_eval
 from ..text import tokenizer_for
 
 
-def data_change_args(args: list[str]) -> list[str]:
-    """`mmrl eval`'s command line with ``data.<key>=...`` written ``+data.<key>=...``: the eval config's
-    ``data`` section starts empty, and Hydra adds a key there only with ``+``."""
-    return [f"+{a}" if a.startswith("data.") else a for a in args]
-
-
 def check_eval(cfg: DictConfig, overrides: list[str]) -> None:
     """Everything `mmrl eval` needs settled: a valid eval config, a run, an intact checkpoint, a
     writable <run>/eval."""
