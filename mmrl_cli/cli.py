@@ -43,20 +43,19 @@ def command_parts(command: str) -> tuple:
 @dataclass
 class Command:
     """A subcommand: its name and help line; its Hydra task and the pre-flight check of its config
-    (`command_parts`, imported on first use)."""
+    (`command_parts`) are imported when first called, so an override Hydra cannot compose is also
+    answered without loading torch."""
 
     name: str
     help: str
 
-    @property
-    def task(self):
-        """The Hydra task function that runs the command."""
-        return command_parts(self.name)[0]
+    def task(self, cfg):
+        """Run the command on its composed config (its Hydra task)."""
+        return command_parts(self.name)[0](cfg)
 
-    @property
-    def check(self):
-        """The pre-flight check of the command's composed config (`check(cfg, overrides)`)."""
-        return command_parts(self.name)[1]
+    def check(self, cfg, overrides: list[str]) -> None:
+        """The pre-flight check of the command's composed config; raises ConfigError."""
+        return command_parts(self.name)[1](cfg, overrides)
 
 
 COMMANDS = {command.name: command for command in [
@@ -147,10 +146,7 @@ def help_page(command: str) -> str:
 
 def run_hydra(command: str, args: list[str]) -> None:
     """Run the Hydra app of `command` with `args` as its command line."""
-
-    def task(cfg):  # imported only when Hydra calls it: help, --cfg and tab completion never do
-        return COMMANDS[command].task(cfg)
-
+    task = COMMANDS[command].task  # imports the command's module only when Hydra calls it (help, --cfg never do)
     if {"--help", "-h"}.intersection(args):
         from omegaconf import OmegaConf
 
@@ -191,20 +187,21 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_command(command: str, args: list[str]) -> None:
     """Check the overrides, then run `mmrl <command>` (under torchrun when it asks for ranks)."""
-    if not INFO_FLAGS.intersection(args):  # a run (not help, --cfg or completion): checks and launch load torch
-        from .launcher import distributed_launch_config, launch_distributed
-
+    if not INFO_FLAGS.intersection(args):  # a run, not help, --cfg or completion
         overrides = [a for a in args if a not in MULTIRUN_FLAGS]
         bad_flag = next((a for a in overrides if a.startswith("-")), None)
         if bad_flag:
             fail(command, f"unknown flag {bad_flag!r} (see `mmrl {command} --help`)")
         try:
             check_overrides(command, overrides, COMMANDS[command].check)
-            launch = distributed_launch_config(args) if command == "train" else None
+            if command == "train":  # torchrun's ranks when the config asks for several
+                from .launcher import distributed_launch_config, launch_distributed  # loads torch: after the checks
+
+                launch = distributed_launch_config(args)
+                if launch is not None:
+                    raise SystemExit(launch_distributed(launch, args))
         except ConfigError as e:
             fail(command, str(e))
-        if launch is not None:
-            raise SystemExit(launch_distributed(launch, args))
     run_hydra(command, args)
 
 
