@@ -11,19 +11,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..compat import check_compatible
 from ..config import ConfigError, TrainConfig, validate
 from ..exits import fail, interrupted_status
-from ..launcher import check_rendezvous, latest_checkpoint, launch_distributed
-from ..runs import RUN_DIR_VARIABLE, new_run_dir, resumed_run
 from ..tables import print_summary
+
+# The modules that load torch (compat, launcher, runs, the trainer) are imported where they are used,
+# after the config has validated: a mistyped value is answered in well under a second.
 
 
 def check_train(cfg: DictConfig, overrides: list[str]) -> None:
     """Everything `mmrl train` needs settled before it starts (resumed runs: the saved run too)."""
-    from ..preflight import check_output_dir
-
     typed = validate(cfg)
+    from ..compat import check_compatible
+    from ..launcher import check_rendezvous
+    from ..preflight import check_output_dir
+    from ..runs import resumed_run
+
     resuming = typed.resume is not None
     if resuming:
         run = resumed_run(typed.resume, typed.runs_root, overrides)
@@ -40,6 +43,8 @@ def make_run_dir(cfg: TrainConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from ..runs import new_run_dir
+
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -54,10 +59,11 @@ def train_task(cfg: DictConfig) -> float:
 
     from ..algos import AlgorithmFault
     from ..checkpoint import CheckpointError
-    from ..runs import RunLocked
-    from ..trainer import NumericalFault, train
-
+    from ..compat import check_compatible
+    from ..launcher import latest_checkpoint, launch_distributed
     from ..preflight import check_output_dir
+    from ..runs import RUN_DIR_VARIABLE, RunLocked, resumed_run
+    from ..trainer import NumericalFault, train
 
     resume_from = None
     launched_dir = os.environ.get(RUN_DIR_VARIABLE)  # set when this process is one rank of `hardware.nproc`
@@ -134,6 +140,8 @@ def io_failure(error: OSError) -> str:
 
 def kept_checkpoint(run_dir: Path) -> str:
     """Where the newest intact checkpoint of `run_dir` is (the run continues from it), in words."""
+    from ..launcher import latest_checkpoint
+
     latest = latest_checkpoint(run_dir)
     return f"the last checkpoint, {latest.name}, is intact in {run_dir}/checkpoints" if latest \
         else "no checkpoint had been written yet"
