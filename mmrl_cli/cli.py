@@ -35,8 +35,10 @@ def command_parts(command: str) -> tuple:
         from .commands.compress import check_compress as check, compress_task as task
     elif command == "demos":
         from .demos.command import check_demos as check, demos_task as task
-    else:
+    elif command == "compare":
         from .compare.command import check_compare as check, compare_task as task
+    else:
+        raise KeyError(f"no such command: {command}")  # main() names unknown commands before this
     return task, check
 
 
